@@ -1,0 +1,76 @@
+"""A training script used by the tests, run as a real subprocess.
+
+    python train.py DIR --epochs N [--kill-at-epoch K] [--save-freq F] [--out result.json]
+
+It is the "same script" a user reruns after a crash: nothing in it changes
+between runs. `--kill-at-epoch K` sends SIGKILL to itself right after epoch K's
+checkpoint (a real kill -9, mid-run).
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tfckpt  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("directory")
+p.add_argument("--epochs", type=int, default=6)
+p.add_argument("--kill-at-epoch", type=int, default=None)
+p.add_argument("--save-freq", default="epoch")
+p.add_argument("--keep-last", type=int, default=2)
+p.add_argument("--units", type=int, default=32)
+p.add_argument("--out", default=None)
+args = p.parse_args()
+
+keras.utils.set_random_seed(1)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(512, 16)).astype("float32")
+y = (x[:, :4].sum(axis=1) > 0).astype("float32")
+xv = rng.normal(size=(128, 16)).astype("float32")
+yv = (xv[:, :4].sum(axis=1) > 0).astype("float32")
+
+model = keras.Sequential(
+    [
+        keras.Input((16,)),
+        keras.layers.Dense(args.units, activation="relu"),
+        keras.layers.Dense(1, activation="sigmoid"),
+    ]
+)
+model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy", metrics=["accuracy"])
+
+
+class KillAt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):  # runs after tfckpt's epoch-end save
+        if args.kill_at_epoch is not None and epoch == args.kill_at_epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
+cb = tfckpt.CheckpointCallback(
+    args.directory, monitor="val_loss", keep_last=args.keep_last, keep_best=1, save_freq=save_freq
+)
+history = model.fit(
+    x, y, validation_data=(xv, yv), batch_size=64, epochs=args.epochs, verbose=0,
+    callbacks=[cb, KillAt()],
+)
+result = {
+    "epochs_run": history.epoch,
+    "restored": cb.restored.name if cb.restored else None,
+    "val_loss": history.history.get("val_loss", []),
+    "weights_sum": float(sum(float(np.sum(w)) for w in model.get_weights())),
+    "iterations": int(model.optimizer.iterations),
+}
+if args.out:
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+print(json.dumps(result))
+sys.stdout.flush()

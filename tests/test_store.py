@@ -1,0 +1,136 @@
+"""The commit protocol under real crashes, and the store on TF's ram:// filesystem."""
+
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import SCRIPTS, make_model, script_env
+
+import tfckpt
+from tfckpt.store import CheckpointStore
+
+# Every step of a save, in order; the script crashes right after the named one.
+STEPS = ["write", "fsync_files", "manifest", "fsync_tmpdir", "rename", "fsync_dir",
+         "state_file", "delete"]
+COMMITTED_FROM = STEPS.index("rename")
+
+
+def small_model():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(), "mse")
+    return model
+
+
+def test_crash_at_every_commit_step_leaves_old_or_new_never_a_mix(tmp_path):
+    procs = {
+        step: subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "crash_commit.py"), str(tmp_path / step), step],
+            env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for step in STEPS
+    }
+    for step, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == -signal.SIGKILL, f"{step}: {out}{err}"
+
+    for i, step in enumerate(STEPS):
+        d = str(tmp_path / step)
+        expected = 2.0 if i >= COMMITTED_FROM else 1.0
+        model = small_model()
+        manager = tfckpt.CheckpointManager(d, model, keep_last=1)  # the restart
+        record = manager.restore()
+        values = np.concatenate([v.numpy().ravel() for v in model.weights])
+        assert np.all(values == expected), f"crash after {step}: restored a mix {values}"
+        assert record.epoch == (2 if expected == 2.0 else 1)
+        # The restart cleaned the leftovers, repaired TF's pointer, and all is intact.
+        assert CheckpointStore(d).leftovers() == []
+        assert tf.train.latest_checkpoint(d) == manager.latest.path
+        assert all(problem is None for _, problem in tfckpt.verify(d)), tfckpt.verify(d)
+        # And the next save works and retention applies.
+        manager.save(epoch=3)
+        assert [r.epoch for r in manager.checkpoints] == [3]
+        manager.close()
+
+
+def test_ram_filesystem(data):
+    d = "ram://tfckpt-tests/run"
+    model = make_model()
+    cb = tfckpt.CheckpointCallback(d, verbose=0, keep_last=2)
+    model.fit(*data, validation_split=0.25, epochs=3, verbose=0, callbacks=[cb])
+    run = tfckpt.open(d)
+    assert [r.epoch for r in run.checkpoints] == [2, 3]
+    assert tf.train.latest_checkpoint(d) == run.latest.path
+    other = make_model(seed=4)
+    tfckpt.restore(other, d)
+    for a, b in zip(model.weights, other.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert all(problem is None for _, problem in tfckpt.verify(d))
+
+
+@pytest.mark.parametrize("damage", ["delete", "garble"])
+def test_damaged_tf_pointer_costs_nothing(tmp_path, data, damage):
+    model = make_model()
+    cb = tfckpt.CheckpointCallback(str(tmp_path), verbose=0)
+    model.fit(*data, validation_split=0.25, epochs=2, verbose=0, callbacks=[cb])
+    pointer = tmp_path / "checkpoint"
+    if damage == "delete":
+        pointer.unlink()
+    else:
+        pointer.write_bytes(b"\x00garbage{{{")
+    model2 = make_model(seed=3)
+    cb2 = tfckpt.CheckpointCallback(str(tmp_path), verbose=0)
+    history = model2.fit(*data, validation_split=0.25, epochs=3, verbose=0, callbacks=[cb2])
+    assert cb2.restored.epoch == 2 and history.epoch == [2]
+    assert tf.train.latest_checkpoint(str(tmp_path)) == tfckpt.open(str(tmp_path)).latest.path
+
+
+def test_leftover_temporaries_are_ignored_then_cleaned(tmp_path, data):
+    model = make_model()
+    manager = tfckpt.CheckpointManager(str(tmp_path), model)
+    manager.save(epoch=1)
+    manager.close()
+    # What a crash mid-save leaves: a temp dir with partial files, not committed.
+    tmp = tmp_path / ".tmp-ckpt-000002-deadbeef"
+    tmp.mkdir()
+    (tmp / "ckpt.data-00000-of-00001").write_bytes(b"partial")
+    assert [r.name for r in tfckpt.open(str(tmp_path)).checkpoints] == ["ckpt-000001"]
+    manager = tfckpt.CheckpointManager(str(tmp_path), model)
+    assert not tmp.exists()
+    assert manager.save(epoch=2).name == "ckpt-000002"
+    manager.close()
+
+
+def test_checkpoint_is_plain_tensorflow(tmp_path, data):
+    model = make_model()
+    model.fit(*data, epochs=1, verbose=0)
+    with tfckpt.CheckpointManager(str(tmp_path), model) as manager:
+        record = manager.save(epoch=1, metrics={"loss": 0.5})
+    assert record.path == tf.train.latest_checkpoint(str(tmp_path))
+    fresh = make_model(seed=2)
+    fresh.optimizer.build(fresh.trainable_variables)
+    status = tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer).read(record.path)
+    status.assert_consumed()
+    for a, b in zip(model.weights + model.optimizer.variables,
+                    fresh.weights + fresh.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_one_writer_per_directory_and_a_killed_holder_does_not_block(tmp_path):
+    holder = subprocess.Popen([sys.executable, str(SCRIPTS / "hold_lock.py"), str(tmp_path)],
+                              env=script_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        line = holder.stdout.readline()
+        assert line.startswith("locked"), line
+        model = small_model()
+        with pytest.raises(tfckpt.DirectoryLockedError, match=rf"pid {holder.pid} on host"):
+            tfckpt.CheckpointManager(str(tmp_path), model)
+        tfckpt.open(str(tmp_path)).checkpoints  # readers are never blocked
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    manager = tfckpt.CheckpointManager(str(tmp_path), small_model())  # the restart
+    manager.save(epoch=1)
+    manager.close()

@@ -1,0 +1,38 @@
+"""tfckpt: crash-safe checkpointing for Keras 3 on TensorFlow.
+
+```python
+import tfckpt
+cb = tfckpt.CheckpointCallback("runs/exp1", monitor="val_loss", keep_last=3, keep_best=1)
+model.fit(x, y, validation_data=(xv, yv), epochs=50, callbacks=[cb])
+```
+"""
+
+__version__ = "0.1.0"
+
+from tfckpt import retention  # noqa: E402
+from tfckpt.callback import CheckpointCallback  # noqa: E402
+from tfckpt.errors import (  # noqa: E402
+    CheckpointError,
+    DirectoryLockedError,
+    IncompatibleCheckpointError,
+    NoIntactCheckpointError,
+)
+from tfckpt.manager import CheckpointManager  # noqa: E402
+from tfckpt.run import Run, restore, verify  # noqa: E402
+from tfckpt.run import open_run as open  # noqa: E402,A004
+from tfckpt.store import CheckpointRecord  # noqa: E402
+
+__all__ = [
+    "CheckpointCallback",
+    "CheckpointError",
+    "CheckpointManager",
+    "CheckpointRecord",
+    "DirectoryLockedError",
+    "IncompatibleCheckpointError",
+    "NoIntactCheckpointError",
+    "Run",
+    "open",
+    "restore",
+    "retention",
+    "verify",
+]

@@ -1,0 +1,99 @@
+"""What goes into a checkpoint, and restoring it with the checks TF leaves to us.
+
+Serialization is `tf.train.Checkpoint(model=..., optimizer=...)`, so every
+checkpoint stays readable by plain TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow as tf
+
+from tfckpt.errors import IncompatibleCheckpointError
+
+
+def _is_built(model: Any) -> bool:
+    return bool(getattr(model, "built", True) or getattr(model, "weights", None))
+
+
+def build_config(model: Any) -> dict | None:
+    """What `ensure_built` needs to build an unbuilt twin of `model`."""
+    try:
+        return model.get_build_config() if _is_built(model) else None
+    except (AttributeError, NotImplementedError, TypeError, ValueError):
+        return None
+
+
+def ensure_built(model: Any, config: dict | None) -> None:
+    """Builds `model` from the saved build config when it is not built yet.
+
+    Without a strategy, Keras builds a model only when the train function is
+    first traced, i.e. after `on_train_begin`; restoring into an unbuilt model
+    would silently skip every variable, so build it here or fail clearly.
+    """
+    if _is_built(model):
+        return
+    if config:
+        try:
+            model.build_from_config(config)
+        except Exception as e:  # noqa: BLE001 - any failure means "cannot build"
+            raise ValueError(
+                f"Model {getattr(model, 'name', model)!r} is not built and could not "
+                f"be built from the checkpoint's build config {config}: {e}. Build it "
+                "first: call it on a batch of data, or `model.build(input_shape)`."
+            ) from e
+        if _is_built(model):
+            return
+    raise ValueError(
+        f"Model {getattr(model, 'name', model)!r} is not built, so its "
+        "variables do not exist yet and restoring would silently skip them. "
+        "Build it first: call it on a batch of data, or `model.build(input_shape)`."
+    )
+
+
+def build_optimizer(optimizer: Any, model: Any) -> None:
+    """Creates the optimizer's slots now, so restored slot values are checked."""
+    if optimizer is not None and not getattr(optimizer, "built", True):
+        optimizer.build(model.trainable_variables)
+
+
+def checkpoint_for(objects: Mapping[str, Any]) -> tf.train.Checkpoint:
+    return tf.train.Checkpoint(**{k: v for k, v in objects.items() if v is not None})
+
+
+def read(
+    prefix: str,
+    objects: Mapping[str, Any],
+    *,
+    saved: list[str] | None = None,
+    strict: bool = True,
+) -> None:
+    """Restores `objects` (name -> trackable) from `prefix`.
+
+    `saved` names the objects the checkpoint holds; objects it does not hold are
+    left alone. `strict` requires every value of the restored objects to match
+    (a different architecture fails, naming what did not match); otherwise only
+    the objects passed in must be fully restored (e.g. a model restored for
+    inference from a checkpoint that also holds an optimizer).
+    """
+    wanted = {k: v for k, v in objects.items() if v is not None and (saved is None or k in saved)}
+    checkpoint = tf.train.Checkpoint(**wanted)
+    try:
+        status = checkpoint.read(prefix)
+    except (ValueError, tf.errors.InvalidArgumentError) as e:
+        raise IncompatibleCheckpointError(
+            f"Checkpoint {prefix!r} does not match the model: {e}"
+        ) from e
+    try:
+        if strict and (saved is None or set(wanted) == set(saved)):
+            status.assert_consumed()
+        else:
+            status.expect_partial()
+            status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise IncompatibleCheckpointError(
+            f"Checkpoint {prefix!r} does not match the model being restored "
+            f"(different architecture?): {e}"
+        ) from None

@@ -1,0 +1,73 @@
+"""File helpers over `tf.io.gfile`, plus the fsyncs gfile does not offer.
+
+Everything goes through `tf.io.gfile` so any TensorFlow filesystem works
+(local disk, `ram://`, `gs://`, ...). Durability calls (`fsync`) only exist for
+local paths; object stores make a file durable when it is closed.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import tensorflow as tf
+
+_CHUNK = 8 << 20
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local(path: str) -> str:
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def join(*parts: str) -> str:
+    # os.path.join works for URLs too ("ram://d" + "x" -> "ram://d/x").
+    return os.path.join(*parts)
+
+
+def fsync_file(path: str) -> None:
+    if not is_local(path):
+        return
+    fd = os.open(_local(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    if not is_local(path):
+        return
+    fd = os.open(_local(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def crc32(path: str) -> int:
+    """CRC-32 of a file's bytes (zlib's, which releases the GIL while it runs)."""
+    value = 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            value = zlib.crc32(chunk, value)
+    return value
+
+
+def size(path: str) -> int:
+    return tf.io.gfile.stat(path).length
+
+
+def write_durable(path: str, data: bytes) -> None:
+    """Writes `path` and fsyncs it (no atomicity: callers write into temp dirs)."""
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(data)
+    fsync_file(path)
+
+
+def read_bytes(path: str) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()

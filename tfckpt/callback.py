@@ -1,0 +1,321 @@
+"""`CheckpointCallback`: the Keras glue over `CheckpointManager`."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import keras
+
+from tfckpt.manager import CheckpointManager, check_backend, validate_options
+from tfckpt.store import CheckpointRecord, jsonable
+
+_MODES = ("auto", "min", "max")
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves checkpoints during `fit`, keeps the right ones, and resumes after a crash.
+
+    Pass it to `model.fit`; when the process dies and the same script runs
+    again, training continues from the newest intact checkpoint: weights,
+    optimizer slots and step, learning-rate schedule position, the epoch
+    counter and the best-metric record are restored, with no flag to change.
+
+    Example:
+
+    ```python
+    cb = tfckpt.CheckpointCallback("runs/exp1", monitor="val_loss",
+                                   keep_last=3, keep_best=1)
+    model.fit(x, y, validation_data=(xv, yv), epochs=50, callbacks=[cb])
+    # killed at epoch 17? Run the same script again: it continues at epoch 17.
+    ```
+
+    A later `fit` on the same model in the same process (a notebook) simply
+    trains on from where the model is, like Keras does: nothing is restored
+    over weights that are newer than the directory's checkpoints, and the
+    epoch counter of the directory carries on.
+
+    Args:
+        directory: run directory (any `tf.io.gfile` path). Created if missing.
+        monitor: metric whose best value is tracked and persisted across
+            restarts (`None` turns best tracking off).
+        mode: `"auto"`, `"min"` or `"max"`. `"auto"` picks `min` for losses
+            and the compiled metric's own direction otherwise.
+        save_freq: `"epoch"`, or an int N to save every N training batches
+            (counted across epochs). With an int, an epoch end is also saved
+            when the monitored metric is available, so best tracking works.
+        keep_last: keep the N newest checkpoints (`None` keeps all).
+        keep_best: keep the K best by `monitor`. Defaults to 1 when `monitor`
+            is set and 0 otherwise.
+        keep_every_n_epochs: also keep one checkpoint every N epochs.
+        keep_every_n_hours: also keep one checkpoint every N hours.
+        restore: what to restore when `fit` starts: `"latest"`, `"best"`, a
+            step (int), or `False` for nothing. Nothing is restored when the
+            model in memory is already at or past the directory's newest
+            checkpoint.
+        retention: an extra `tfckpt.retention.RetentionPolicy` (union with
+            the rules above).
+        verbose: 0 (silent) or 1 (a line per save and restore).
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        monitor: str | None = "val_loss",
+        mode: str = "auto",
+        save_freq: str | int = "epoch",
+        keep_last: int | None = 3,
+        keep_best: int | None = None,
+        keep_every_n_epochs: int | None = None,
+        keep_every_n_hours: float | None = None,
+        restore: str | int | bool = "latest",
+        retention: Any = None,
+        verbose: int = 1,
+    ):
+        super().__init__()
+        check_backend()
+        validate_options(
+            directory=directory,
+            monitor=monitor,
+            keep_last=keep_last,
+            keep_best=keep_best,
+            keep_every_n_epochs=keep_every_n_epochs,
+            keep_every_n_hours=keep_every_n_hours,
+        )
+        if mode not in _MODES:
+            raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
+        if save_freq != "epoch" and (
+            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
+        ):
+            raise ValueError(
+                "`save_freq` must be 'epoch' or a positive integer (a number of "
+                f"training batches). Received: save_freq={save_freq!r}"
+            )
+        if not (
+            restore in ("latest", "best")
+            or restore is False
+            or (isinstance(restore, int) and not isinstance(restore, bool) and restore >= 0)
+        ):
+            raise ValueError(
+                "`restore` must be 'latest', 'best', a step (int >= 0) or False. "
+                f"Received: restore={restore!r}"
+            )
+        if verbose not in (0, 1):
+            raise ValueError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
+        self.directory = directory
+        self.monitor = monitor
+        self.mode = mode
+        self.save_freq = save_freq
+        self.keep_last = keep_last
+        self.keep_best = keep_best
+        self.keep_every_n_epochs = keep_every_n_epochs
+        self.keep_every_n_hours = keep_every_n_hours
+        self.restore = restore
+        self.retention = retention
+        self.verbose = verbose
+        self.manager: CheckpointManager | None = None
+        self.restored: CheckpointRecord | None = None
+        self._warned: set[str] = set()
+
+    # ---- helpers -------------------------------------------------------
+
+    def _say(self, message: str) -> None:
+        if self.verbose:
+            print(f"tfckpt: {message}", flush=True)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"tfckpt: {message}", stacklevel=3)
+
+    def _resolve_mode(self) -> str:
+        if self.mode != "auto" or self.monitor is None:
+            return "min" if self.mode == "auto" else self.mode
+        name = self.monitor.removeprefix("val_")
+        if name == "loss" or name.endswith("_loss"):
+            return "min"
+        # The compiled metric's own direction (known once fit has traced it),
+        # else that of Keras's metric of this name.
+        stack = list(getattr(self.model, "metrics", []))
+        while stack:
+            metric = stack.pop()
+            stack.extend(getattr(metric, "metrics", []) or [])
+            if getattr(metric, "name", None) == name and hasattr(metric, "_direction"):
+                return "max" if metric._direction == "up" else "min"
+        try:
+            direction = getattr(keras.metrics.get(name), "_direction", None)
+        except (ValueError, TypeError):
+            direction = None
+        if direction in ("up", "down"):
+            return "max" if direction == "up" else "min"
+        raise ValueError(
+            f"CheckpointCallback cannot tell whether monitor={self.monitor!r} should "
+            "be minimized or maximized. Pass mode='min' or mode='max'."
+        )
+
+    def _state(self) -> dict[str, Any]:
+        return {"batches": self._batches_total, "history": self._history}
+
+    def _save(self, logs: dict | None, batch: int) -> None:
+        logs = dict(logs or {})
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self._warn_once(
+                "nonfinite",
+                f"loss is {loss}; not saving a checkpoint of a diverged model "
+                "(the previous checkpoints are kept).",
+            )
+            return
+        logs = jsonable(logs)
+        record = self.manager.save(
+            epoch=self._epochs_done, batch=batch, metrics=logs, state=self._state()
+        )
+        self._last_saved_step = record.step
+        self._last_saved_total = self._batches_total
+        if self.verbose:
+            shown = f", {self.monitor}={logs[self.monitor]:.6g}" if self.monitor in logs else ""
+            best = self.manager.best_value
+            mark = " (new best)" if best and best["step"] == record.step and shown else ""
+            where = f"epoch {record.epoch}" + (f" batch {batch}" if batch else "")
+            self._say(f"saved {record.name} ({where}, step {record.step}{shown}){mark}")
+
+    def _monitor_available(self, logs: dict) -> bool:
+        if self.monitor is None:
+            return False
+        if self.monitor in logs:
+            return True
+        available = sorted(logs)
+        if not self.monitor.startswith("val_") or any(k.startswith("val_") for k in logs):
+            raise ValueError(
+                f"CheckpointCallback: monitor={self.monitor!r} is not among the metrics "
+                f"of this epoch: {available}. Pass one of them (or monitor=None)."
+            )
+        self._warn_once(
+            "novalidation",
+            f"monitor={self.monitor!r} is missing because no validation ran this "
+            "epoch (validation_freq > 1 or no validation data); checkpoints of such "
+            "epochs record no value for it.",
+        )
+        return False
+
+    # ---- Keras hooks ---------------------------------------------------
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        check_backend()
+        model = self.model
+        self.manager = CheckpointManager(
+            self.directory,
+            model,
+            getattr(model, "optimizer", None),
+            monitor=self.monitor,
+            mode=self._resolve_mode(),
+            keep_last=self.keep_last,
+            keep_best=self.keep_best,
+            keep_every_n_epochs=self.keep_every_n_epochs,
+            keep_every_n_hours=self.keep_every_n_hours,
+            retention=self.retention,
+        )
+        self.restored = None
+        self._epoch_offset: int | None = None
+        self._batch_in_epoch = 0
+        self._epochs_done = 0
+        self._batches_total = 0
+        self._history: list[dict] = []
+        self._last_saved_step = -1
+        self._last_saved_total = 0
+        self._pending: dict | None = None
+        latest = self.manager.latest
+        base = None  # the checkpoint whose counters this fit carries on
+        if latest is not None:
+            optimizer = self.manager.optimizer
+            step_now = int(optimizer.iterations) if optimizer is not None else 0
+            if step_now > 0 and step_now >= latest.step:
+                base = latest  # this process trained it: train on, restore nothing
+                self._continuing = True
+            elif self.restore is False:
+                self._warn_once(
+                    "norestore",
+                    f"restore=False: {self.directory!r} already holds checkpoints; "
+                    "new ones are added beside them and retention applies to all.",
+                )
+            else:
+                base = self.restored = self.manager.restore(self.restore)
+                self._continuing = False
+        if base is None:
+            self._continuing = False
+            return
+        state = self.manager.state(base)
+        self._epochs_done = base.epoch
+        self._history = list(state.get("history", []))
+        # A mid-epoch checkpoint resumes at the start of its epoch.
+        self._batches_total = int(state.get("batches", 0)) - base.batch
+        self._last_saved_total = self._batches_total
+        self._last_saved_step = base.step
+        if self.restored is not None:
+            model._initial_epoch = base.epoch or None
+            epochs = (self.params or {}).get("epochs")
+            if epochs is not None and base.epoch >= epochs:
+                self._say(f"restored {base.name}: {base.epoch} of {epochs} epochs already done.")
+            else:
+                self._say(
+                    f"restored {base.name} (epoch {base.epoch}, step {base.step}); "
+                    f"continuing at epoch {base.epoch + 1}."
+                )
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            logs, self._pending = self._pending, None
+            self._save(logs, batch=0)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._flush()
+        # fit read `_initial_epoch` before the first epoch; clear it so a later
+        # fit on this model does not silently skip epochs (BackupAndRestore's bug).
+        self.model._initial_epoch = None
+        if self._epoch_offset is None:
+            self._epoch_offset = self._epochs_done - epoch if self._continuing else 0
+        self._batch_in_epoch = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._flush()
+        done = batch + 1  # `batch` is the last batch index of this step
+        self._batches_total += done - self._batch_in_epoch
+        self._batch_in_epoch = done
+        if self.save_freq == "epoch":
+            return
+        if self._batches_total // self.save_freq > self._last_saved_total // self.save_freq:
+            self._save(logs, batch=done)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._epochs_done = epoch + 1 + (self._epoch_offset or 0)
+        self._batch_in_epoch = 0
+        self._history.append({"epoch": self._epochs_done, **jsonable(dict(logs or {}))})
+        has_metric = self._monitor_available(logs or {})
+        if not (self.save_freq == "epoch" or has_metric):
+            return
+        epochs = (self.params or {}).get("epochs")
+        if epochs is not None and epoch + 1 >= epochs:
+            # Last epoch: save now, before fit's `finalize_variable_values`
+            # swaps EMA averages into the weights.
+            self._save(logs, batch=0)
+        else:
+            # Saved at the next epoch begin, once every callback's on_epoch_end
+            # has run (ReduceLROnPlateau may change the learning rate after us).
+            self._pending = logs
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.manager is None:
+            return
+        try:
+            self._flush()
+            optimizer = self.manager.optimizer
+            step = int(optimizer.iterations) if optimizer is not None else None
+            if step is not None and step != self._last_saved_step and self._batches_total:
+                # Work done since the last save (save_freq=int): keep it.
+                self._save(logs, batch=self._batch_in_epoch)
+        finally:
+            self.model._initial_epoch = None
+            self.manager.close()
+            self.manager = None

@@ -1,0 +1,19 @@
+"""Exceptions raised by tfckpt."""
+
+from __future__ import annotations
+
+
+class CheckpointError(Exception):
+    """Base class of tfckpt's own errors."""
+
+
+class IncompatibleCheckpointError(CheckpointError, ValueError):
+    """A checkpoint does not match the model/optimizer it is restored into."""
+
+
+class NoIntactCheckpointError(CheckpointError):
+    """Checkpoints exist, but none of those asked for is intact."""
+
+
+class DirectoryLockedError(CheckpointError):
+    """Another live process is writing checkpoints into the same directory."""

@@ -1,0 +1,327 @@
+"""`CheckpointManager`: saves and restores a model + optimizer with crash-safe
+commits, best-metric tracking and retention. The Keras callback drives it from
+`model.fit`; custom training loops call it directly."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfckpt import _contents
+from tfckpt import retention as _retention
+from tfckpt._lock import DirectoryLock
+from tfckpt.errors import CheckpointError
+from tfckpt.run import STATE, Run, Which
+from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
+
+_MODES = ("min", "max")
+
+
+def check_backend() -> None:
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "tfckpt needs Keras's TensorFlow backend, but Keras is using "
+            f"{keras.backend.backend()!r}. Set the environment variable "
+            "KERAS_BACKEND=tensorflow before importing keras."
+        )
+
+
+def _is_count(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def validate_options(
+    *,
+    directory: object,
+    monitor: object,
+    keep_last: object,
+    keep_best: object,
+    keep_every_n_epochs: object,
+    keep_every_n_hours: object,
+) -> None:
+    """Checks the arguments the manager and the callback share."""
+    if not isinstance(directory, (str,)) or not directory:
+        raise TypeError(
+            f"`directory` must be a non-empty path string. Received: directory={directory!r}"
+        )
+    if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
+        raise ValueError(f"`directory` must be a directory, but {directory!r} is an existing file.")
+    if monitor is not None and (not isinstance(monitor, str) or not monitor):
+        raise ValueError(
+            "`monitor` must be a metric name (e.g. 'val_loss') or None. "
+            f"Received: monitor={monitor!r}"
+        )
+    if keep_last is not None and not _is_count(keep_last, 0):
+        raise ValueError(
+            "`keep_last` must be an integer >= 0, or None to keep all. "
+            f"Received: keep_last={keep_last!r}"
+        )
+    if keep_best is not None and not _is_count(keep_best, 0):
+        raise ValueError(f"`keep_best` must be an integer >= 0. Received: keep_best={keep_best!r}")
+    if keep_best and monitor is None:
+        raise ValueError(
+            f"`keep_best={keep_best}` needs a metric to rank checkpoints by, but monitor=None. "
+            "Pass monitor='val_loss' (or another metric), or keep_best=0."
+        )
+    if keep_every_n_epochs is not None and not _is_count(keep_every_n_epochs, 1):
+        raise ValueError(
+            "`keep_every_n_epochs` must be an integer >= 1 or None. "
+            f"Received: keep_every_n_epochs={keep_every_n_epochs!r}"
+        )
+    if keep_every_n_hours is not None and (
+        isinstance(keep_every_n_hours, bool)
+        or not isinstance(keep_every_n_hours, (int, float))
+        or not keep_every_n_hours > 0
+        or not math.isfinite(keep_every_n_hours)
+    ):
+        raise ValueError(
+            "`keep_every_n_hours` must be a positive number or None. "
+            f"Received: keep_every_n_hours={keep_every_n_hours!r}"
+        )
+
+
+class CheckpointManager:
+    """Saves and restores checkpoints of a model and its optimizer.
+
+    Every save is committed atomically (a crash at any point leaves the
+    previous checkpoints intact and never a partial one), retention runs only
+    after the commit, and the best value of `monitor` is persisted with every
+    checkpoint so it survives restarts. Checkpoints are plain
+    `tf.train.Checkpoint` files: `tf.train.latest_checkpoint(directory)` finds
+    the newest one.
+
+    Example (custom training loop):
+
+    ```python
+    manager = tfckpt.CheckpointManager(
+        "runs/exp1", model, optimizer, monitor="val_loss", keep_last=3, keep_best=1
+    )
+    start = manager.restore()  # None on the first run
+    for epoch in range(start.epoch if start else 0, epochs):
+        ...  # train one epoch
+        manager.save(epoch=epoch + 1, metrics={"val_loss": val_loss})
+    manager.close()
+    ```
+
+    Args:
+        directory: run directory (any `tf.io.gfile` path: local, `ram://`,
+            `gs://`...). Created if missing.
+        model: the Keras model (built before `restore`).
+        optimizer: the optimizer to save with it. Defaults to
+            `model.optimizer` when the model is compiled.
+        monitor: metric whose best value is tracked, or `None`.
+        mode: `"min"` or `"max"`: the direction of `monitor`.
+        keep_last: keep the N newest checkpoints (`None`: keep all).
+        keep_best: keep the K best by `monitor` (defaults to 1 with a
+            monitor, 0 without).
+        keep_every_n_epochs: also keep one checkpoint every N epochs.
+        keep_every_n_hours: also keep one checkpoint every N hours.
+        retention: an extra `tfckpt.retention.RetentionPolicy`; a checkpoint
+            is kept when any rule keeps it. The newest is always kept.
+        verify: verify checksums before restoring (skipping damaged
+            checkpoints in favour of the newest intact one).
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        model: Any,
+        optimizer: Any = None,
+        *,
+        monitor: str | None = None,
+        mode: str = "min",
+        keep_last: int | None = 3,
+        keep_best: int | None = None,
+        keep_every_n_epochs: int | None = None,
+        keep_every_n_hours: float | None = None,
+        retention: _retention.RetentionPolicy | None = None,
+        verify: bool = True,
+    ):
+        check_backend()
+        validate_options(
+            directory=directory,
+            monitor=monitor,
+            keep_last=keep_last,
+            keep_best=keep_best,
+            keep_every_n_epochs=keep_every_n_epochs,
+            keep_every_n_hours=keep_every_n_hours,
+        )
+        if mode not in _MODES:
+            raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
+        if retention is not None and not isinstance(retention, _retention.RetentionPolicy):
+            raise TypeError(
+                "`retention` must be a tfckpt.retention.RetentionPolicy (an object with "
+                f"a `keep(checkpoints)` method). Received: retention={retention!r}"
+            )
+        if keep_best is None:
+            keep_best = 1 if monitor is not None else 0
+        self.directory = directory
+        self.model = model
+        self.optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+        self.monitor = monitor
+        self.mode = mode
+        self.verify = verify
+        self._policy = _retention.from_options(
+            keep_last=keep_last,
+            keep_best=keep_best,
+            monitor=monitor,
+            mode=mode,
+            keep_every_n_epochs=keep_every_n_epochs,
+            keep_every_n_hours=keep_every_n_hours,
+            extra=retention,
+        )
+        self._retention_config = {
+            "keep_last": keep_last,
+            "keep_best": keep_best,
+            "keep_every_n_epochs": keep_every_n_epochs,
+            "keep_every_n_hours": keep_every_n_hours,
+            "custom": repr(retention) if retention is not None else None,
+        }
+        self._store = CheckpointStore(directory)
+        self._run = Run(directory)
+        try:
+            tf.io.gfile.makedirs(directory)
+            self._lock = DirectoryLock(directory)
+        except (OSError, tf.errors.OpError) as e:
+            raise CheckpointError(
+                f"Cannot write checkpoints to {directory!r}: {getattr(e, 'message', e)}"
+            ) from e
+        self._store.remove_leftovers()
+        records = self._store.scan()[0]
+        if records and not self._store.pointer_is_current(records):
+            # TF's state file is a derived pointer: repair it from the manifests.
+            self._store.write_pointer(records)
+        self._best = self._best_from(records[-1] if records else None)
+        self._checkpoint: tf.train.Checkpoint | None = None
+
+    # ---- state ---------------------------------------------------------
+
+    def _objects(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer}
+
+    def _best_from(self, record: CheckpointRecord | None) -> dict | None:
+        if record is None or self.monitor is None:
+            return None
+        best = record.manifest.get("best")
+        info = record.manifest.get("monitor") or {}
+        if best and info.get("name") == self.monitor and info.get("mode") == self.mode:
+            return dict(best)
+        return None
+
+    @property
+    def checkpoints(self) -> list[CheckpointRecord]:
+        """Committed checkpoints, oldest first, each saying why it is kept."""
+        return self._run.checkpoints
+
+    @property
+    def latest(self) -> CheckpointRecord | None:
+        return self._run.latest
+
+    @property
+    def best(self) -> CheckpointRecord | None:
+        """The retained checkpoint with the best `monitor` value."""
+        return self._run.best if self.monitor is not None else None
+
+    @property
+    def best_value(self) -> dict | None:
+        """The best value ever seen by this run: `{"value", "step", "epoch"}`."""
+        return dict(self._best) if self._best else None
+
+    def state(self, record: CheckpointRecord) -> dict[str, Any]:
+        """The `state` dict that was saved with `record`."""
+        return self._run.state(record)
+
+    # ---- save ----------------------------------------------------------
+
+    def save(
+        self,
+        step: int | None = None,
+        *,
+        epoch: int = 0,
+        batch: int = 0,
+        metrics: Mapping[str, Any] | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> CheckpointRecord:
+        """Writes, commits and returns a checkpoint, then applies retention.
+
+        Args:
+            step: global step; defaults to the optimizer's iterations.
+            epoch: epochs completed.
+            batch: batches completed in the epoch in progress.
+            metrics: metric values at this point (JSON-able numbers).
+            state: extra JSON-able state to store with the checkpoint.
+        """
+        if step is None:
+            step = int(self.optimizer.iterations) if self.optimizer is not None else 0
+        metrics = jsonable(dict(metrics or {}))
+        best = self._best
+        if self.monitor is not None:
+            value = metrics.get(self.monitor)
+            if isinstance(value, (int, float)) and _retention.is_better(
+                value, best["value"] if best else None, self.mode
+            ):
+                best = {"value": value, "step": int(step), "epoch": int(epoch)}
+        if self._checkpoint is None:
+            self._checkpoint = _contents.checkpoint_for(self._objects())
+        metadata = {
+            "step": int(step),
+            "epoch": int(epoch),
+            "batch": int(batch),
+            "metrics": metrics,
+            "time": now(),
+            "monitor": {"name": self.monitor, "mode": self.mode} if self.monitor else None,
+            "best": best,
+            "retention": self._retention_config,
+            "contents": [k for k, v in self._objects().items() if v is not None],
+            "build_config": _contents.build_config(self.model),
+            "versions": versions(),
+        }
+        files = {}
+        if state:
+            files[STATE] = json.dumps(jsonable(dict(state)), sort_keys=True).encode()
+        record = self._store.commit(self._checkpoint.write, metadata, files)
+        self._best = best
+        self._apply_retention()
+        return record
+
+    def _apply_retention(self) -> list[CheckpointRecord]:
+        records = self._store.scan()[0]
+        reasons = self._policy.keep(records)
+        reasons[-1] = "latest"  # never delete the newest committed checkpoint
+        kept = [r for r, why in zip(records, reasons) if why]
+        doomed = [r for r, why in zip(records, reasons) if not why]
+        self._store.write_pointer(kept)
+        for record in doomed:
+            self._store.delete(record)
+        return doomed
+
+    # ---- restore -------------------------------------------------------
+
+    def restore(self, which: Which = "latest") -> CheckpointRecord | None:
+        """Restores the model and optimizer; returns the record, or `None` when
+        the directory holds no checkpoint yet.
+
+        Args:
+            which: `"latest"`, `"best"`, a step (int), a checkpoint name or a
+                `CheckpointRecord`. A damaged checkpoint is skipped with a
+                warning and the next intact one of the selection is restored.
+        """
+        record = self._run.restore_into(self._objects(), which, strict=True, verify=self.verify)
+        if record is not None:
+            self._best = self._best_from(record)
+        return record
+
+    def close(self) -> None:
+        """Releases the directory for other writers."""
+        self._lock.release()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

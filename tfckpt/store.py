@@ -1,0 +1,350 @@
+"""On-disk layout of a run directory and the commit protocol.
+
+```
+runs/exp1/
+  checkpoint                 TF's state file: `tf.train.latest_checkpoint` reads it
+  ckpt-000007/
+    ckpt.index               written by tf.train.Checkpoint.write
+    ckpt.data-00000-of-00001
+    manifest.json            metadata + size and CRC-32 of every file above
+  ckpt-000008/ ...
+  .tmp-ckpt-000009-<id>/     a save in progress (or left by a crash)
+  .lock                      held by the process that writes (see `_lock`)
+```
+
+A checkpoint is *committed* when its final directory exists and holds a
+manifest whose files are all present with the recorded sizes. The commit
+protocol makes that all-or-nothing: write into a temporary directory, fsync the
+files, write and fsync the manifest, fsync the temporary directory, rename it
+to its final name (the commit point), fsync the run directory, and only then
+point TF's state file at it. Deletion renames the checkpoint out of the way
+first, so a crash mid-delete never leaves a half-deleted checkpoint that looks
+committed. Leftover temporaries are removed by the next writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import tensorflow as tf
+
+from tfckpt import _fs
+
+FORMAT = "tfckpt/1"
+MANIFEST = "manifest.json"
+PREFIX = "ckpt"
+STATE_FILE = "checkpoint"
+_NAME = re.compile(r"^ckpt-(\d+)$")
+_TMP = ".tmp-"
+_TRASH = ".trash-"
+
+
+def _commit_step(name: str) -> None:
+    """Called after each step of the commit protocol; crash tests hook it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRecord:
+    """One committed checkpoint, as its manifest describes it.
+
+    Attributes:
+        name: directory name inside the run directory, e.g. `"ckpt-000007"`.
+        seq: commit sequence number; larger is newer.
+        step: global training step (optimizer iterations) at save time.
+        epoch: epochs completed at save time.
+        batch: batches completed in the epoch in progress (0 at epoch end).
+        metrics: logs/metrics at save time.
+        time: wall time of the save (seconds since the Unix epoch).
+        path: the prefix `tf.train.Checkpoint.read` accepts.
+        size: bytes on disk (checkpoint files, manifest excluded).
+        kept: why retention keeps it (`None` when not computed or not kept).
+    """
+
+    name: str
+    seq: int
+    step: int
+    epoch: int
+    batch: int
+    metrics: Mapping[str, Any]
+    time: float
+    path: str
+    size: int
+    kept: str | None = None
+    manifest: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def directory(self) -> str:
+        return self.path[: -len(PREFIX) - 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A checkpoint directory that is not a valid committed checkpoint."""
+
+    name: str
+    reason: str
+
+
+def jsonable(value: Any) -> Any:
+    """Metric values as JSON: Python floats, non-finite ones as `None`."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bool, str, type(None))):
+        return value
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if hasattr(value, "dtype") and "int" in str(value.dtype):
+        return int(value)
+    return number if math.isfinite(number) else None
+
+
+def versions() -> dict[str, str]:
+    import keras
+
+    from tfckpt import __version__
+
+    return {
+        "tfckpt": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+class CheckpointStore:
+    """A run directory: listing, verification, commit and deletion."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    # ---- reading -------------------------------------------------------
+
+    def _path(self, *names: str) -> str:
+        return _fs.join(self.directory, *names)
+
+    def _entries(self) -> list[str]:
+        if not tf.io.gfile.isdir(self.directory):
+            return []
+        return [e.rstrip("/") for e in tf.io.gfile.listdir(self.directory)]
+
+    def scan(self) -> tuple[list[CheckpointRecord], list[Problem]]:
+        """Committed checkpoints (oldest first) and the directories that are not.
+
+        Sizes are checked, checksums are not (see `check`).
+        """
+        records, problems = [], []
+        names = sorted((int(m.group(1)), e) for e in self._entries() if (m := _NAME.match(e)))
+        for seq, name in names:
+            try:
+                record = self._load(name, seq)
+                reason = self._check_sizes(record)
+            except _Corrupt as e:
+                problems.append(Problem(name, str(e)))
+                continue
+            if reason:
+                problems.append(Problem(name, reason))
+            else:
+                records.append(record)
+        return records, problems
+
+    def _load(self, name: str, seq: int) -> CheckpointRecord:
+        path = self._path(name, MANIFEST)
+        try:
+            manifest = json.loads(_fs.read_bytes(path))
+        except tf.errors.NotFoundError:
+            raise _Corrupt("no manifest.json (not committed)") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _Corrupt(f"unreadable manifest.json ({e})") from None
+        try:
+            if manifest["format"] != FORMAT or manifest["seq"] != seq:
+                raise _Corrupt(f"manifest.json is not a {FORMAT} manifest for {name}")
+            files = manifest["files"]
+            return CheckpointRecord(
+                name=name,
+                seq=seq,
+                step=int(manifest["step"]),
+                epoch=int(manifest["epoch"]),
+                batch=int(manifest["batch"]),
+                metrics=dict(manifest["metrics"]),
+                time=float(manifest["time"]),
+                path=self._path(name, manifest["prefix"]),
+                size=sum(int(f["size"]) for f in files.values()),
+                manifest=manifest,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise _Corrupt(f"malformed manifest.json ({e!r})") from None
+
+    def _check_sizes(self, record: CheckpointRecord) -> str | None:
+        for fname, entry in record.manifest["files"].items():
+            try:
+                actual = _fs.size(self._path(record.name, fname))
+            except tf.errors.NotFoundError:
+                return f"missing file {fname}"
+            if actual != entry["size"]:
+                return f"{fname} has {actual} bytes, manifest says {entry['size']}"
+        return None
+
+    def check(self, record: CheckpointRecord) -> str | None:
+        """What is wrong with `record`'s files (sizes and CRC-32), or `None`."""
+        reason = self._check_sizes(record)
+        if reason:
+            return reason
+        for fname, entry in record.manifest["files"].items():
+            if _fs.crc32(self._path(record.name, fname)) != entry["crc32"]:
+                return f"{fname} does not match its checksum (corrupted)"
+        return None
+
+    # ---- writing -------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        seqs = [int(m.group(1)) for e in self._entries() if (m := _NAME.match(e))]
+        return max(seqs, default=0) + 1
+
+    def commit(
+        self,
+        write: Callable[[str], object],
+        metadata: Mapping[str, Any],
+        files: Mapping[str, bytes] | None = None,
+    ) -> CheckpointRecord:
+        """Writes a checkpoint through `write(prefix)` and commits it atomically.
+
+        `files` are extra small files (name -> bytes) stored and checksummed
+        with the checkpoint.
+
+        On any error the temporary directory is removed and the run directory
+        is exactly as before.
+        """
+        tf.io.gfile.makedirs(self.directory)
+        seq = self._next_seq()
+        name = f"ckpt-{seq:06d}"
+        tmp = self._path(f"{_TMP}{name}-{uuid.uuid4().hex[:8]}")
+        tf.io.gfile.makedirs(tmp)
+        try:
+            write(_fs.join(tmp, PREFIX))
+            for fname, data in (files or {}).items():
+                with tf.io.gfile.GFile(_fs.join(tmp, fname), "wb") as f:
+                    f.write(data)
+            _commit_step("write")
+            files = sorted(tf.io.gfile.listdir(tmp))
+            for fname in files:
+                _fs.fsync_file(_fs.join(tmp, fname))
+            _commit_step("fsync_files")
+            manifest = {
+                **jsonable(dict(metadata)),
+                "format": FORMAT,
+                "seq": seq,
+                "prefix": PREFIX,
+                "files": {
+                    f: {
+                        "size": _fs.size(_fs.join(tmp, f)),
+                        "crc32": _fs.crc32(_fs.join(tmp, f)),
+                    }
+                    for f in files
+                },
+            }
+            _fs.write_durable(
+                _fs.join(tmp, MANIFEST),
+                json.dumps(manifest, indent=1, sort_keys=True).encode(),
+            )
+            _commit_step("manifest")
+            _fs.fsync_dir(tmp)
+            _commit_step("fsync_tmpdir")
+            self._publish(tmp, self._path(name), files)
+            _commit_step("rename")
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+        _fs.fsync_dir(self.directory)
+        _commit_step("fsync_dir")
+        return self._load(name, seq)
+
+    @staticmethod
+    def _publish(tmp: str, final: str, files: list[str]) -> None:
+        if _fs.is_local(final):
+            tf.io.gfile.rename(tmp, final)  # atomic: the commit point
+            return
+        # Object stores and ram:// cannot rename a directory with its contents:
+        # move file by file, the manifest last, so the manifest is the commit
+        # point (a directory without it is never taken for a checkpoint).
+        tf.io.gfile.makedirs(final)
+        for fname in [*files, MANIFEST]:
+            tf.io.gfile.rename(_fs.join(tmp, fname), _fs.join(final, fname))
+        _remove_quietly(tmp)
+
+    def write_pointer(self, records: list[CheckpointRecord]) -> None:
+        """Points TF's `checkpoint` state file at the newest of `records`."""
+        if not records:
+            return
+        tf.__internal__.train.update_checkpoint_state(
+            save_dir=self.directory,
+            model_checkpoint_path=records[-1].path,
+            all_model_checkpoint_paths=[r.path for r in records],
+            all_model_checkpoint_timestamps=[r.time for r in records],
+            save_relative_paths=True,
+        )
+        _fs.fsync_file(self._path(STATE_FILE))
+        _fs.fsync_dir(self.directory)
+        _commit_step("state_file")
+
+    def pointer_is_current(self, records: list[CheckpointRecord]) -> bool:
+        try:
+            latest = tf.train.latest_checkpoint(self.directory)
+        except (tf.errors.OpError, ValueError):
+            return False
+        return bool(records) and latest == records[-1].path
+
+    def delete(self, record: CheckpointRecord) -> None:
+        """Removes a checkpoint: an atomic rename out of the way, then the files."""
+        trash = self._path(f"{_TRASH}{record.name}-{uuid.uuid4().hex[:8]}")
+        if not _fs.is_local(trash):
+            # No directory rename there: the manifest goes first, so a crash
+            # mid-delete leaves an uncommitted directory, never a torn checkpoint.
+            tf.io.gfile.remove(self._path(record.name, MANIFEST))
+            _remove_quietly(self._path(record.name))
+            return
+        tf.io.gfile.rename(self._path(record.name), trash)
+        _fs.fsync_dir(self.directory)
+        _commit_step("delete")
+        _remove_quietly(trash)
+
+    def leftovers(self) -> list[str]:
+        return [e for e in self._entries() if e.startswith((_TMP, _TRASH))]
+
+    def remove_leftovers(self) -> list[str]:
+        """Removes temporaries of interrupted saves and deletions; only the writer calls it."""
+        names = self.leftovers()
+        for name in names:
+            _remove_quietly(self._path(name))
+        return names
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        elif tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+    except tf.errors.OpError:
+        pass
+
+
+def now() -> float:
+    return time.time()
