@@ -2,13 +2,22 @@
 
 import json
 import signal
+import subprocess
+import sys
 import warnings
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import all_variables, assert_same_variables, make_model, run_script
+from conftest import (
+    SCRIPTS,
+    all_variables,
+    assert_same_variables,
+    make_model,
+    run_script,
+    script_env,
+)
 
 import tfckpt
 
@@ -144,7 +153,8 @@ def test_step_level_saves_with_best_tracking_and_steps_per_execution(tmp_path, d
     step_saves = [(r.epoch, r.batch) for r in records if r.batch]
     # Every 5 batches counted across epochs, at the execution boundary reached first.
     # 6 batches per epoch run 2 at a time: totals 2, 4, 6 | 8, 10, 12 | 14, 16, 18.
-    assert step_saves == [(0, 6), (1, 4), (2, 4)]
+    # A save due on an epoch's last batch is the epoch-end save (epoch 1, batch 0).
+    assert step_saves == [(1, 4), (2, 4)]
     epoch_saves = [r for r in records if r.batch == 0]
     assert [r.epoch for r in epoch_saves] == [1, 2, 3]
     assert all("val_loss" in r.metrics for r in epoch_saves)
@@ -242,3 +252,71 @@ def test_inference_restore_into_unbuilt_model(tmp_path, data):
     assert record.epoch == 2
     np.testing.assert_allclose(plain.predict(data[0][:8], verbose=0),
                                model.predict(data[0][:8], verbose=0), rtol=1e-6)
+
+
+def test_recompiled_model_trains_on_instead_of_restoring(tmp_path, data):
+    model = make_model()
+    cb, _ = fit(model, tmp_path, 2, data)
+    trained = [w.numpy() for w in model.weights]
+    # Fine-tuning in a notebook: freeze a layer, recompile (a new optimizer at step 0).
+    model.layers[0].trainable = False
+    model.compile(keras.optimizers.Adam(1e-5), "binary_crossentropy", metrics=["accuracy"])
+    cb2, history = fit(model, tmp_path, 2, data)
+    assert cb2.restored is None and history.epoch == [0, 1]
+    np.testing.assert_array_equal(model.weights[0].numpy(), trained[0])  # frozen, not restored
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-5)
+    assert tfckpt.open(str(tmp_path)).latest.epoch == 4
+
+
+def test_early_stopping_with_ema_saves_the_trained_weights(tmp_path, data):
+    # EarlyStopping (listed after us) stops the run: the last epoch's save is
+    # committed before fit swaps the EMA averages into the weights.
+    snapshots = {}
+
+    def snap(epoch, logs):
+        snapshots[epoch] = [v.numpy() for v in model.weights]
+
+    model = make_model(optimizer=keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.5))
+    stop = keras.callbacks.EarlyStopping("loss", patience=0, min_delta=100.0)
+    fit(model, tmp_path, 10, data, callbacks=[stop, keras.callbacks.LambdaCallback(
+        on_epoch_end=snap)])
+    record = tfckpt.open(str(tmp_path)).latest
+    assert record.epoch == 2 and model.stop_training
+    fresh = make_model(seed=3)
+    tfckpt.restore(fresh, str(tmp_path))
+    for a, b in zip(fresh.weights, snapshots[1]):
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
+def test_nan_validation_metric_does_not_break_logging(tmp_path, data):
+    x, y = data
+    xv = x[:16].copy()
+    xv[0, 0] = np.nan
+    model = make_model()
+    cb = tfckpt.CheckpointCallback(str(tmp_path), verbose=1)
+    model.fit(x, y, validation_data=(xv, y[:16]), epochs=2, verbose=0, callbacks=[cb])
+    records = tfckpt.open(str(tmp_path)).checkpoints
+    assert [r.metrics["val_loss"] for r in records] == [None, None]
+
+
+def test_a_fit_that_raises_does_not_keep_the_directory_locked(tmp_path, data):
+    model = make_model()
+
+    class Boom(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    cb = tfckpt.CheckpointCallback(str(tmp_path), verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(*data, validation_split=0.25, epochs=3, verbose=0, callbacks=[cb, Boom()])
+    model.fit(*data, validation_split=0.25, epochs=1, verbose=0, callbacks=[cb])
+    # Nothing of this process holds the lock now: another process may take it.
+    holder = subprocess.Popen([sys.executable, str(SCRIPTS / "hold_lock.py"), str(tmp_path)],
+                              env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        line = holder.stdout.readline()
+        assert line.startswith("locked"), holder.stderr.read() if not line else line
+    finally:
+        holder.kill()
+        holder.wait()

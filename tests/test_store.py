@@ -127,7 +127,7 @@ def test_one_writer_per_directory_and_a_killed_holder_does_not_block(tmp_path):
         model = small_model()
         with pytest.raises(tfckpt.DirectoryLockedError, match=rf"pid {holder.pid} on host"):
             tfckpt.CheckpointManager(str(tmp_path), model)
-        tfckpt.open(str(tmp_path)).checkpoints  # readers are never blocked
+        assert tfckpt.open(str(tmp_path)).checkpoints == []  # readers are never blocked
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()

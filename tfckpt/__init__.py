@@ -13,6 +13,7 @@ from tfckpt import retention  # noqa: E402
 from tfckpt.callback import CheckpointCallback  # noqa: E402
 from tfckpt.errors import (  # noqa: E402
     CheckpointError,
+    CheckpointWriteError,
     DirectoryLockedError,
     IncompatibleCheckpointError,
     NoIntactCheckpointError,
@@ -27,6 +28,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointManager",
     "CheckpointRecord",
+    "CheckpointWriteError",
     "DirectoryLockedError",
     "IncompatibleCheckpointError",
     "NoIntactCheckpointError",

@@ -61,6 +61,17 @@ def size(path: str) -> int:
     return tf.io.gfile.stat(path).length
 
 
+def free_bytes(path: str) -> int | None:
+    """Bytes available to this user on `path`'s filesystem, if it says."""
+    if not is_local(path):
+        return None
+    try:
+        st = os.statvfs(_local(path))
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 def write_durable(path: str, data: bytes) -> None:
     """Writes `path` and fsyncs it (no atomicity: callers write into temp dirs)."""
     with tf.io.gfile.GFile(path, "wb") as f:

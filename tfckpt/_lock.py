@@ -57,11 +57,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _locked_error(directory: str, info: dict) -> DirectoryLockedError:
+def _locked_error(directory: str, info: dict, path: str) -> DirectoryLockedError:
     return DirectoryLockedError(
         f"Checkpoint directory {directory!r} is being written by another "
         f"process ({_describe(info)}). Two writers would interleave their "
-        "checkpoints: stop that process or use another directory."
+        "checkpoints: stop that process or use another directory. If that "
+        f"process is gone for good, delete {path!r}."
     )
 
 
@@ -88,15 +89,17 @@ class DirectoryLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise _locked_error(self.directory, _read(self.path)) from None
+                raise _locked_error(self.directory, _read(self.path), self.path) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(_holder()).encode(), 0)
             return fd
         if tf.io.gfile.exists(self.path):
             info = _read(self.path)
-            same_host = info.get("host") == socket.gethostname()
-            if not (same_host and not _pid_alive(int(info.get("pid", 0)))):
-                raise _locked_error(self.directory, info)
+            dead_here = info.get("host") == socket.gethostname() and not _pid_alive(
+                int(info.get("pid") or 0)
+            )
+            if info.get("pid") and not dead_here:  # an unreadable lock is stale
+                raise _locked_error(self.directory, info, self.path)
         with tf.io.gfile.GFile(self.path, "wb") as f:
             f.write(json.dumps(_holder()).encode())
         return None

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from typing import Any
 
 import keras
 
+from tfckpt.errors import CheckpointWriteError
 from tfckpt.manager import CheckpointManager, check_backend, validate_options
 from tfckpt.store import CheckpointRecord, jsonable
 
 _MODES = ("auto", "min", "max")
+
+# Models this process has trained with a checkpoint directory (by directory):
+# a later fit of such a model trains on instead of restoring over it, even
+# after a recompile reset its optimizer.
+_trained_here: dict[str, weakref.WeakSet] = {}
 
 
 class CheckpointCallback(keras.callbacks.Callback):
@@ -56,6 +63,11 @@ class CheckpointCallback(keras.callbacks.Callback):
             checkpoint.
         retention: an extra `tfckpt.retention.RetentionPolicy` (union with
             the rules above).
+        on_save_error: `"raise"` (default) stops training when a save fails
+            with an OS error (disk full, I/O error, permission); `"warn"` warns
+            and trains on, for users who would rather lose a checkpoint than a
+            run. Either way no partial checkpoint is left and earlier ones are
+            intact. Other errors are always raised.
         verbose: 0 (silent) or 1 (a line per save and restore).
     """
 
@@ -72,6 +84,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         keep_every_n_hours: float | None = None,
         restore: str | int | bool = "latest",
         retention: Any = None,
+        on_save_error: str = "raise",
         verbose: int = 1,
     ):
         super().__init__()
@@ -102,6 +115,11 @@ class CheckpointCallback(keras.callbacks.Callback):
                 "`restore` must be 'latest', 'best', a step (int >= 0) or False. "
                 f"Received: restore={restore!r}"
             )
+        if on_save_error not in ("raise", "warn"):
+            raise ValueError(
+                "`on_save_error` must be 'raise' or 'warn'. "
+                f"Received: on_save_error={on_save_error!r}"
+            )
         if verbose not in (0, 1):
             raise ValueError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
         self.directory = directory
@@ -114,6 +132,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.keep_every_n_hours = keep_every_n_hours
         self.restore = restore
         self.retention = retention
+        self.on_save_error = on_save_error
         self.verbose = verbose
         self.manager: CheckpointManager | None = None
         self.restored: CheckpointRecord | None = None
@@ -169,13 +188,22 @@ class CheckpointCallback(keras.callbacks.Callback):
             )
             return
         logs = jsonable(logs)
-        record = self.manager.save(
-            epoch=self._epochs_done, batch=batch, metrics=logs, state=self._state()
-        )
+        try:
+            record = self.manager.save(
+                epoch=self._epochs_done, batch=batch, metrics=logs, state=self._state()
+            )
+        except CheckpointWriteError as e:
+            if self.on_save_error == "raise":
+                raise
+            warnings.warn(f"tfckpt: {e} Training goes on (on_save_error='warn').", stacklevel=2)
+            self._last_saved_total = self._batches_total  # retry at the next due save
+            return
         self._last_saved_step = record.step
+        self._last_saved_epoch = record.epoch
         self._last_saved_total = self._batches_total
         if self.verbose:
-            shown = f", {self.monitor}={logs[self.monitor]:.6g}" if self.monitor in logs else ""
+            value = logs.get(self.monitor) if self.monitor else None
+            shown = f", {self.monitor}={value:.6g}" if isinstance(value, (int, float)) else ""
             best = self.manager.best_value
             mark = " (new best)" if best and best["step"] == record.step and shown else ""
             where = f"epoch {record.epoch}" + (f" batch {batch}" if batch else "")
@@ -205,6 +233,9 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         check_backend()
         model = self.model
+        if self.manager is not None:  # a previous fit raised before on_train_end
+            self.manager.close()
+            self.manager = None
         self.manager = CheckpointManager(
             self.directory,
             model,
@@ -224,14 +255,18 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._batches_total = 0
         self._history: list[dict] = []
         self._last_saved_step = -1
+        self._last_saved_epoch = -1
         self._last_saved_total = 0
         self._pending: dict | None = None
+        self._save_at_epoch_end = False
+        self._wrap_finalize()
+        trained_here = _trained_here.setdefault(self.manager.directory_key, weakref.WeakSet())
         latest = self.manager.latest
         base = None  # the checkpoint whose counters this fit carries on
         if latest is not None:
             optimizer = self.manager.optimizer
             step_now = int(optimizer.iterations) if optimizer is not None else 0
-            if step_now > 0 and step_now >= latest.step:
+            if model in trained_here or (step_now > 0 and step_now >= latest.step):
                 base = latest  # this process trained it: train on, restore nothing
                 self._continuing = True
             elif self.restore is False:
@@ -243,6 +278,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             else:
                 base = self.restored = self.manager.restore(self.restore)
                 self._continuing = False
+        trained_here.add(model)
         if base is None:
             self._continuing = False
             return
@@ -253,6 +289,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._batches_total = int(state.get("batches", 0)) - base.batch
         self._last_saved_total = self._batches_total
         self._last_saved_step = base.step
+        self._last_saved_epoch = base.epoch
         if self.restored is not None:
             model._initial_epoch = base.epoch or None
             epochs = (self.params or {}).get("epochs")
@@ -265,9 +302,35 @@ class CheckpointCallback(keras.callbacks.Callback):
                 )
 
     def _flush(self) -> None:
-        if self._pending is not None:
+        if self._pending is not None and self.manager is not None:
             logs, self._pending = self._pending, None
             self._save(logs, batch=0)
+
+    def _wrap_finalize(self) -> None:
+        # fit calls `optimizer.finalize_variable_values` after the last epoch,
+        # before on_train_end; with use_ema=True it swaps the EMA averages into
+        # the weights. A save still pending (fit stopped early by a callback
+        # after us) must see the trained weights, so it is committed first.
+        optimizer = self.manager.optimizer
+        if optimizer is None or not hasattr(optimizer, "finalize_variable_values"):
+            return
+        original = type(optimizer).finalize_variable_values.__get__(optimizer)
+        this = weakref.ref(self)
+
+        def finalize_variable_values(var_list):
+            callback = this()
+            if callback is not None:
+                callback._flush()
+            return original(var_list)
+
+        optimizer.finalize_variable_values = finalize_variable_values
+        self._wrapped_optimizer = optimizer
+
+    def _unwrap_finalize(self) -> None:
+        optimizer = getattr(self, "_wrapped_optimizer", None)
+        if optimizer is not None and "finalize_variable_values" in vars(optimizer):
+            del optimizer.finalize_variable_values
+        self._wrapped_optimizer = None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._flush()
@@ -280,20 +343,27 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._flush()
-        done = batch + 1  # `batch` is the last batch index of this step
+        # `batch` is the last batch index of this step; the last step of an
+        # epoch may hold fewer than steps_per_execution batches.
+        steps = (self.params or {}).get("steps")
+        done = min(batch + 1, steps) if steps else batch + 1
         self._batches_total += done - self._batch_in_epoch
         self._batch_in_epoch = done
         if self.save_freq == "epoch":
             return
         if self._batches_total // self.save_freq > self._last_saved_total // self.save_freq:
-            self._save(logs, batch=done)
+            if done == steps:
+                self._save_at_epoch_end = True  # recorded as a completed epoch
+            else:
+                self._save(logs, batch=done)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._epochs_done = epoch + 1 + (self._epoch_offset or 0)
         self._batch_in_epoch = 0
         self._history.append({"epoch": self._epochs_done, **jsonable(dict(logs or {}))})
         has_metric = self._monitor_available(logs or {})
-        if not (self.save_freq == "epoch" or has_metric):
+        due, self._save_at_epoch_end = self._save_at_epoch_end, False
+        if not (self.save_freq == "epoch" or has_metric or due):
             return
         epochs = (self.params or {}).get("epochs")
         if epochs is not None and epoch + 1 >= epochs:
@@ -312,10 +382,12 @@ class CheckpointCallback(keras.callbacks.Callback):
             self._flush()
             optimizer = self.manager.optimizer
             step = int(optimizer.iterations) if optimizer is not None else None
-            if step is not None and step != self._last_saved_step and self._batches_total:
+            unsaved = step != self._last_saved_step or self._epochs_done != self._last_saved_epoch
+            if step is not None and unsaved and self._batches_total:
                 # Work done since the last save (save_freq=int): keep it.
                 self._save(logs, batch=self._batch_in_epoch)
         finally:
             self.model._initial_epoch = None
+            self._unwrap_finalize()
             self.manager.close()
             self.manager = None

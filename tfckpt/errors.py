@@ -17,3 +17,8 @@ class NoIntactCheckpointError(CheckpointError):
 
 class DirectoryLockedError(CheckpointError):
     """Another live process is writing checkpoints into the same directory."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A save failed with an OS error (disk full, file too large, I/O error,
+    permission). Nothing partial is left and earlier checkpoints are intact."""

@@ -4,15 +4,19 @@ commits, best-metric tracking and retention. The Keras callback drives it from
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from tfckpt import _contents
+from tfckpt import _contents, _fs
 from tfckpt import retention as _retention
 from tfckpt._lock import DirectoryLock
 from tfckpt.errors import CheckpointError
@@ -182,11 +186,14 @@ class CheckpointManager:
             "keep_every_n_hours": keep_every_n_hours,
             "custom": repr(retention) if retention is not None else None,
         }
+        self.directory_key = os.path.realpath(directory) if _fs.is_local(directory) else directory
         self._store = CheckpointStore(directory)
         self._run = Run(directory)
         try:
             tf.io.gfile.makedirs(directory)
             self._lock = DirectoryLock(directory)
+            # A manager dropped without close() (a fit that raised) frees the directory.
+            weakref.finalize(self, self._lock.release)
         except (OSError, tf.errors.OpError) as e:
             raise CheckpointError(
                 f"Cannot write checkpoints to {directory!r}: {getattr(e, 'message', e)}"
@@ -216,7 +223,11 @@ class CheckpointManager:
     @property
     def checkpoints(self) -> list[CheckpointRecord]:
         """Committed checkpoints, oldest first, each saying why it is kept."""
-        return self._run.checkpoints
+        records = self._store.scan()[0]
+        reasons = self._policy.keep(records) if records else []
+        if records:
+            reasons[-1] = ", ".join(filter(None, ["latest", reasons[-1]]))
+        return [dataclasses.replace(r, kept=why) for r, why in zip(records, reasons)]
 
     @property
     def latest(self) -> CheckpointRecord | None:
@@ -284,10 +295,22 @@ class CheckpointManager:
         files = {}
         if state:
             files[STATE] = json.dumps(jsonable(dict(state)), sort_keys=True).encode()
-        record = self._store.commit(self._checkpoint.write, metadata, files)
+        record = self._store.commit(
+            self._checkpoint.write, metadata, files, expected_size=self._state_bytes()
+        )
         self._best = best
         self._apply_retention()
         return record
+
+    def _state_bytes(self) -> int:
+        """Bytes of the variables a save writes (for the free-space check)."""
+        variables = list(self.model.weights)
+        if self.optimizer is not None:
+            variables += list(self.optimizer.variables)
+        return sum(
+            int(np.prod(v.shape)) * np.dtype(getattr(v.dtype, "name", v.dtype)).itemsize
+            for v in variables
+        )
 
     def _apply_retention(self) -> list[CheckpointRecord]:
         records = self._store.scan()[0]

@@ -58,6 +58,10 @@ class Run:
             keep_every_n_hours=config.get("keep_every_n_hours"),
         )
         reasons = policy.keep(records)
+        if config.get("custom"):
+            # Retention runs after every commit, so a checkpoint still here that
+            # no built-in rule keeps is kept by the run's own policy.
+            reasons = [why or f"custom: {config['custom']}" for why in reasons]
         reasons[-1] = ", ".join(filter(None, ["latest", reasons[-1]]))
         return [dataclasses.replace(r, kept=why) for r, why in zip(records, reasons)], problems
 
@@ -158,9 +162,10 @@ class Run:
         Returns `None` when the directory holds no checkpoint at all.
         """
         candidates = self.select(which)
-        if not candidates:
+        problems = self._store.scan()[1]
+        if not candidates and not problems:
             return None
-        for problem in self._store.scan()[1]:
+        for problem in problems:
             warnings.warn(
                 f"tfckpt: skipping {problem.name} in {self.directory!r}: "
                 f"{problem.reason}. It is left on disk for inspection.",
@@ -183,15 +188,17 @@ class Run:
                 except tf.errors.DataLossError as e:
                     reason = f"unreadable data ({e.message})"
             skipped.append(record.name)
+            self._store.mark_damaged(record.name, reason)
             warnings.warn(
                 f"tfckpt: skipping {record.name} in {self.directory!r}: {reason}. "
                 "Falling back to the next intact checkpoint; the damaged one is "
                 "left on disk for inspection.",
                 stacklevel=3,
             )
+        damaged = skipped + [p.name for p in problems]
         raise NoIntactCheckpointError(
             f"None of the checkpoints selected by which={which!r} in "
-            f"{self.directory!r} is intact (tried {', '.join(skipped)}). "
+            f"{self.directory!r} is intact (damaged: {', '.join(damaged)}). "
             "Nothing was deleted; run `tfckpt verify` for details."
         )
 

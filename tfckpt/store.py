@@ -31,12 +31,14 @@ import re
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import tensorflow as tf
 
 from tfckpt import _fs
+from tfckpt.errors import CheckpointWriteError
 
 FORMAT = "tfckpt/1"
 MANIFEST = "manifest.json"
@@ -45,6 +47,7 @@ STATE_FILE = "checkpoint"
 _NAME = re.compile(r"^ckpt-(\d+)$")
 _TMP = ".tmp-"
 _TRASH = ".trash-"
+_DAMAGED = ".damaged-"
 
 
 def _commit_step(name: str) -> None:
@@ -147,8 +150,13 @@ class CheckpointStore:
         Sizes are checked, checksums are not (see `check`).
         """
         records, problems = [], []
-        names = sorted((int(m.group(1)), e) for e in self._entries() if (m := _NAME.match(e)))
+        entries = self._entries()
+        names = sorted((int(m.group(1)), e) for e in entries if (m := _NAME.match(e)))
+        damaged = {e[len(_DAMAGED) :] for e in entries if e.startswith(_DAMAGED)}
         for seq, name in names:
+            if name in damaged:
+                problems.append(Problem(name, self._damage_reason(name)))
+                continue
             try:
                 record = self._load(name, seq)
                 reason = self._check_sizes(record)
@@ -170,6 +178,8 @@ class CheckpointStore:
         except (ValueError, UnicodeDecodeError) as e:
             raise _Corrupt(f"unreadable manifest.json ({e})") from None
         try:
+            if manifest.get("checksum") != _manifest_checksum(manifest):
+                raise _Corrupt("manifest.json does not match its checksum (corrupted)")
             if manifest["format"] != FORMAT or manifest["seq"] != seq:
                 raise _Corrupt(f"manifest.json is not a {FORMAT} manifest for {name}")
             files = manifest["files"]
@@ -198,6 +208,22 @@ class CheckpointStore:
                 return f"{fname} has {actual} bytes, manifest says {entry['size']}"
         return None
 
+    def _damage_reason(self, name: str) -> str:
+        try:
+            reason = _fs.read_bytes(self._path(_DAMAGED + name)).decode(errors="replace")
+        except tf.errors.OpError:
+            reason = "?"
+        return f"found damaged earlier: {reason}"
+
+    def mark_damaged(self, name: str, reason: str) -> None:
+        """Records that `name` failed verification: it no longer counts as a
+        checkpoint (nor as the newest one), and retention never deletes it."""
+        try:
+            with tf.io.gfile.GFile(self._path(_DAMAGED + name), "wb") as f:
+                f.write(reason.encode())
+        except tf.errors.OpError:
+            pass  # a read-only directory: the checksum check catches it again
+
     def check(self, record: CheckpointRecord) -> str | None:
         """What is wrong with `record`'s files (sizes and CRC-32), or `None`."""
         reason = self._check_sizes(record)
@@ -211,7 +237,9 @@ class CheckpointStore:
     # ---- writing -------------------------------------------------------
 
     def _next_seq(self) -> int:
-        seqs = [int(m.group(1)) for e in self._entries() if (m := _NAME.match(e))]
+        # Damage markers count too: a deleted damaged checkpoint's name is not reused.
+        names = (e.removeprefix(_DAMAGED) for e in self._entries())
+        seqs = [int(m.group(1)) for e in names if (m := _NAME.match(e))]
         return max(seqs, default=0) + 1
 
     def commit(
@@ -219,58 +247,90 @@ class CheckpointStore:
         write: Callable[[str], object],
         metadata: Mapping[str, Any],
         files: Mapping[str, bytes] | None = None,
+        *,
+        expected_size: int = 0,
     ) -> CheckpointRecord:
         """Writes a checkpoint through `write(prefix)` and commits it atomically.
 
         `files` are extra small files (name -> bytes) stored and checksummed
-        with the checkpoint.
+        with the checkpoint. `expected_size` (bytes) is checked against the
+        free space first, where the filesystem reports it.
 
         On any error the temporary directory is removed and the run directory
-        is exactly as before.
+        is exactly as before; OS errors are raised as `CheckpointWriteError`.
         """
-        tf.io.gfile.makedirs(self.directory)
         seq = self._next_seq()
         name = f"ckpt-{seq:06d}"
-        tmp = self._path(f"{_TMP}{name}-{uuid.uuid4().hex[:8]}")
-        tf.io.gfile.makedirs(tmp)
-        try:
-            write(_fs.join(tmp, PREFIX))
-            for fname, data in (files or {}).items():
-                with tf.io.gfile.GFile(_fs.join(tmp, fname), "wb") as f:
-                    f.write(data)
-            _commit_step("write")
-            files = sorted(tf.io.gfile.listdir(tmp))
-            for fname in files:
-                _fs.fsync_file(_fs.join(tmp, fname))
-            _commit_step("fsync_files")
-            manifest = {
-                **jsonable(dict(metadata)),
-                "format": FORMAT,
-                "seq": seq,
-                "prefix": PREFIX,
-                "files": {
-                    f: {
-                        "size": _fs.size(_fs.join(tmp, f)),
-                        "crc32": _fs.crc32(_fs.join(tmp, f)),
-                    }
-                    for f in files
-                },
-            }
-            _fs.write_durable(
-                _fs.join(tmp, MANIFEST),
-                json.dumps(manifest, indent=1, sort_keys=True).encode(),
+        free = _fs.free_bytes(self.directory)
+        if free is not None and expected_size > free:
+            raise CheckpointWriteError(
+                f"Not enough space to save checkpoint {name} in {self.directory!r}: it "
+                f"needs about {_mb(expected_size)}, {_mb(free)} are free. Nothing was "
+                "written and earlier checkpoints are intact; free some space (or keep "
+                "fewer checkpoints)."
             )
-            _commit_step("manifest")
-            _fs.fsync_dir(tmp)
-            _commit_step("fsync_tmpdir")
-            self._publish(tmp, self._path(name), files)
-            _commit_step("rename")
+        tmp = self._path(f"{_TMP}{name}-{uuid.uuid4().hex[:8]}")
+        try:
+            tf.io.gfile.makedirs(tmp)
+            self._write_and_publish(write, metadata, files or {}, seq, tmp, name)
+        except (OSError, tf.errors.OpError) as e:
+            _remove_quietly(tmp)
+            free = _fs.free_bytes(self.directory)
+            space = f" {_mb(free)} are free." if free is not None else ""
+            raise CheckpointWriteError(
+                f"Could not save checkpoint {name} in {self.directory!r}: "
+                f"{_os_error_text(e)}. The checkpoint needs about "
+                f"{_mb(expected_size)};{space} No partial checkpoint is left and "
+                "earlier checkpoints are intact."
+            ) from e
         except BaseException:
             _remove_quietly(tmp)
             raise
         _fs.fsync_dir(self.directory)
         _commit_step("fsync_dir")
         return self._load(name, seq)
+
+    def _write_and_publish(
+        self,
+        write: Callable[[str], object],
+        metadata: Mapping[str, Any],
+        extra: Mapping[str, bytes],
+        seq: int,
+        tmp: str,
+        name: str,
+    ) -> None:
+        write(_fs.join(tmp, PREFIX))
+        for fname, data in extra.items():
+            with tf.io.gfile.GFile(_fs.join(tmp, fname), "wb") as f:
+                f.write(data)
+        _commit_step("write")
+        files = sorted(tf.io.gfile.listdir(tmp))
+        for fname in files:
+            _fs.fsync_file(_fs.join(tmp, fname))
+        _commit_step("fsync_files")
+        manifest = {
+            **jsonable(dict(metadata)),
+            "format": FORMAT,
+            "seq": seq,
+            "prefix": PREFIX,
+            "files": {
+                f: {
+                    "size": _fs.size(_fs.join(tmp, f)),
+                    "crc32": _fs.crc32(_fs.join(tmp, f)),
+                }
+                for f in files
+            },
+        }
+        manifest["checksum"] = _manifest_checksum(manifest)
+        _fs.write_durable(
+            _fs.join(tmp, MANIFEST),
+            json.dumps(manifest, indent=1, sort_keys=True).encode(),
+        )
+        _commit_step("manifest")
+        _fs.fsync_dir(tmp)
+        _commit_step("fsync_tmpdir")
+        self._publish(tmp, self._path(name), files)
+        _commit_step("rename")
 
     @staticmethod
     def _publish(tmp: str, final: str, files: list[str]) -> None:
@@ -344,6 +404,22 @@ def _remove_quietly(path: str) -> None:
             tf.io.gfile.remove(path)
     except tf.errors.OpError:
         pass
+
+
+def _manifest_checksum(manifest: Mapping[str, Any]) -> int:
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return zlib.crc32(json.dumps(body, sort_keys=True).encode())
+
+
+def _os_error_text(e: BaseException) -> str:
+    """TF's error text without the graph-function noise around it."""
+    text = getattr(e, "message", None) or str(e)
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:\w+\]\s*$", "", text).rstrip(". ")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def now() -> float:

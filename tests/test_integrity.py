@@ -1,0 +1,207 @@
+"""Integrity under attack: kill -9 fuzzing, corrupted files, a full disk."""
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import SCRIPTS, make_model, run_script, script_env
+
+import tfckpt
+from tfckpt import _fs
+from tfckpt.store import CheckpointStore
+
+# ---- kill -9 fuzzing ---------------------------------------------------------
+
+
+def fuzz(directory, kills, seed, epochs=3):
+    """Starts the training script, SIGKILLs it at a random moment, restarts it,
+    `kills` times; then lets it finish. Returns counts for the report."""
+    rng = random.Random(seed)
+    stats = {"kills": 0, "mid_save": 0, "restores": 0}
+    last_saved = 0
+    cmd = [sys.executable, str(SCRIPTS / "fuzz_train.py"), str(directory), "--epochs", str(epochs)]
+    while True:
+        finishing = stats["kills"] >= kills
+        before = tfckpt.open(str(directory)).latest if directory.exists() else None
+        stats["mid_save"] += bool(directory.exists() and CheckpointStore(str(directory)).leftovers())
+        proc = subprocess.Popen(cmd, env=script_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        restored = int(proc.stdout.readline().split()[1])  # "restored STEP"
+        # Never backwards: at least the newest committed step seen, exactly the newest on disk.
+        assert restored >= last_saved
+        assert restored == (before.step if before else 0)
+        stats["restores"] += before is not None
+        if finishing:
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err
+            lines = out.split("\n")
+            assert lines[-2].startswith("done"), out
+            return stats, int(lines[-2].split()[1])
+        time.sleep(rng.uniform(0.3, 2.5))  # warm-up is ~1.8 s, then a save every ~0.25 s
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        if proc.returncode == 0:  # finished before the kill: start a fresh run
+            shutil.rmtree(directory)
+            last_saved = 0
+            continue
+        stats["kills"] += 1
+        saved = [int(line.split()[1]) for line in out.splitlines() if line.startswith("saved")]
+        last_saved = max([last_saved, *saved])
+        # After every kill: the directory verifies, nothing torn is visible.
+        results = tfckpt.verify(str(directory))
+        assert all(problem is None for _, problem in results), results
+        assert results or last_saved == 0
+
+
+def check_fuzz(tmp_path, kills, seed):
+    d = tmp_path / "run"
+    stats, final_step = fuzz(d, kills, seed)
+    assert stats["kills"] == kills
+    run = tfckpt.open(str(d))
+    assert run.latest.epoch == 3 and run.latest.batch == 0 and run.latest.step == final_step
+    assert CheckpointStore(str(d)).leftovers() == []
+    assert tf.train.latest_checkpoint(str(d)) == run.latest.path
+    print(f"\nfuzz: {stats}")
+    return stats
+
+
+def test_kill_9_fuzzing(tmp_path):
+    check_fuzz(tmp_path, kills=25, seed=1)
+
+
+@pytest.mark.soak
+def test_kill_9_fuzzing_soak(tmp_path):
+    check_fuzz(tmp_path, kills=200, seed=2)
+
+
+# ---- corruption ----------------------------------------------------------------
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def flip(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def delete(path):
+    path.unlink()
+
+
+FILES = ["ckpt.data-00000-of-00001", "ckpt.index", "manifest.json", "state.json"]
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pristine")
+    model = make_model()
+    cb = tfckpt.CheckpointCallback(str(d), keep_last=None, verbose=0)
+    weights = {}
+    x, y = np.random.default_rng(0).normal(size=(64, 8)).astype("float32"), np.zeros(64)
+    for epoch in (1, 2, 3):
+        model.fit(x, y, epochs=epoch, initial_epoch=epoch - 1, verbose=0, callbacks=[cb],
+                  validation_data=(x[:8], y[:8]))
+        weights[epoch] = [w.numpy() for w in model.weights]
+    return d, weights
+
+
+@pytest.mark.parametrize("damage", [truncate, flip, delete])
+@pytest.mark.parametrize("fname", FILES)
+def test_corruption_is_detected_and_falls_back(tmp_path, three_checkpoints, fname, damage):
+    pristine, weights = three_checkpoints
+    d = tmp_path / "run"
+    shutil.copytree(pristine, d)
+    newest = sorted(d.glob("ckpt-*"))[-1]
+    damage(newest / fname)
+
+    verdicts = dict(tfckpt.verify(str(d)))
+    assert verdicts[newest.name] is not None and list(verdicts.values()).count(None) == 2
+
+    model = make_model(seed=7)
+    with pytest.warns(UserWarning, match=rf"skipping {newest.name}") as caught:
+        record = tfckpt.restore(model, str(d))
+    assert record.epoch == 2
+    for a, b in zip(model.weights, weights[2]):
+        np.testing.assert_array_equal(a.numpy(), b)
+    assert len([w for w in caught if newest.name in str(w.message)]) == 1  # one clear warning
+    # The damaged checkpoint is kept for inspection, and is not "the newest" any more.
+    assert newest.exists()
+    assert tfckpt.open(str(d)).latest.epoch == 2
+
+    # A rerun trains on with keep_last=1: it deletes intact old checkpoints,
+    # never the damaged one.
+    model = make_model(seed=7)
+    cb = tfckpt.CheckpointCallback(str(d), keep_last=1, keep_best=0, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        history = model.fit(*np.split(np.zeros((16, 9), "float32"), [8], axis=1), epochs=3,
+                            verbose=0, callbacks=[cb], validation_split=0.5)
+    assert history.epoch == [2]  # resumed from the newest intact checkpoint
+    assert newest.exists()
+    assert [r.epoch for r in tfckpt.open(str(d)).checkpoints] == [3]
+    assert tf.train.latest_checkpoint(str(d)) == tfckpt.open(str(d)).latest.path
+
+
+def test_all_damaged_raises_and_deletes_nothing(tmp_path, three_checkpoints):
+    pristine, _ = three_checkpoints
+    d = tmp_path / "run"
+    shutil.copytree(pristine, d)
+    for ckpt in d.glob("ckpt-*"):
+        flip(ckpt / "ckpt.data-00000-of-00001")
+    before = sorted(p.name for p in d.iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(tfckpt.NoIntactCheckpointError, match="Nothing was deleted"):
+            tfckpt.restore(make_model(), str(d))
+    assert {p.name for p in d.iterdir()} >= set(before)
+    proc = run_script("../../tfckpt/cli.py", "verify", d)
+    assert proc.returncode == 1 and "0 intact, 3 damaged" in proc.stdout
+
+
+# ---- a full disk -----------------------------------------------------------------
+
+
+def test_disk_full_raises_clearly_and_keeps_earlier_checkpoints(tmp_path):
+    d = tmp_path / "run"
+    proc = run_script("disk_full.py", d, "raise", check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    message = result["error"]
+    assert f"Could not save checkpoint ckpt-000002 in '{d}'" in message
+    assert "File too large. The checkpoint needs about 3.0 MiB" in message  # EFBIG, real
+    assert "{{function_node" not in message and "earlier checkpoints are intact" in message
+    run = tfckpt.open(str(d))
+    assert [r.name for r in run.checkpoints] == ["ckpt-000001"]
+    assert CheckpointStore(str(d)).leftovers() == []
+    assert all(problem is None for _, problem in tfckpt.verify(str(d)))
+
+
+def test_disk_full_warn_option_trains_on(tmp_path):
+    d = tmp_path / "run"
+    proc = run_script("disk_full.py", d, "warn", check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["epochs_run"] == [0, 1, 2]
+    assert "Training goes on (on_save_error='warn')" in proc.stderr
+    assert [r.name for r in tfckpt.open(str(d)).checkpoints] == ["ckpt-000001"]
+    assert CheckpointStore(str(d)).leftovers() == []
+
+
+def test_not_enough_free_space_fails_before_writing(tmp_path):
+    # The pre-check compares with the free space the OS reports (statvfs) for
+    # this directory; a checkpoint 1 GiB larger than that cannot fit.
+    free = _fs.free_bytes(str(tmp_path))
+    assert free is not None
+    with pytest.raises(tfckpt.CheckpointWriteError, match="Not enough space.*Nothing was written"):
+        CheckpointStore(str(tmp_path)).commit(lambda prefix: None, {}, expected_size=free + 2**30)
+    assert list(tmp_path.iterdir()) == []
