@@ -320,3 +320,30 @@ def test_a_fit_that_raises_does_not_keep_the_directory_locked(tmp_path, data):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_user_callback_state_travels_with_the_checkpoint(tmp_path, data):
+    class Counter(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.batches = 0
+            self.table = np.zeros(3)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
+            self.table += 1
+
+        def get_checkpoint_state(self):
+            return {"batches": self.batches, "table": self.table}
+
+        def set_checkpoint_state(self, state):
+            self.batches = state["batches"]
+            self.table = state["table"]
+
+    first = Counter()
+    assert isinstance(first, tfckpt.StatefulCallback)
+    fit(make_model(), tmp_path, 2, data, callbacks=[first])
+    second = Counter()
+    fit(make_model(seed=4), tmp_path, 3, data, callbacks=[second])
+    assert second.batches == first.batches * 3 // 2  # 2 epochs restored + 1 trained
+    np.testing.assert_array_equal(second.table, np.full(3, second.batches))

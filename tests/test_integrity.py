@@ -67,6 +67,7 @@ def check_fuzz(tmp_path, kills, seed):
     assert stats["kills"] == kills
     run = tfckpt.open(str(d))
     assert run.latest.epoch == 3 and run.latest.batch == 0 and run.latest.step == final_step
+    assert final_step == 3 * 16  # resumes never trained a batch twice
     assert CheckpointStore(str(d)).leftovers() == []
     assert tf.train.latest_checkpoint(str(d)) == run.latest.path
     print(f"\nfuzz: {stats}")

@@ -10,6 +10,7 @@ model.fit(x, y, validation_data=(xv, yv), epochs=50, callbacks=[cb])
 __version__ = "0.1.0"
 
 from tfckpt import retention  # noqa: E402
+from tfckpt._exact import StatefulCallback  # noqa: E402
 from tfckpt.callback import CheckpointCallback  # noqa: E402
 from tfckpt.errors import (  # noqa: E402
     CheckpointError,
@@ -33,6 +34,7 @@ __all__ = [
     "IncompatibleCheckpointError",
     "NoIntactCheckpointError",
     "Run",
+    "StatefulCallback",
     "open",
     "restore",
     "retention",

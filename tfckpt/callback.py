@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 import weakref
 from typing import Any
 
 import keras
 
+from tfckpt import _exact
 from tfckpt.errors import CheckpointWriteError
 from tfckpt.manager import CheckpointManager, check_backend, validate_options
 from tfckpt.store import CheckpointRecord, jsonable
@@ -68,6 +70,11 @@ class CheckpointCallback(keras.callbacks.Callback):
             and trains on, for users who would rather lose a checkpoint than a
             run. Either way no partial checkpoint is left and earlier ones are
             intact. Other errors are always raised.
+        restore_random_state: on resume, restore the random state saved with
+            the checkpoint (every Keras `SeedGenerator` of the model, Keras's
+            global one, NumPy's and Python's global generators), so Dropout,
+            noise and augmentation layers draw what the uninterrupted run drew.
+            `False` gives fresh randomness on resume.
         verbose: 0 (silent) or 1 (a line per save and restore).
     """
 
@@ -85,6 +92,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         restore: str | int | bool = "latest",
         retention: Any = None,
         on_save_error: str = "raise",
+        restore_random_state: bool = True,
         verbose: int = 1,
     ):
         super().__init__()
@@ -133,10 +141,12 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.restore = restore
         self.retention = retention
         self.on_save_error = on_save_error
+        self.restore_random_state = bool(restore_random_state)
         self.verbose = verbose
         self.manager: CheckpointManager | None = None
         self.restored: CheckpointRecord | None = None
         self._warned: set[str] = set()
+        self._unwrap_train = None
 
     # ---- helpers -------------------------------------------------------
 
@@ -174,8 +184,35 @@ class CheckpointCallback(keras.callbacks.Callback):
             "be minimized or maximized. Pass mode='min' or mode='max'."
         )
 
-    def _state(self) -> dict[str, Any]:
-        return {"batches": self._batches_total, "history": self._history}
+    def _state(self, batch: int) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "batches": self._batches_total,
+            "history": self._history,
+            "callbacks": _exact.callback_states(self._others),
+        }
+        if self.restore_random_state:
+            # Mid-epoch, the host generators are saved as they were when the
+            # epoch began: a resume draws the skipped batches through the data
+            # pipeline again (e.g. PyDataset's shuffle, NumPy augmentation),
+            # which brings them to where they are now.
+            host = self._host_rng_at_epoch_begin if batch else None
+            state["rng"] = _exact.random_state(self.model, host)
+        if batch:  # mid-epoch: the epoch's metric accumulators, to continue them
+            state["metrics_variables"] = _exact.metric_values(self.model)
+        return state
+
+    def _find_other_callbacks(self) -> list[Any]:
+        # Keras gives a callback no handle on the others; the CallbackList that
+        # calls on_train_begin is the caller's `self`.
+        frame = sys._getframe(1)
+        for _ in range(4):
+            if frame is None:
+                break
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, keras.callbacks.CallbackList):
+                return [cb for cb in owner.callbacks if cb is not self]
+            frame = frame.f_back
+        return []
 
     def _save(self, logs: dict | None, batch: int) -> None:
         logs = dict(logs or {})
@@ -190,7 +227,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         logs = jsonable(logs)
         try:
             record = self.manager.save(
-                epoch=self._epochs_done, batch=batch, metrics=logs, state=self._state()
+                epoch=self._epochs_done, batch=batch, metrics=logs, state=self._state(batch)
             )
         except CheckpointWriteError as e:
             if self.on_save_error == "raise":
@@ -259,6 +296,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._last_saved_total = 0
         self._pending: dict | None = None
         self._save_at_epoch_end = False
+        self._others = self._find_other_callbacks()
+        self._resume_states: dict | None = None
+        self._resume_batch = 0
         self._wrap_finalize()
         trained_here = _trained_here.setdefault(self.manager.directory_key, weakref.WeakSet())
         latest = self.manager.latest
@@ -285,8 +325,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         state = self.manager.state(base)
         self._epochs_done = base.epoch
         self._history = list(state.get("history", []))
-        # A mid-epoch checkpoint resumes at the start of its epoch.
-        self._batches_total = int(state.get("batches", 0)) - base.batch
+        self._batches_total = int(state.get("batches", 0))
+        if self.restored is not None:
+            self._resume(base, state)
         self._last_saved_total = self._batches_total
         self._last_saved_step = base.step
         self._last_saved_epoch = base.epoch
@@ -300,6 +341,55 @@ class CheckpointCallback(keras.callbacks.Callback):
                     f"restored {base.name} (epoch {base.epoch}, step {base.step}); "
                     f"continuing at epoch {base.epoch + 1}."
                 )
+
+    def _resume(self, record: CheckpointRecord, state: dict[str, Any]) -> None:
+        """What a restored run needs beyond the TF checkpoint."""
+        if self.restore_random_state and "rng" in state:
+            _exact.set_random_state(self.model, state["rng"])
+        self._resume_states = state.get("callbacks") or {}
+        if not record.batch:
+            return
+        spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        if record.batch % spe:
+            self._warn_once(
+                "position",
+                f"{record.name} was saved after batch {record.batch}, which is not a "
+                f"multiple of steps_per_execution={spe}: its epoch restarts at batch 0.",
+            )
+            self._batches_total -= record.batch
+            return
+        # Continue with batch `record.batch` of the epoch: the first calls of the
+        # train function only draw their batches from the iterator (no compute),
+        # so the data order of the rest of the epoch is the uninterrupted one.
+        self._resume_batch = record.batch
+        self._wrap_train_function(
+            record.batch // spe, spe, dict(record.metrics), state.get("metrics_variables")
+        )
+
+    def _wrap_train_function(self, skip: int, spe: int, logs: dict, metrics: Any) -> None:
+        model = self.model
+        original = model.train_function
+
+        def train_function(iterator):
+            nonlocal skip
+            if skip > 0:
+                skip -= 1
+                batch = None
+                for _ in range(spe):
+                    batch = next(iterator)
+                if skip == 0:
+                    model.train_function = original
+                    if metrics is not None and not _exact.set_metric_values(model, metrics, batch):
+                        self._warn_once(
+                            "metrics",
+                            "could not restore the metric accumulators of the resumed "
+                            "epoch; its epoch metrics cover the batches after the resume.",
+                        )
+                return logs
+            return original(iterator)
+
+        model.train_function = train_function
+        self._unwrap_train = lambda: setattr(model, "train_function", original)
 
     def _flush(self) -> None:
         if self._pending is not None and self.manager is not None:
@@ -337,9 +427,15 @@ class CheckpointCallback(keras.callbacks.Callback):
         # fit read `_initial_epoch` before the first epoch; clear it so a later
         # fit on this model does not silently skip epochs (BackupAndRestore's bug).
         self.model._initial_epoch = None
-        if self._epoch_offset is None:
-            self._epoch_offset = self._epochs_done - epoch if self._continuing else 0
         self._batch_in_epoch = 0
+        if self.restore_random_state:
+            self._host_rng_at_epoch_begin = _exact.host_random_state()
+        if self._epoch_offset is None:  # the first epoch of this fit
+            self._epoch_offset = self._epochs_done - epoch if self._continuing else 0
+            self._batch_in_epoch = self._resume_batch
+            if self._resume_states:
+                # After every callback's on_train_begin reset itself.
+                _exact.set_callback_states(self._others, self._resume_states)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._flush()
@@ -347,6 +443,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         # epoch may hold fewer than steps_per_execution batches.
         steps = (self.params or {}).get("steps")
         done = min(batch + 1, steps) if steps else batch + 1
+        if done <= self._batch_in_epoch:
+            return  # a batch skipped on resume: it was counted before the crash
         self._batches_total += done - self._batch_in_epoch
         self._batch_in_epoch = done
         if self.save_freq == "epoch":
@@ -389,5 +487,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         finally:
             self.model._initial_epoch = None
             self._unwrap_finalize()
+            if self._unwrap_train is not None:
+                self._unwrap_train()
+                self._unwrap_train = None
             self.manager.close()
             self.manager = None

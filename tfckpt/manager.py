@@ -5,7 +5,6 @@ commits, best-metric tracking and retention. The Keras callback drives it from
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import weakref
@@ -16,11 +15,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfckpt import _contents, _fs
+from tfckpt import _contents, _fs, _state
 from tfckpt import retention as _retention
 from tfckpt._lock import DirectoryLock
 from tfckpt.errors import CheckpointError
-from tfckpt.run import STATE, Run, Which
+from tfckpt.run import Run, Which
 from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
 
 _MODES = ("min", "max")
@@ -292,9 +291,7 @@ class CheckpointManager:
             "build_config": _contents.build_config(self.model),
             "versions": versions(),
         }
-        files = {}
-        if state:
-            files[STATE] = json.dumps(jsonable(dict(state)), sort_keys=True).encode()
+        files = _state.encode(dict(state)) if state else {}
         record = self._store.commit(
             self._checkpoint.write, metadata, files, expected_size=self._state_bytes()
         )

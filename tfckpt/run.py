@@ -6,18 +6,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _contents, _fs, retention
+from tfckpt import _contents, _fs, _state, retention
 from tfckpt.errors import NoIntactCheckpointError
 from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
-
-STATE = "state.json"
 
 Which = Any  # "latest" | "best" | int step | checkpoint name | CheckpointRecord
 
@@ -105,11 +102,27 @@ class Run:
         scored.sort(key=lambda t: (t[0] if mode == "min" else -t[0], -t[1]))
         return [r for _, _, r in scored]
 
+    @property
+    def history(self) -> dict[str, list]:
+        """Per-epoch logs across every process of the run, as of the newest
+        checkpoint: metric name -> one value per epoch (`None` where an epoch
+        did not log it), plus `"epoch"`."""
+        latest = self.latest
+        epochs = self.state(latest).get("history", []) if latest else []
+        keys = sorted({k for e in epochs for k in e} - {"epoch"})
+        out: dict[str, list] = {"epoch": [e["epoch"] for e in epochs]}
+        out.update({k: [e.get(k) for e in epochs] for k in keys})
+        return out
+
     def state(self, record: CheckpointRecord) -> dict[str, Any]:
         """The saver's own state stored with `record` (counters, history)."""
-        if STATE not in record.manifest["files"]:
+        files = record.manifest["files"]
+        if _state.STATE not in files:
             return {}
-        return json.loads(_fs.read_bytes(_fs.join(record.directory, STATE)))
+        arrays = None
+        if _state.ARRAYS in files:
+            arrays = _fs.read_bytes(_fs.join(record.directory, _state.ARRAYS))
+        return _state.decode(_fs.read_bytes(_fs.join(record.directory, _state.STATE)), arrays)
 
     def select(self, which: Which) -> list[CheckpointRecord]:
         """Candidates for `which`, in the order a restore tries them."""

@@ -1,0 +1,138 @@
+"""A seeded, deterministic training run for the exact-resume tests.
+
+    python exact.py DIR --data arrays|tfdata|pydataset [--save-freq N]
+                        [--kill-at-step K] [--kill-at-epoch E] [--stoppers] --out OUT
+
+The model has Dropout (and GaussianNoise for tf.data), so any random state not
+restored shows up in the weights. A non-trainable `Seen` layer counts how often
+each sample id was trained on: the count travels with the checkpoint, so after
+kills and resumes it says whether a batch was trained twice or missed.
+`--kill-at-step K` SIGKILLs the process just before training step K (mid-epoch);
+`--kill-at-epoch E` just before epoch E starts.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tfckpt  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("directory")
+p.add_argument("--data", default="arrays")
+p.add_argument("--epochs", type=int, default=3)
+p.add_argument("--save-freq", default="epoch")
+p.add_argument("--kill-at-step", type=int, default=None)
+p.add_argument("--kill-at-epoch", type=int, default=None)
+p.add_argument("--stoppers", action="store_true", help="EarlyStopping + ReduceLROnPlateau")
+p.add_argument("--out", required=True)
+args = p.parse_args()
+
+keras.utils.set_random_seed(3)
+tf.config.experimental.enable_op_determinism()
+N, F = 200, 12
+rng = np.random.default_rng(0)
+x = rng.normal(size=(N, F)).astype("float32")
+y = (x[:, :3].sum(axis=1) + 0.3 * rng.normal(size=N) > 0).astype("float32")
+ids = np.arange(N, dtype="float32")[:, None]
+xi = np.concatenate([x, ids], axis=1)
+xv = rng.normal(size=(64, F)).astype("float32")
+yv = (xv[:, :3].sum(axis=1) > 0).astype("float32")
+xvi = np.concatenate([xv, np.full((64, 1), -1, "float32")], axis=1)
+
+
+class Seen(keras.layers.Layer):
+    """Counts, per sample id, the training steps that used it."""
+
+    def build(self, input_shape):
+        self.counts = self.add_weight(shape=(N,), initializer="zeros", trainable=False)
+
+    def call(self, inputs, training=False):
+        if training:
+            sample_ids = keras.ops.cast(inputs[:, -1], "int32")
+            self.counts.assign_add(keras.ops.sum(keras.ops.one_hot(sample_ids, N), axis=0))
+        return inputs[:, :-1]
+
+
+layers = [keras.Input((F + 1,)), Seen()]
+if args.data == "tfdata":
+    layers.append(keras.layers.GaussianNoise(0.2))  # random augmentation in the model
+layers += [
+    keras.layers.Dense(32, activation="relu"),
+    keras.layers.Dropout(0.3),
+    keras.layers.Dense(1, activation="sigmoid"),
+]
+model = keras.Sequential(layers)
+model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy", metrics=["accuracy"])
+
+
+class Batches(keras.utils.PyDataset):
+    """Batch order from Keras (`fit(shuffle=True)` shuffles batch indices with
+    Python's `random`), augmentation from NumPy's global generator."""
+
+    def __len__(self):
+        return N // 25
+
+    def __getitem__(self, i):
+        idx = np.arange(i * 25, (i + 1) * 25)
+        noise = np.random.normal(scale=0.05, size=(len(idx), F + 1)).astype("float32")
+        noise[:, -1] = 0
+        return xi[idx] + noise, y[idx]
+
+
+if args.data == "arrays":
+    data = dict(x=xi, y=y, batch_size=25, shuffle=True)
+elif args.data == "tfdata":
+    ds = tf.data.Dataset.from_tensor_slices((xi, y))
+    ds = ds.shuffle(N, seed=11, reshuffle_each_iteration=False).batch(25)
+    data = dict(x=ds)
+else:
+    data = dict(x=Batches(), shuffle=True)
+
+
+class Kill(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) == args.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == args.kill_at_epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
+callbacks = [tfckpt.CheckpointCallback(args.directory, save_freq=save_freq, keep_last=2,
+                                       verbose=0)]
+if args.stoppers:
+    callbacks += [
+        keras.callbacks.EarlyStopping("val_loss", patience=2, min_delta=0.003,
+                                      restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=1, min_delta=0.003),
+    ]
+callbacks.append(Kill())
+history = model.fit(**data, epochs=args.epochs, validation_data=(xvi, yv), verbose=0,
+                    callbacks=callbacks)
+
+digest = hashlib.sha256()
+for v in model.weights + model.optimizer.variables:
+    digest.update(np.ascontiguousarray(v.numpy()).tobytes())
+seen = model.layers[0].counts.numpy()
+result = {
+    "digest": digest.hexdigest(),
+    "epochs_run": history.epoch,
+    "history": history.history,
+    "seen_min": float(seen.min()),
+    "seen_max": float(seen.max()),
+    "lr": float(model.optimizer.learning_rate),
+    "iterations": int(model.optimizer.iterations),
+}
+with open(args.out, "w") as f:
+    json.dump(result, f)

@@ -1,0 +1,176 @@
+"""What exact resumption needs beyond `tf.train.Checkpoint(model, optimizer)`:
+random-number state, other callbacks' state, and the metric accumulators of
+an epoch interrupted in the middle."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Protocol, runtime_checkable
+
+import keras
+import numpy as np
+
+try:  # Keras's generator for unseeded random ops (no public accessor)
+    from keras.src.random.seed_generator import global_seed_generator
+except ImportError:  # pragma: no cover - other Keras layouts
+    global_seed_generator = None
+
+
+@runtime_checkable
+class StatefulCallback(Protocol):
+    """A callback whose state is saved with every checkpoint and restored on
+    resume. Implement both methods on your own `keras.callbacks.Callback`.
+
+    ```python
+    class Counter(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
+
+        def get_checkpoint_state(self):
+            return {"batches": self.batches}
+
+        def set_checkpoint_state(self, state):
+            self.batches = state["batches"]
+    ```
+
+    The state is a dict of JSON-able values and NumPy arrays. It is set at the
+    first epoch begin of the resumed `fit`, after every callback's
+    `on_train_begin` has run.
+    """
+
+    def get_checkpoint_state(self) -> dict[str, Any]: ...
+
+    def set_checkpoint_state(self, state: dict[str, Any]) -> None: ...
+
+
+# Keras's own stateful callbacks, by the attributes that make their decisions.
+_BUILTIN_STATE = {
+    keras.callbacks.EarlyStopping: ("wait", "stopped_epoch", "best", "best_weights", "best_epoch"),
+    keras.callbacks.ReduceLROnPlateau: ("wait", "cooldown_counter", "best"),
+}
+
+
+def _builtin_fields(callback: Any) -> tuple[str, ...] | None:
+    for cls, fields in _BUILTIN_STATE.items():
+        if type(callback) is cls:
+            return fields
+    return None
+
+
+def _keyed(callbacks: list[Any]) -> dict[str, Any]:
+    """Stable keys for the callbacks that have state: class name and rank."""
+    keyed, seen = {}, {}
+    for cb in callbacks:
+        if isinstance(cb, StatefulCallback) or _builtin_fields(cb) is not None:
+            name = type(cb).__name__
+            seen[name] = seen.get(name, -1) + 1
+            keyed[f"{name}#{seen[name]}"] = cb
+    return keyed
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def callback_states(callbacks: list[Any]) -> dict[str, dict[str, Any]]:
+    states = {}
+    for key, cb in _keyed(callbacks).items():
+        if isinstance(cb, StatefulCallback):
+            states[key] = dict(cb.get_checkpoint_state())
+        else:
+            states[key] = {f: _plain(getattr(cb, f, None)) for f in _builtin_fields(cb)}
+    return states
+
+
+def set_callback_states(callbacks: list[Any], states: dict[str, dict[str, Any]]) -> list[str]:
+    """Restores what `callback_states` saved; returns the keys restored."""
+    restored = []
+    for key, cb in _keyed(callbacks).items():
+        if key not in states:
+            continue
+        if isinstance(cb, StatefulCallback):
+            cb.set_checkpoint_state(states[key])
+        else:
+            for field, value in states[key].items():
+                if field == "best_weights" and value is not None:
+                    value = [np.asarray(w) for w in value]
+                setattr(cb, field, value)
+        restored.append(key)
+    return restored
+
+
+def _seed_generators(model: Any) -> list[Any]:
+    generators = []
+    for layer in model._flatten_layers(include_self=True):
+        generators.extend(getattr(layer, "_seed_generators", []) or [])
+    return generators
+
+
+def host_random_state() -> dict[str, Any]:
+    """NumPy's and Python's global generators (data pipelines draw from them)."""
+    return {
+        "numpy": _plain(list(np.random.get_state(legacy=True))),
+        "python": _plain(list(random.getstate())),
+    }
+
+
+def random_state(model: Any, host: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every random-number state a training step or a data pipeline may draw
+    from; `host` replaces the current NumPy/Python states."""
+    state: dict[str, Any] = {
+        "layers": [np.asarray(g.state.numpy()).tolist() for g in _seed_generators(model)],
+        **(host or host_random_state()),
+    }
+    if global_seed_generator is not None:
+        state["keras_global"] = np.asarray(global_seed_generator().state.numpy()).tolist()
+    return state
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def set_random_state(model: Any, state: dict[str, Any]) -> None:
+    generators = _seed_generators(model)
+    saved = state.get("layers", [])
+    if len(saved) != len(generators):
+        raise ValueError(
+            f"The checkpoint holds {len(saved)} layer random states, the model has "
+            f"{len(generators)} seed generators: not the model that was saved."
+        )
+    for generator, value in zip(generators, saved):
+        generator.state.assign(np.asarray(value, dtype=generator.state.dtype))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(_tuples(state["python"]))
+    if global_seed_generator is not None and "keras_global" in state:
+        g = global_seed_generator()
+        g.state.assign(np.asarray(state["keras_global"], dtype=g.state.dtype))
+
+
+def metric_values(model: Any) -> list[Any]:
+    return [np.asarray(v.numpy()) for v in model.metrics_variables]
+
+
+def set_metric_values(model: Any, values: list[Any], data_batch: Any) -> bool:
+    """Sets the epoch's metric accumulators (building compile metrics from a
+    real batch first: without a strategy Keras builds them at the first step)."""
+    if len(model.metrics_variables) != len(values):
+        try:
+            model._symbolic_build(data_batch=data_batch)
+        except Exception:  # noqa: BLE001 - fall back to metrics of the remaining batches
+            return False
+    variables = model.metrics_variables
+    if len(variables) != len(values):
+        return False
+    for variable, value in zip(variables, values):
+        variable.assign(np.asarray(value))
+    return True
