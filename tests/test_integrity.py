@@ -21,13 +21,14 @@ from tfckpt.store import CheckpointStore
 # ---- kill -9 fuzzing ---------------------------------------------------------
 
 
-def fuzz(directory, kills, seed, epochs=3):
+def fuzz(directory, kills, seed, epochs=3, extra=()):
     """Starts the training script, SIGKILLs it at a random moment, restarts it,
     `kills` times; then lets it finish. Returns counts for the report."""
     rng = random.Random(seed)
     stats = {"kills": 0, "mid_save": 0, "restores": 0}
     last_saved = 0
-    cmd = [sys.executable, str(SCRIPTS / "fuzz_train.py"), str(directory), "--epochs", str(epochs)]
+    cmd = [sys.executable, str(SCRIPTS / "fuzz_train.py"), str(directory), "--epochs", str(epochs),
+           *extra]
     while True:
         finishing = stats["kills"] >= kills
         before = tfckpt.open(str(directory)).latest if directory.exists() else None
@@ -61,9 +62,9 @@ def fuzz(directory, kills, seed, epochs=3):
         assert results or last_saved == 0
 
 
-def check_fuzz(tmp_path, kills, seed):
+def check_fuzz(tmp_path, kills, seed, extra=()):
     d = tmp_path / "run"
-    stats, final_step = fuzz(d, kills, seed)
+    stats, final_step = fuzz(d, kills, seed, extra=extra)
     assert stats["kills"] == kills
     run = tfckpt.open(str(d))
     assert run.latest.epoch == 3 and run.latest.batch == 0 and run.latest.step == final_step
@@ -76,6 +77,10 @@ def check_fuzz(tmp_path, kills, seed):
 
 def test_kill_9_fuzzing(tmp_path):
     check_fuzz(tmp_path, kills=25, seed=1)
+
+
+def test_kill_9_fuzzing_async_saves(tmp_path):
+    check_fuzz(tmp_path, kills=10, seed=3, extra=["--async-save"])
 
 
 @pytest.mark.soak

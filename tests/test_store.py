@@ -111,7 +111,7 @@ def test_checkpoint_is_plain_tensorflow(tmp_path, data):
     assert record.path == tf.train.latest_checkpoint(str(tmp_path))
     fresh = make_model(seed=2)
     fresh.optimizer.build(fresh.trainable_variables)
-    status = tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer).read(record.path)
+    status = tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer).restore(record.path)
     status.assert_consumed()
     for a, b in zip(model.weights + model.optimizer.variables,
                     fresh.weights + fresh.optimizer.variables):

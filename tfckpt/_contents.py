@@ -59,8 +59,15 @@ def build_optimizer(optimizer: Any, model: Any) -> None:
         optimizer.build(model.trainable_variables)
 
 
+# TF's async writer always adds the Checkpoint's `save_counter`; sync writes
+# create it too, so both modes write the same objects.
+SAVE_COUNTER = "save_counter"
+
+
 def checkpoint_for(objects: Mapping[str, Any]) -> tf.train.Checkpoint:
-    return tf.train.Checkpoint(**{k: v for k, v in objects.items() if v is not None})
+    checkpoint = tf.train.Checkpoint(**{k: v for k, v in objects.items() if v is not None})
+    checkpoint.save_counter  # noqa: B018 - the property creates the variable
+    return checkpoint
 
 
 def read(
@@ -80,6 +87,8 @@ def read(
     """
     wanted = {k: v for k, v in objects.items() if v is not None and (saved is None or k in saved)}
     checkpoint = tf.train.Checkpoint(**wanted)
+    if saved is not None and SAVE_COUNTER in saved:
+        wanted[SAVE_COUNTER] = checkpoint.save_counter  # creates it, to be matched too
     try:
         status = checkpoint.read(prefix)
     except (ValueError, tf.errors.InvalidArgumentError) as e:

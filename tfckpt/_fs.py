@@ -72,13 +72,6 @@ def free_bytes(path: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def write_durable(path: str, data: bytes) -> None:
-    """Writes `path` and fsyncs it (no atomicity: callers write into temp dirs)."""
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(data)
-    fsync_file(path)
-
-
 def read_bytes(path: str) -> bytes:
     with tf.io.gfile.GFile(path, "rb") as f:
         return f.read()

@@ -75,6 +75,13 @@ class CheckpointCallback(keras.callbacks.Callback):
             global one, NumPy's and Python's global generators), so Dropout,
             noise and augmentation layers draw what the uninterrupted run drew.
             `False` gives fresh randomness on resume.
+        async_save: block `fit` only while a consistent copy of the state is
+            taken; the write, fsync, commit and retention run in the
+            background, one save at a time (the next one waits). A failure is
+            raised at the next save or at the end of `fit`, never lost.
+        fsync: fsync each checkpoint before it counts (default). `False` is
+            faster; a killed process still never leaves a torn checkpoint,
+            but a power loss may lose the newest ones.
         verbose: 0 (silent) or 1 (a line per save and restore).
     """
 
@@ -93,6 +100,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         retention: Any = None,
         on_save_error: str = "raise",
         restore_random_state: bool = True,
+        async_save: bool = False,
+        fsync: bool = True,
         verbose: int = 1,
     ):
         super().__init__()
@@ -142,6 +151,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.retention = retention
         self.on_save_error = on_save_error
         self.restore_random_state = bool(restore_random_state)
+        self.async_save = bool(async_save)
+        self.fsync = bool(fsync)
         self.verbose = verbose
         self.manager: CheckpointManager | None = None
         self.restored: CheckpointRecord | None = None
@@ -225,26 +236,42 @@ class CheckpointCallback(keras.callbacks.Callback):
             )
             return
         logs = jsonable(logs)
+        step = int(self.manager.optimizer.iterations) if self.manager.optimizer else 0
         try:
-            record = self.manager.save(
-                epoch=self._epochs_done, batch=batch, metrics=logs, state=self._state(batch)
+            self._wait_for_save()
+            self.manager.save(
+                step, epoch=self._epochs_done, batch=batch, metrics=logs, state=self._state(batch)
             )
         except CheckpointWriteError as e:
-            if self.on_save_error == "raise":
-                raise
-            warnings.warn(f"tfckpt: {e} Training goes on (on_save_error='warn').", stacklevel=2)
-            self._last_saved_total = self._batches_total  # retry at the next due save
+            self._save_failed(e)
             return
-        self._last_saved_step = record.step
-        self._last_saved_epoch = record.epoch
+        self._last_saved_step = step
+        self._last_saved_epoch = self._epochs_done
         self._last_saved_total = self._batches_total
-        if self.verbose:
-            value = logs.get(self.monitor) if self.monitor else None
-            shown = f", {self.monitor}={value:.6g}" if isinstance(value, (int, float)) else ""
-            best = self.manager.best_value
-            mark = " (new best)" if best and best["step"] == record.step and shown else ""
-            where = f"epoch {record.epoch}" + (f" batch {batch}" if batch else "")
-            self._say(f"saved {record.name} ({where}, step {record.step}{shown}){mark}")
+
+    def _save_failed(self, error: CheckpointWriteError) -> None:
+        if self.on_save_error == "raise":
+            raise error
+        warnings.warn(f"tfckpt: {error} Training goes on (on_save_error='warn').", stacklevel=3)
+        self._last_saved_total = self._batches_total  # retry at the next due save
+
+    def _wait_for_save(self) -> None:
+        """Surfaces the error of an async save still in flight."""
+        try:
+            self.manager.wait()
+        except CheckpointWriteError as e:
+            self._save_failed(e)
+
+    def _report(self, record: CheckpointRecord) -> None:
+        """Called with each committed checkpoint (from the save thread if async)."""
+        if not self.verbose:
+            return
+        value = record.metrics.get(self.monitor) if self.monitor else None
+        shown = f", {self.monitor}={value:.6g}" if isinstance(value, (int, float)) else ""
+        best = self.manager.best_value if self.manager is not None else None
+        mark = " (new best)" if best and best["step"] == record.step and shown else ""
+        where = f"epoch {record.epoch}" + (f" batch {record.batch}" if record.batch else "")
+        self._say(f"saved {record.name} ({where}, step {record.step}{shown}){mark}")
 
     def _monitor_available(self, logs: dict) -> bool:
         if self.monitor is None:
@@ -284,7 +311,10 @@ class CheckpointCallback(keras.callbacks.Callback):
             keep_every_n_epochs=self.keep_every_n_epochs,
             keep_every_n_hours=self.keep_every_n_hours,
             retention=self.retention,
+            async_save=self.async_save,
+            fsync=self.fsync,
         )
+        self.manager._on_commit = self._report
         self.restored = None
         self._epoch_offset: int | None = None
         self._batch_in_epoch = 0
@@ -490,5 +520,10 @@ class CheckpointCallback(keras.callbacks.Callback):
             if self._unwrap_train is not None:
                 self._unwrap_train()
                 self._unwrap_train = None
-            self.manager.close()
-            self.manager = None
+            manager, self.manager = self.manager, None
+            try:
+                manager.wait()  # the last async save: committed before fit returns
+            except CheckpointWriteError as e:
+                self._save_failed(e)
+            finally:
+                manager.close()

@@ -4,6 +4,7 @@ commits, best-metric tracking and retention. The Keras callback drives it from
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import os
@@ -15,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfckpt import _contents, _fs, _state
+from tfckpt import _async_fix, _contents, _fs, _state
 from tfckpt import retention as _retention
 from tfckpt._lock import DirectoryLock
 from tfckpt.errors import CheckpointError
@@ -23,6 +24,7 @@ from tfckpt.run import Run, Which
 from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
 
 _MODES = ("min", "max")
+_ASYNC = tf.train.CheckpointOptions(enable_async=True)
 
 
 def check_backend() -> None:
@@ -128,6 +130,14 @@ class CheckpointManager:
             is kept when any rule keeps it. The newest is always kept.
         verify: verify checksums before restoring (skipping damaged
             checkpoints in favour of the newest intact one).
+        async_save: `save` returns once a consistent copy of the state is
+            taken; writing, fsync, commit and retention run in a background
+            thread. At most one save is in flight: the next `save` (and
+            `restore`, `wait`, `close`) waits for it and raises its error.
+        fsync: make each checkpoint durable before it counts (fsync of files
+            and directories). `False` is faster; a crashed process still
+            never leaves a torn checkpoint, but a power loss may lose the
+            newest ones.
     """
 
     def __init__(
@@ -144,6 +154,8 @@ class CheckpointManager:
         keep_every_n_hours: float | None = None,
         retention: _retention.RetentionPolicy | None = None,
         verify: bool = True,
+        async_save: bool = False,
+        fsync: bool = True,
     ):
         check_backend()
         validate_options(
@@ -186,7 +198,7 @@ class CheckpointManager:
             "custom": repr(retention) if retention is not None else None,
         }
         self.directory_key = os.path.realpath(directory) if _fs.is_local(directory) else directory
-        self._store = CheckpointStore(directory)
+        self._store = CheckpointStore(directory, fsync=fsync)
         self._run = Run(directory)
         try:
             tf.io.gfile.makedirs(directory)
@@ -204,6 +216,15 @@ class CheckpointManager:
             self._store.write_pointer(records)
         self._best = self._best_from(records[-1] if records else None)
         self._checkpoint: tf.train.Checkpoint | None = None
+        self.async_save = bool(async_save)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflight: concurrent.futures.Future | None = None
+        self._on_commit: Any = None  # called with each committed record
+        if self.async_save:
+            _async_fix.enable()
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="tfckpt-save"
+            )
 
     # ---- state ---------------------------------------------------------
 
@@ -256,8 +277,11 @@ class CheckpointManager:
         batch: int = 0,
         metrics: Mapping[str, Any] | None = None,
         state: Mapping[str, Any] | None = None,
-    ) -> CheckpointRecord:
+    ) -> CheckpointRecord | None:
         """Writes, commits and returns a checkpoint, then applies retention.
+
+        With `async_save=True` it returns `None` as soon as the state is
+        copied; `wait()` returns the record once it is committed.
 
         Args:
             step: global step; defaults to the optimizer's iterations.
@@ -266,6 +290,7 @@ class CheckpointManager:
             metrics: metric values at this point (JSON-able numbers).
             state: extra JSON-able state to store with the checkpoint.
         """
+        self.wait()  # at most one save in flight; raises the previous one's error
         if step is None:
             step = int(self.optimizer.iterations) if self.optimizer is not None else 0
         metrics = jsonable(dict(metrics or {}))
@@ -287,17 +312,42 @@ class CheckpointManager:
             "monitor": {"name": self.monitor, "mode": self.mode} if self.monitor else None,
             "best": best,
             "retention": self._retention_config,
-            "contents": [k for k, v in self._objects().items() if v is not None],
+            "contents": [k for k, v in self._objects().items() if v is not None]
+            + [_contents.SAVE_COUNTER],
             "build_config": _contents.build_config(self.model),
             "versions": versions(),
         }
         files = _state.encode(dict(state)) if state else {}
-        record = self._store.commit(
-            self._checkpoint.write, metadata, files, expected_size=self._state_bytes()
-        )
+        pending = self._store.begin(self._state_bytes())
+        with self._store.guard(pending):
+            if self.async_save:
+                # Blocks only while TF copies the variables to host memory.
+                self._checkpoint.write(pending.prefix, options=_ASYNC)
+            else:
+                self._checkpoint.write(pending.prefix)
+        if self.async_save:
+            self._inflight = self._executor.submit(self._complete, pending, metadata, files, best)
+            return None
+        return self._complete(pending, metadata, files, best, written=True)
+
+    def _complete(self, pending, metadata, files, best, written=False) -> CheckpointRecord:
+        if not written:
+            with self._store.guard(pending):
+                self._checkpoint.sync()  # TF's background write of this checkpoint
+        record = self._store.finish(pending, metadata, files)
         self._best = best
         self._apply_retention()
+        if self._on_commit is not None:
+            self._on_commit(record)
         return record
+
+    def wait(self) -> CheckpointRecord | None:
+        """Waits for the save in flight (async) and returns its record; raises
+        the error it failed with. Returns `None` when nothing is in flight."""
+        if self._inflight is None:
+            return None
+        future, self._inflight = self._inflight, None
+        return future.result()
 
     def _state_bytes(self) -> int:
         """Bytes of the variables a save writes (for the free-space check)."""
@@ -331,14 +381,20 @@ class CheckpointManager:
                 `CheckpointRecord`. A damaged checkpoint is skipped with a
                 warning and the next intact one of the selection is restored.
         """
+        self.wait()
         record = self._run.restore_into(self._objects(), which, strict=True, verify=self.verify)
         if record is not None:
             self._best = self._best_from(record)
         return record
 
     def close(self) -> None:
-        """Releases the directory for other writers."""
-        self._lock.release()
+        """Waits for a save in flight, then releases the directory."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            self._lock.release()
 
     def __enter__(self) -> CheckpointManager:
         return self

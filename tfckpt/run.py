@@ -186,7 +186,7 @@ class Run:
             )
         skipped = []
         for record in candidates:
-            reason = self._store.check(record) if verify else None
+            reason = self._store.check(record, data=False) if verify else None
             if reason is None:
                 try:
                     _contents.ensure_built(objects["model"], record.manifest.get("build_config"))
@@ -198,8 +198,17 @@ class Run:
                         strict=strict,
                     )
                     return record
-                except tf.errors.DataLossError as e:
-                    reason = f"unreadable data ({e.message})"
+                except (tf.errors.OpError, RuntimeError) as e:
+                    # TF's per-tensor CRC32C check (DataLossError, or a bare
+                    # OpError/RuntimeError from inside a restore function).
+                    text = getattr(e, "message", None) or str(e)
+                    if not (
+                        isinstance(e, tf.errors.DataLossError)
+                        or "Checksum does not match" in text
+                        or "TensorBundle" in text
+                    ):
+                        raise
+                    reason = f"unreadable data ({text.strip()})"
             skipped.append(record.name)
             self._store.mark_damaged(record.name, reason)
             warnings.warn(

@@ -24,6 +24,7 @@ committed. Leftover temporaries are removed by the next writer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,7 +33,7 @@ import sys
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -89,6 +90,20 @@ class CheckpointRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class PendingCheckpoint:
+    """A checkpoint being written: its number, name and temporary directory."""
+
+    seq: int
+    name: str
+    tmp: str
+    expected_size: int
+
+    @property
+    def prefix(self) -> str:
+        return _fs.join(self.tmp, PREFIX)
+
+
+@dataclasses.dataclass(frozen=True)
 class Problem:
     """A checkpoint directory that is not a valid committed checkpoint."""
 
@@ -131,8 +146,12 @@ def versions() -> dict[str, str]:
 class CheckpointStore:
     """A run directory: listing, verification, commit and deletion."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, *, fsync: bool = True):
         self.directory = directory
+        # fsync=False: a process crash is still safe (rename is atomic), but
+        # a power loss may lose or tear the newest checkpoints.
+        self._fsync_file = _fs.fsync_file if fsync else _no_op
+        self._fsync_dir = _fs.fsync_dir if fsync else _no_op
 
     # ---- reading -------------------------------------------------------
 
@@ -224,12 +243,20 @@ class CheckpointStore:
         except tf.errors.OpError:
             pass  # a read-only directory: the checksum check catches it again
 
-    def check(self, record: CheckpointRecord) -> str | None:
-        """What is wrong with `record`'s files (sizes and CRC-32), or `None`."""
+    def check(self, record: CheckpointRecord, *, data: bool = True) -> str | None:
+        """What is wrong with `record`'s files (sizes and CRC-32), or `None`.
+
+        `data=False` skips the CRC-32 of TF's data shards: restoring reads them
+        through TF, which checks every tensor against the CRC32C stored in the
+        index (a mismatch raises `DataLossError`), so reading them twice would
+        only double the cost.
+        """
         reason = self._check_sizes(record)
         if reason:
             return reason
         for fname, entry in record.manifest["files"].items():
+            if not data and ".data-" in fname:
+                continue
             if _fs.crc32(self._path(record.name, fname)) != entry["crc32"]:
                 return f"{fname} does not match its checksum (corrupted)"
         return None
@@ -242,22 +269,11 @@ class CheckpointStore:
         seqs = [int(m.group(1)) for e in names if (m := _NAME.match(e))]
         return max(seqs, default=0) + 1
 
-    def commit(
-        self,
-        write: Callable[[str], object],
-        metadata: Mapping[str, Any],
-        files: Mapping[str, bytes] | None = None,
-        *,
-        expected_size: int = 0,
-    ) -> CheckpointRecord:
-        """Writes a checkpoint through `write(prefix)` and commits it atomically.
+    def begin(self, expected_size: int = 0) -> PendingCheckpoint:
+        """Reserves the next checkpoint: checks free space, makes its temp dir.
 
-        `files` are extra small files (name -> bytes) stored and checksummed
-        with the checkpoint. `expected_size` (bytes) is checked against the
-        free space first, where the filesystem reports it.
-
-        On any error the temporary directory is removed and the run directory
-        is exactly as before; OS errors are raised as `CheckpointWriteError`.
+        `expected_size` (bytes) is compared with the free space where the
+        filesystem reports it, so a checkpoint that cannot fit fails at once.
         """
         seq = self._next_seq()
         name = f"ckpt-{seq:06d}"
@@ -269,44 +285,84 @@ class CheckpointStore:
                 "written and earlier checkpoints are intact; free some space (or keep "
                 "fewer checkpoints)."
             )
-        tmp = self._path(f"{_TMP}{name}-{uuid.uuid4().hex[:8]}")
+        pending = PendingCheckpoint(
+            seq, name, self._path(f"{_TMP}{name}-{uuid.uuid4().hex[:8]}"), expected_size
+        )
+        with self.guard(pending):
+            tf.io.gfile.makedirs(pending.tmp)
+        return pending
+
+    @contextlib.contextmanager
+    def guard(self, pending: PendingCheckpoint) -> Iterator[None]:
+        """On any error inside: remove the temp dir (the run directory is as it
+        was) and raise OS errors as `CheckpointWriteError`."""
         try:
-            tf.io.gfile.makedirs(tmp)
-            self._write_and_publish(write, metadata, files or {}, seq, tmp, name)
+            yield
         except (OSError, tf.errors.OpError) as e:
-            _remove_quietly(tmp)
+            _remove_quietly(pending.tmp)
             free = _fs.free_bytes(self.directory)
             space = f" {_mb(free)} are free." if free is not None else ""
             raise CheckpointWriteError(
-                f"Could not save checkpoint {name} in {self.directory!r}: "
+                f"Could not save checkpoint {pending.name} in {self.directory!r}: "
                 f"{_os_error_text(e)}. The checkpoint needs about "
-                f"{_mb(expected_size)};{space} No partial checkpoint is left and "
+                f"{_mb(pending.expected_size)};{space} No partial checkpoint is left and "
                 "earlier checkpoints are intact."
             ) from e
         except BaseException:
-            _remove_quietly(tmp)
+            _remove_quietly(pending.tmp)
             raise
-        _fs.fsync_dir(self.directory)
+
+    def abort(self, pending: PendingCheckpoint) -> None:
+        _remove_quietly(pending.tmp)
+
+    def commit(
+        self,
+        write: Callable[[str], object],
+        metadata: Mapping[str, Any],
+        files: Mapping[str, bytes] | None = None,
+        *,
+        expected_size: int = 0,
+    ) -> CheckpointRecord:
+        """Writes a checkpoint through `write(prefix)` and commits it atomically.
+
+        `files` are extra small files (name -> bytes) stored and checksummed
+        with the checkpoint. On any error the temporary directory is removed
+        and the run directory is exactly as before; OS errors are raised as
+        `CheckpointWriteError`.
+        """
+        pending = self.begin(expected_size)
+        with self.guard(pending):
+            write(pending.prefix)
+        return self.finish(pending, metadata, files)
+
+    def finish(
+        self,
+        pending: PendingCheckpoint,
+        metadata: Mapping[str, Any],
+        files: Mapping[str, bytes] | None = None,
+    ) -> CheckpointRecord:
+        """Commits a checkpoint whose TF files are complete in `pending.tmp`."""
+        with self.guard(pending):
+            self._write_and_publish(metadata, files or {}, pending.seq, pending.tmp, pending.name)
+        self._fsync_dir(self.directory)
         _commit_step("fsync_dir")
-        return self._load(name, seq)
+        return self._load(pending.name, pending.seq)
 
     def _write_and_publish(
         self,
-        write: Callable[[str], object],
         metadata: Mapping[str, Any],
         extra: Mapping[str, bytes],
         seq: int,
         tmp: str,
         name: str,
     ) -> None:
-        write(_fs.join(tmp, PREFIX))
         for fname, data in extra.items():
             with tf.io.gfile.GFile(_fs.join(tmp, fname), "wb") as f:
                 f.write(data)
         _commit_step("write")
         files = sorted(tf.io.gfile.listdir(tmp))
         for fname in files:
-            _fs.fsync_file(_fs.join(tmp, fname))
+            self._fsync_file(_fs.join(tmp, fname))
         _commit_step("fsync_files")
         manifest = {
             **jsonable(dict(metadata)),
@@ -322,12 +378,11 @@ class CheckpointStore:
             },
         }
         manifest["checksum"] = _manifest_checksum(manifest)
-        _fs.write_durable(
-            _fs.join(tmp, MANIFEST),
-            json.dumps(manifest, indent=1, sort_keys=True).encode(),
-        )
+        with tf.io.gfile.GFile(_fs.join(tmp, MANIFEST), "wb") as f:
+            f.write(json.dumps(manifest, indent=1, sort_keys=True).encode())
+        self._fsync_file(_fs.join(tmp, MANIFEST))
         _commit_step("manifest")
-        _fs.fsync_dir(tmp)
+        self._fsync_dir(tmp)
         _commit_step("fsync_tmpdir")
         self._publish(tmp, self._path(name), files)
         _commit_step("rename")
@@ -356,8 +411,8 @@ class CheckpointStore:
             all_model_checkpoint_timestamps=[r.time for r in records],
             save_relative_paths=True,
         )
-        _fs.fsync_file(self._path(STATE_FILE))
-        _fs.fsync_dir(self.directory)
+        self._fsync_file(self._path(STATE_FILE))
+        self._fsync_dir(self.directory)
         _commit_step("state_file")
 
     def pointer_is_current(self, records: list[CheckpointRecord]) -> bool:
@@ -377,7 +432,7 @@ class CheckpointStore:
             _remove_quietly(self._path(record.name))
             return
         tf.io.gfile.rename(self._path(record.name), trash)
-        _fs.fsync_dir(self.directory)
+        self._fsync_dir(self.directory)
         _commit_step("delete")
         _remove_quietly(trash)
 
@@ -404,6 +459,10 @@ def _remove_quietly(path: str) -> None:
             tf.io.gfile.remove(path)
     except tf.errors.OpError:
         pass
+
+
+def _no_op(path: str) -> None:
+    pass
 
 
 def _manifest_checksum(manifest: Mapping[str, Any]) -> int:

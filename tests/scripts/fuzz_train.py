@@ -20,6 +20,7 @@ import tfckpt  # noqa: E402
 p = argparse.ArgumentParser()
 p.add_argument("directory")
 p.add_argument("--epochs", type=int, default=8)
+p.add_argument("--async-save", action="store_true")
 args = p.parse_args()
 
 keras.utils.set_random_seed(0)
@@ -46,6 +47,7 @@ class Report(keras.callbacks.Callback):
             print("saved", latest.step, flush=True)
 
 
-cb = tfckpt.CheckpointCallback(args.directory, monitor=None, save_freq=2, keep_last=2, verbose=0)
+cb = tfckpt.CheckpointCallback(args.directory, monitor=None, save_freq=2, keep_last=2, verbose=0,
+                               async_save=args.async_save)
 model.fit(x, y, batch_size=16, epochs=args.epochs, verbose=0, callbacks=[cb, Report()])
 print("done", int(model.optimizer.iterations), flush=True)
