@@ -26,6 +26,8 @@ import tfckpt
          r"`restore` must be 'latest', 'best', a step \(int >= 0\) or False.*'newest'"),
         ({"restore": True}, ValueError, r"Received: restore=True"),
         ({"verbose": 2}, ValueError, r"`verbose` must be 0 or 1"),
+        ({"retention": 3}, TypeError, r"`retention` must be a tfckpt.retention.RetentionPolicy"),
+        ({"on_save_error": "ignore"}, ValueError, r"`on_save_error` must be 'raise' or 'warn'"),
         ({"monitor": ""}, ValueError, r"`monitor` must be a metric name"),
     ],
 )

@@ -134,3 +134,21 @@ def test_one_writer_per_directory_and_a_killed_holder_does_not_block(tmp_path):
     manager = tfckpt.CheckpointManager(str(tmp_path), small_model())  # the restart
     manager.save(epoch=1)
     manager.close()
+
+
+def test_custom_retention_policy_is_applied_and_listed(tmp_path):
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class KeepEvenSteps:
+        def keep(self, checkpoints):
+            return ["even step" if c.step % 2 == 0 else None for c in checkpoints]
+
+    with tfckpt.CheckpointManager(str(tmp_path), small_model(), keep_last=1,
+                                  retention=KeepEvenSteps()) as manager:
+        for step in range(1, 6):
+            manager.save(step, epoch=step)
+        assert [(r.step, r.kept) for r in manager.checkpoints] == [
+            (2, "even step"), (4, "even step"), (5, "latest, last 1")]
+    listed = tfckpt.open(str(tmp_path)).checkpoints
+    assert [r.step for r in listed] == [2, 4, 5] and all(r.kept for r in listed)

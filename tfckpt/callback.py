@@ -113,6 +113,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             keep_best=keep_best,
             keep_every_n_epochs=keep_every_n_epochs,
             keep_every_n_hours=keep_every_n_hours,
+            retention=retention,
         )
         if mode not in _MODES:
             raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")

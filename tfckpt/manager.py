@@ -48,8 +48,14 @@ def validate_options(
     keep_best: object,
     keep_every_n_epochs: object,
     keep_every_n_hours: object,
+    retention: object = None,
 ) -> None:
     """Checks the arguments the manager and the callback share."""
+    if retention is not None and not isinstance(retention, _retention.RetentionPolicy):
+        raise TypeError(
+            "`retention` must be a tfckpt.retention.RetentionPolicy (an object with "
+            f"a `keep(checkpoints)` method). Received: retention={retention!r}"
+        )
     if not isinstance(directory, (str,)) or not directory:
         raise TypeError(
             f"`directory` must be a non-empty path string. Received: directory={directory!r}"
@@ -165,14 +171,10 @@ class CheckpointManager:
             keep_best=keep_best,
             keep_every_n_epochs=keep_every_n_epochs,
             keep_every_n_hours=keep_every_n_hours,
+            retention=retention,
         )
         if mode not in _MODES:
             raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
-        if retention is not None and not isinstance(retention, _retention.RetentionPolicy):
-            raise TypeError(
-                "`retention` must be a tfckpt.retention.RetentionPolicy (an object with "
-                f"a `keep(checkpoints)` method). Received: retention={retention!r}"
-            )
         if keep_best is None:
             keep_best = 1 if monitor is not None else 0
         self.directory = directory
