@@ -5,7 +5,6 @@ commits, best-metric tracking and retention. The Keras callback drives it from
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import math
 import os
 import weakref
@@ -245,11 +244,7 @@ class CheckpointManager:
     @property
     def checkpoints(self) -> list[CheckpointRecord]:
         """Committed checkpoints, oldest first, each saying why it is kept."""
-        records = self._store.scan()[0]
-        reasons = self._policy.keep(records) if records else []
-        if records:
-            reasons[-1] = ", ".join(filter(None, ["latest", reasons[-1]]))
-        return [dataclasses.replace(r, kept=why) for r, why in zip(records, reasons)]
+        return self._run._scan(self._policy)[0]
 
     @property
     def latest(self) -> CheckpointRecord | None:

@@ -40,24 +40,30 @@ class Run:
         n = len(self.checkpoints)
         return f"<tfckpt.Run {self.directory!r}: {n} checkpoint{'s' * (n != 1)}>"
 
-    def _scan(self) -> tuple[list[CheckpointRecord], list[Problem]]:
+    def _scan(
+        self, policy: retention.RetentionPolicy | None = None
+    ) -> tuple[list[CheckpointRecord], list[Problem]]:
+        """Records with the reasons `policy` keeps them for; without a policy,
+        the run's own keyword rules as recorded in its newest manifest."""
         records, problems = self._store.scan()
         if not records:
             return records, problems
         config = records[-1].manifest.get("retention") or {}
-        monitor = records[-1].manifest.get("monitor") or {}
-        policy = retention.from_options(
-            keep_last=config.get("keep_last"),
-            keep_best=config.get("keep_best") or 0,
-            monitor=monitor.get("name"),
-            mode=monitor.get("mode", "min"),
-            keep_every_n_epochs=config.get("keep_every_n_epochs"),
-            keep_every_n_hours=config.get("keep_every_n_hours"),
-        )
+        derived = policy is None
+        if policy is None:
+            monitor = records[-1].manifest.get("monitor") or {}
+            policy = retention.from_options(
+                keep_last=config.get("keep_last"),
+                keep_best=config.get("keep_best") or 0,
+                monitor=monitor.get("name"),
+                mode=monitor.get("mode", "min"),
+                keep_every_n_epochs=config.get("keep_every_n_epochs"),
+                keep_every_n_hours=config.get("keep_every_n_hours"),
+            )
         reasons = policy.keep(records)
-        if config.get("custom"):
+        if derived and config.get("custom"):
             # Retention runs after every commit, so a checkpoint still here that
-            # no built-in rule keeps is kept by the run's own policy.
+            # no keyword rule keeps is kept by the run's own (unrecorded) policy.
             reasons = [why or f"custom: {config['custom']}" for why in reasons]
         reasons[-1] = ", ".join(filter(None, ["latest", reasons[-1]]))
         return [dataclasses.replace(r, kept=why) for r, why in zip(records, reasons)], problems
