@@ -158,7 +158,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.manager: CheckpointManager | None = None
         self.restored: CheckpointRecord | None = None
         self._warned: set[str] = set()
-        self._unwrap_train = None
+        self._undo: list[Any] = []  # restores what this fit wrapped on the model
 
     # ---- helpers -------------------------------------------------------
 
@@ -420,7 +420,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             return original(iterator)
 
         model.train_function = train_function
-        self._unwrap_train = lambda: setattr(model, "train_function", original)
+        self._undo.append(lambda: setattr(model, "train_function", original))
 
     def _flush(self) -> None:
         if self._pending is not None and self.manager is not None:
@@ -445,13 +445,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             return original(var_list)
 
         optimizer.finalize_variable_values = finalize_variable_values
-        self._wrapped_optimizer = optimizer
-
-    def _unwrap_finalize(self) -> None:
-        optimizer = getattr(self, "_wrapped_optimizer", None)
-        if optimizer is not None and "finalize_variable_values" in vars(optimizer):
-            del optimizer.finalize_variable_values
-        self._wrapped_optimizer = None
+        self._undo.append(lambda: vars(optimizer).pop("finalize_variable_values", None))
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._flush()
@@ -517,10 +511,8 @@ class CheckpointCallback(keras.callbacks.Callback):
                 self._save(logs, batch=self._batch_in_epoch)
         finally:
             self.model._initial_epoch = None
-            self._unwrap_finalize()
-            if self._unwrap_train is not None:
-                self._unwrap_train()
-                self._unwrap_train = None
+            while self._undo:
+                self._undo.pop()()
             manager, self.manager = self.manager, None
             try:
                 manager.wait()  # the last async save: committed before fit returns
