@@ -31,24 +31,31 @@ def assert_same_run(tmp_path, name, reference, resumed):
         assert history[key] == values, key
 
 
+# tfdata: seeded shuffle with a new order every epoch; tfdata-steps: the same,
+# repeated, with steps_per_epoch (fit keeps one iterator across epochs);
+# pydataset: Keras batch shuffling plus the dataset's own on_epoch_end order.
+DATA = ("arrays", "tfdata", "tfdata-steps", "pydataset")
+
+
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("references")
     refs = {}
-    for data in ("arrays", "tfdata", "pydataset"):
+    for data in DATA:
         rc, refs[data] = train(tmp, f"ref-{data}", "--data", data)
         assert rc == 0 and refs[data]["seen_min"] == refs[data]["seen_max"] == 3.0
     return refs
 
 
-def test_dropout_arrays_killed_at_an_epoch_boundary(tmp_path, references):
-    killed(tmp_path, "run", "--data", "arrays", "--kill-at-epoch", 2)
-    rc, resumed = train(tmp_path, "run", "--data", "arrays")
+@pytest.mark.parametrize("data", DATA)
+def test_killed_at_an_epoch_boundary(tmp_path, references, data):
+    killed(tmp_path, "run", "--data", data, "--kill-at-epoch", 2)
+    rc, resumed = train(tmp_path, "run", "--data", data)
     assert rc == 0 and resumed["epochs_run"] == [2]
-    assert_same_run(tmp_path, "run", references["arrays"], resumed)
+    assert_same_run(tmp_path, "run", references[data], resumed)
 
 
-@pytest.mark.parametrize("data", ["arrays", "tfdata", "pydataset"])
+@pytest.mark.parametrize("data", DATA)
 def test_killed_in_the_middle_of_an_epoch(tmp_path, references, data):
     # 8 batches per epoch, a checkpoint every 3: killed before step 13, the run
     # resumes after batch 4 of epoch 2 without training batches 1-4 again.
@@ -74,3 +81,15 @@ def test_early_stopping_and_plateau_interrupted_twice(tmp_path):
     assert resumed["epochs_run"][-1] == reference["epochs_run"][-1]  # stops at the same epoch
     assert resumed["lr"] == reference["lr"]  # same plateau decisions
     assert resumed["digest"] == reference["digest"]
+
+
+def test_data_that_cannot_be_positioned_is_reported_once(tmp_path):
+    # A Python generator cannot be rewound: the resume says so (once) and
+    # training goes on with everything else restored.
+    killed(tmp_path, "run", "--data", "generator", "--save-freq", 3, "--kill-at-step", 13)
+    out = tmp_path / "gen.json"
+    proc = run_script("exact.py", tmp_path / "run", "--data", "generator", "--save-freq", 3,
+                      "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("is a Python generator, which cannot be rewound") == 1
+    assert json.loads(out.read_text())["iterations"] == 24

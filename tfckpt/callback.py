@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 import weakref
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import keras
 
 from tfckpt import _exact
+from tfckpt._position import TrainingData, find_fit_locals
 from tfckpt.errors import CheckpointWriteError
 from tfckpt.manager import CheckpointManager, check_backend, validate_options
 from tfckpt.store import CheckpointRecord, jsonable
@@ -159,6 +159,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.restored: CheckpointRecord | None = None
         self._warned: set[str] = set()
         self._undo: list[Any] = []  # restores what this fit wrapped on the model
+        self._data: TrainingData | None = None  # fit's training data, watched
 
     # ---- helpers -------------------------------------------------------
 
@@ -202,6 +203,8 @@ class CheckpointCallback(keras.callbacks.Callback):
             "history": self._history,
             "callbacks": _exact.callback_states(self._others),
         }
+        if self._data is not None:
+            state["data"] = self._data.state()
         if self.restore_random_state:
             # Mid-epoch, the host generators are saved as they were when the
             # epoch began: a resume draws the skipped batches through the data
@@ -213,18 +216,20 @@ class CheckpointCallback(keras.callbacks.Callback):
             state["metrics_variables"] = _exact.metric_values(self.model)
         return state
 
-    def _find_other_callbacks(self) -> list[Any]:
-        # Keras gives a callback no handle on the others; the CallbackList that
-        # calls on_train_begin is the caller's `self`.
-        frame = sys._getframe(1)
-        for _ in range(4):
-            if frame is None:
-                break
-            owner = frame.f_locals.get("self")
-            if isinstance(owner, keras.callbacks.CallbackList):
-                return [cb for cb in owner.callbacks if cb is not self]
-            frame = frame.f_back
-        return []
+    def _watch_fit(self, fit_locals: dict[str, Any]) -> None:
+        # Keras gives a callback no handle on the other callbacks or the data;
+        # both are locals of the `fit` that calls on_train_begin.
+        callback_list = fit_locals.get("callbacks")
+        others = getattr(callback_list, "callbacks", None) or []
+        self._others = [cb for cb in others if cb is not self]
+        self._data = None
+        epoch_iterator = fit_locals.get("epoch_iterator")
+        if epoch_iterator is not None and hasattr(epoch_iterator, "_get_iterator"):
+            self._data = TrainingData(epoch_iterator)
+            self._undo.append(self._data.undo)
+            dataset = self._data.py_dataset()
+            if isinstance(dataset, _exact.StatefulCallback):  # a PyDataset with its own order
+                self._others.append(dataset)
 
     def _save(self, logs: dict | None, batch: int) -> None:
         logs = dict(logs or {})
@@ -327,7 +332,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._last_saved_total = 0
         self._pending: dict | None = None
         self._save_at_epoch_end = False
-        self._others = self._find_other_callbacks()
+        self._watch_fit(find_fit_locals())
         self._resume_states: dict | None = None
         self._resume_batch = 0
         self._wrap_finalize()
@@ -378,6 +383,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self.restore_random_state and "rng" in state:
             _exact.set_random_state(self.model, state["rng"])
         self._resume_states = state.get("callbacks") or {}
+        self._position_data(record, state.get("data"))
         if not record.batch:
             return
         spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
@@ -396,6 +402,20 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._wrap_train_function(
             record.batch // spe, spe, dict(record.metrics), state.get("metrics_variables")
         )
+
+    def _position_data(self, record: CheckpointRecord, saved: dict | None) -> None:
+        if self._data is None:
+            problem = "tfckpt could not find fit's training data"
+        else:
+            moved = self._data.resume(saved, record.batch) if saved is not None else None
+            problem = self._data.not_reproducible() or moved
+        if problem:
+            self._warn_once(
+                "data",
+                f"resuming from {record.name}: {problem}. Weights, optimizer and "
+                "counters are restored exactly, but the data order after the resume "
+                "is not the one an uninterrupted run would have seen.",
+            )
 
     def _wrap_train_function(self, skip: int, spe: int, logs: dict, metrics: Any) -> None:
         model = self.model
@@ -453,6 +473,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         # fit on this model does not silently skip epochs (BackupAndRestore's bug).
         self.model._initial_epoch = None
         self._batch_in_epoch = 0
+        if self._data is not None:
+            self._data.epoch_begin()
         if self.restore_random_state:
             self._host_rng_at_epoch_begin = _exact.host_random_state()
         if self._epoch_offset is None:  # the first epoch of this fit
@@ -468,6 +490,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         # epoch may hold fewer than steps_per_execution batches.
         steps = (self.params or {}).get("steps")
         done = min(batch + 1, steps) if steps else batch + 1
+        if self._data is not None:
+            self._data.batches_done(done)
         if done <= self._batch_in_epoch:
             return  # a batch skipped on resume: it was counted before the crash
         self._batches_total += done - self._batch_in_epoch

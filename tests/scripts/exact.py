@@ -1,6 +1,7 @@
 """A seeded, deterministic training run for the exact-resume tests.
 
-    python exact.py DIR --data arrays|tfdata|pydataset [--save-freq N]
+    python exact.py DIR --data arrays|tfdata|tfdata-steps|pydataset|generator
+                        [--save-freq N]
                         [--kill-at-step K] [--kill-at-epoch E] [--stoppers] --out OUT
 
 The model has Dropout (and GaussianNoise for tf.data), so any random state not
@@ -63,7 +64,7 @@ class Seen(keras.layers.Layer):
 
 
 layers = [keras.Input((F + 1,)), Seen()]
-if args.data == "tfdata":
+if args.data.startswith("tfdata"):
     layers.append(keras.layers.GaussianNoise(0.2))  # random augmentation in the model
 layers += [
     keras.layers.Dense(32, activation="relu"),
@@ -76,13 +77,30 @@ model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy", metrics=["accu
 
 class Batches(keras.utils.PyDataset):
     """Batch order from Keras (`fit(shuffle=True)` shuffles batch indices with
-    Python's `random`), augmentation from NumPy's global generator."""
+    Python's `random`) and from the dataset's own generator, which reorders
+    samples in `on_epoch_end` (saved through tfckpt's StatefulCallback
+    protocol); augmentation from NumPy's global generator."""
+
+    def __init__(self):
+        super().__init__()
+        self.rng = np.random.default_rng(7)
+        self.order = np.arange(N)
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(N)
+
+    def get_checkpoint_state(self):
+        return {"rng": self.rng.bit_generator.state, "order": self.order}
+
+    def set_checkpoint_state(self, state):
+        self.rng.bit_generator.state = state["rng"]
+        self.order = np.asarray(state["order"])
 
     def __len__(self):
         return N // 25
 
     def __getitem__(self, i):
-        idx = np.arange(i * 25, (i + 1) * 25)
+        idx = self.order[i * 25 : (i + 1) * 25]
         noise = np.random.normal(scale=0.05, size=(len(idx), F + 1)).astype("float32")
         noise[:, -1] = 0
         return xi[idx] + noise, y[idx]
@@ -92,8 +110,19 @@ if args.data == "arrays":
     data = dict(x=xi, y=y, batch_size=25, shuffle=True)
 elif args.data == "tfdata":
     ds = tf.data.Dataset.from_tensor_slices((xi, y))
-    ds = ds.shuffle(N, seed=11, reshuffle_each_iteration=False).batch(25)
+    ds = ds.shuffle(N, seed=11).batch(25)  # a new order every epoch
     data = dict(x=ds)
+elif args.data == "tfdata-steps":  # one iterator across epochs
+    ds = tf.data.Dataset.from_tensor_slices((xi, y)).shuffle(N, seed=11).batch(25).repeat()
+    data = dict(x=ds, steps_per_epoch=N // 25)
+elif args.data == "generator":
+
+    def batches():
+        while True:
+            for i in range(N // 25):
+                yield xi[i * 25 : (i + 1) * 25], y[i * 25 : (i + 1) * 25]
+
+    data = dict(x=batches(), steps_per_epoch=N // 25)
 else:
     data = dict(x=Batches(), shuffle=True)
 
