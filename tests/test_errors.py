@@ -51,7 +51,7 @@ def test_directory_that_is_a_file(tmp_path):
     f.write_bytes(b"precious")
     with pytest.raises(ValueError, match="is an existing file"):
         tfckpt.CheckpointCallback(str(f))
-    with pytest.raises(TypeError, match="`directory` must be a non-empty path string"):
+    with pytest.raises(TypeError, match="`directory` must be a non-empty path"):
         tfckpt.CheckpointCallback(None)
     assert f.read_bytes() == b"precious"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 import warnings
 import weakref
 from typing import Any
@@ -11,6 +13,12 @@ import keras
 
 from tfckpt import _exact
 from tfckpt._position import TrainingData, find_fit_locals
+from tfckpt._preemption import (
+    PREEMPTION_EXIT_CODE,
+    SignalWatch,
+    validate_exit_code,
+    validate_signals,
+)
 from tfckpt.errors import CheckpointWriteError
 from tfckpt.manager import CheckpointManager, check_backend, validate_options
 from tfckpt.store import CheckpointRecord, jsonable
@@ -82,12 +90,23 @@ class CheckpointCallback(keras.callbacks.Callback):
         fsync: fsync each checkpoint before it counts (default). `False` is
             faster; a killed process still never leaves a torn checkpoint,
             but a power loss may lose the newest ones.
-        verbose: 0 (silent) or 1 (a line per save and restore).
+        preemption_signals: signals that announce a preemption (default
+            `(signal.SIGTERM,)`; `None` or `()` leaves signals alone). When one
+            arrives during `fit`, the callback saves a checkpoint at the next
+            batch boundary (waiting for a pending async save to commit) and
+            stops. The flag is checked after every batch, so the save happens
+            within one step, not at the end of the epoch. The previous
+            handlers are back in place when `fit` returns.
+        preemption_exit_code: after that save, exit the process with this
+            status (default 42, as TF's `PreemptionCheckpointHandler`, so a
+            supervisor can restart on it); `None` returns from `fit` instead
+            (`model.stop_training`), after Keras has run the rest of that
+            epoch's end (validation, callbacks).
     """
 
     def __init__(
         self,
-        directory: str,
+        directory: str | os.PathLike,
         *,
         monitor: str | None = "val_loss",
         mode: str = "auto",
@@ -103,6 +122,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         async_save: bool = False,
         fsync: bool = True,
         verbose: int = 1,
+        preemption_signals: Any = (signal.SIGTERM,),
+        preemption_exit_code: int | None = PREEMPTION_EXIT_CODE,
     ):
         super().__init__()
         check_backend()
@@ -140,7 +161,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             )
         if verbose not in (0, 1):
             raise ValueError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
-        self.directory = directory
+        self.directory = os.fspath(directory)
         self.monitor = monitor
         self.mode = mode
         self.save_freq = save_freq
@@ -155,6 +176,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.async_save = bool(async_save)
         self.fsync = bool(fsync)
         self.verbose = verbose
+        self.preemption_signals = validate_signals("preemption_signals", preemption_signals)
+        self.preemption_exit_code = validate_exit_code("preemption_exit_code", preemption_exit_code)
         self.manager: CheckpointManager | None = None
         self.restored: CheckpointRecord | None = None
         self._warned: set[str] = set()
@@ -333,6 +356,11 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._pending: dict | None = None
         self._save_at_epoch_end = False
         self._watch_fit(find_fit_locals())
+        self._preempted = False
+        self._preempted_in_epoch = False
+        self._signals = SignalWatch(self.preemption_signals)
+        if self._signals.install():
+            self._undo.append(self._signals.uninstall)
         self._resume_states: dict | None = None
         self._resume_batch = 0
         self._wrap_finalize()
@@ -469,6 +497,10 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._flush()
+        # A signal during the last epoch's end (validation, callbacks): stop
+        # here, once every callback has seen that epoch end.
+        last_logs = {k: v for k, v in (self._history or [{}])[-1].items() if k != "epoch"}
+        self._stop_if_preempted(last_logs, batch=0)
         # fit read `_initial_epoch` before the first epoch; clear it so a later
         # fit on this model does not silently skip epochs (BackupAndRestore's bug).
         self.model._initial_epoch = None
@@ -493,18 +525,50 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self._data is not None:
             self._data.batches_done(done)
         if done <= self._batch_in_epoch:
-            return  # a batch skipped on resume: it was counted before the crash
+            # A batch skipped on resume: it was counted before the crash, and
+            # the newest checkpoint already holds this state.
+            self._stop_if_preempted(logs, batch=None)
+            return
         self._batches_total += done - self._batch_in_epoch
         self._batch_in_epoch = done
-        if self.save_freq == "epoch":
-            return
-        if self._batches_total // self.save_freq > self._last_saved_total // self.save_freq:
+        if self.save_freq != "epoch" and (
+            self._batches_total // self.save_freq > self._last_saved_total // self.save_freq
+        ):
             if done == steps:
                 self._save_at_epoch_end = True  # recorded as a completed epoch
             else:
                 self._save(logs, batch=done)
+        self._stop_if_preempted(logs, batch=done)
+
+    def _stop_if_preempted(self, logs: dict | None, batch: int | None) -> None:
+        """After a preemption signal: save here (unless the newest checkpoint
+        is this very state), wait for it to commit, then stop."""
+        if self._signals.received is None or self._preempted or self.manager is None:
+            return
+        self._preempted = True
+        saved_here = (
+            self._last_saved_total == self._batches_total
+            and self._last_saved_epoch == self._epochs_done
+        )
+        if batch is not None and not saved_here:
+            self._save(logs, batch=batch)
+        self._wait_for_save()
+        where = f"step {self._last_saved_step}"
+        if self.preemption_exit_code is None:
+            self._say(f"{self._signals.name} received: checkpoint at {where}; stopping fit.")
+            self._preempted_in_epoch = bool(batch)
+            self.model.stop_training = True
+            return
+        self._say(
+            f"{self._signals.name} received: checkpoint at {where}; "
+            f"exiting with status {self.preemption_exit_code}."
+        )
+        self.on_train_end()  # commits, restores what fit wrapped, releases the lock
+        raise SystemExit(self.preemption_exit_code)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self._preempted_in_epoch:
+            return  # fit ends a preempted epoch early: it is not a completed one
         self._epochs_done = epoch + 1 + (self._epoch_offset or 0)
         self._batch_in_epoch = 0
         self._history.append({"epoch": self._epochs_done, **jsonable(dict(logs or {}))})

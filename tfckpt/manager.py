@@ -55,10 +55,12 @@ def validate_options(
             "`retention` must be a tfckpt.retention.RetentionPolicy (an object with "
             f"a `keep(checkpoints)` method). Received: retention={retention!r}"
         )
-    if not isinstance(directory, (str,)) or not directory:
+    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
         raise TypeError(
-            f"`directory` must be a non-empty path string. Received: directory={directory!r}"
+            "`directory` must be a non-empty path (str or os.PathLike). "
+            f"Received: directory={directory!r}"
         )
+    directory = os.fspath(directory)
     if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
         raise ValueError(f"`directory` must be a directory, but {directory!r} is an existing file.")
     if monitor is not None and (not isinstance(monitor, str) or not monitor):
@@ -147,7 +149,7 @@ class CheckpointManager:
 
     def __init__(
         self,
-        directory: str,
+        directory: str | os.PathLike,
         model: Any,
         optimizer: Any = None,
         *,
@@ -176,7 +178,7 @@ class CheckpointManager:
             raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
         if keep_best is None:
             keep_best = 1 if monitor is not None else 0
-        self.directory = directory
+        self.directory = directory = os.fspath(directory)
         self.model = model
         self.optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
         self.monitor = monitor

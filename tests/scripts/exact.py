@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -33,6 +34,9 @@ p.add_argument("--epochs", type=int, default=3)
 p.add_argument("--save-freq", default="epoch")
 p.add_argument("--kill-at-step", type=int, default=None)
 p.add_argument("--kill-at-epoch", type=int, default=None)
+p.add_argument("--term-at-step", type=int, default=None, help="SIGTERM itself before step K")
+p.add_argument("--stop-on-signal", action="store_true", help="preemption_exit_code=None")
+p.add_argument("--print-steps", action="store_true", help="print each step, slowly")
 p.add_argument("--stoppers", action="store_true", help="EarlyStopping + ReduceLROnPlateau")
 p.add_argument("--out", required=True)
 args = p.parse_args()
@@ -129,8 +133,14 @@ else:
 
 class Kill(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) == args.kill_at_step:
+        step = int(self.model.optimizer.iterations)
+        if step == args.kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)
+        if step == args.term_at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if args.print_steps:
+            print(f"step {step}", flush=True)
+            time.sleep(0.2)
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == args.kill_at_epoch:
@@ -138,8 +148,9 @@ class Kill(keras.callbacks.Callback):
 
 
 save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
+exit_code = None if args.stop_on_signal else 42
 callbacks = [tfckpt.CheckpointCallback(args.directory, save_freq=save_freq, keep_last=2,
-                                       verbose=0)]
+                                       verbose=0, preemption_exit_code=exit_code)]
 if args.stoppers:
     callbacks += [
         keras.callbacks.EarlyStopping("val_loss", patience=2, min_delta=0.003,

@@ -1,0 +1,99 @@
+"""Preemption: a SIGTERM during `fit` saves at the next batch boundary and
+stops; rerunning the script continues from exactly there."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import SCRIPTS, run_script, script_env
+from test_exact import assert_same_run, train
+
+import tfckpt
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    rc, ref = train(tmp_path_factory.mktemp("reference"), "ref", "--data", "arrays")
+    assert rc == 0
+    return ref
+
+
+def test_sigterm_mid_epoch_saves_exits_42_and_resumes_exactly(tmp_path, reference):
+    # The signal arrives before step 13 is trained (epoch 1, 8 batches an
+    # epoch); with save_freq="epoch" nothing else would save until step 16.
+    rc, _ = train(tmp_path, "run", "--data", "arrays", "--term-at-step", 13)
+    assert rc == 42
+    latest = tfckpt.open(str(tmp_path / "run")).latest
+    assert (latest.epoch, latest.batch, latest.step) == (1, 6, 14)
+    rc, resumed = train(tmp_path, "run", "--data", "arrays")
+    assert rc == 0 and resumed["epochs_run"] == [1, 2] and resumed["iterations"] == 24
+    assert_same_run(tmp_path, "run", reference, resumed)
+
+
+def test_sigterm_with_stop_returns_from_fit(tmp_path, reference):
+    rc, stopped = train(tmp_path, "run", "--data", "arrays", "--term-at-step", 13,
+                        "--stop-on-signal")
+    assert rc == 0 and stopped["iterations"] == 14  # fit returned after that batch
+    run = tfckpt.open(str(tmp_path / "run"))
+    assert (run.latest.epoch, run.latest.batch) == (1, 6)
+    assert len(run.history["epoch"]) == 1  # the cut epoch is not logged as done
+    rc, resumed = train(tmp_path, "run", "--data", "arrays", "--stop-on-signal")
+    assert rc == 0 and resumed["iterations"] == 24
+    assert_same_run(tmp_path, "run", reference, resumed)
+
+
+def test_external_sigterm_is_handled_within_a_step(tmp_path):
+    out = tmp_path / "out.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "exact.py"), str(tmp_path / "run"), "--data", "arrays",
+         "--print-steps", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env(),
+    )
+    seen = -1
+    for line in proc.stdout:
+        if line.startswith("step "):
+            seen = int(line.split()[1])
+            if seen >= 5:
+                break
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=60)
+    elapsed = time.monotonic() - sent
+    assert rc == 42, proc.stderr.read()
+    assert elapsed < 30
+    latest = tfckpt.open(str(tmp_path / "run")).latest
+    # Saved at the boundary of the step that was running (or the next one).
+    assert seen + 1 <= latest.step <= seen + 2 and latest.batch > 0
+    assert not out.exists()
+    rc = run_script("exact.py", tmp_path / "run", "--data", "arrays", "--out", out).returncode
+    assert rc == 0 and json.loads(out.read_text())["iterations"] == 24
+
+
+def test_invalid_preemption_arguments_are_named():
+    with pytest.raises(ValueError, match="preemption_signals.*SIGKILL"):
+        tfckpt.CheckpointCallback("unused", preemption_signals=[signal.SIGKILL])
+    with pytest.raises(ValueError, match="preemption_signals` must be None or a sequence"):
+        tfckpt.CheckpointCallback("unused", preemption_signals=["TERM"])
+    with pytest.raises(ValueError, match="preemption_exit_code.*Received: preemption_exit_code=300"):
+        tfckpt.CheckpointCallback("unused", preemption_exit_code=300)
+
+
+def test_previous_signal_handlers_are_back_after_fit(tmp_path):
+    from conftest import make_data, make_model
+
+    x, y = make_data(64)
+    model = make_model()
+    mine = lambda signum, frame: None  # noqa: E731
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        cb = tfckpt.CheckpointCallback(tmp_path / "run", monitor=None, verbose=0)
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+        assert signal.getsignal(signal.SIGTERM) is mine
+        off = tfckpt.CheckpointCallback(tmp_path / "off", monitor=None, verbose=0,
+                                        preemption_signals=None)
+        assert off.preemption_signals == ()
+    finally:
+        signal.signal(signal.SIGTERM, before)
