@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import keras
+import numpy as np
 import tensorflow as tf
 
 from tfckpt.errors import IncompatibleCheckpointError
@@ -106,3 +108,9 @@ def read(
             f"Checkpoint {prefix!r} does not match the model being restored "
             f"(different architecture?): {e}"
         ) from None
+
+
+def optimizer_step(optimizer: Any) -> int:
+    """The optimizer's iteration count (also for a mirrored variable, which
+    `int()` does not take)."""
+    return int(np.asarray(keras.ops.convert_to_numpy(optimizer.iterations)))

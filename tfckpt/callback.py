@@ -11,14 +11,9 @@ from typing import Any
 
 import keras
 
-from tfckpt import _exact
+from tfckpt import _contents, _exact
 from tfckpt._position import TrainingData, find_fit_locals
-from tfckpt._preemption import (
-    PREEMPTION_EXIT_CODE,
-    SignalWatch,
-    validate_exit_code,
-    validate_signals,
-)
+from tfckpt._preemption import PREEMPTION_EXIT_CODE, validate_exit_code, validate_signals
 from tfckpt.errors import CheckpointWriteError
 from tfckpt.manager import CheckpointManager, check_backend, validate_options
 from tfckpt.store import CheckpointRecord, jsonable
@@ -265,7 +260,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             )
             return
         logs = jsonable(logs)
-        step = int(self.manager.optimizer.iterations) if self.manager.optimizer else 0
+        step = _contents.optimizer_step(self.manager.optimizer) if self.manager.optimizer else 0
         try:
             self._wait_for_save()
             self.manager.save(
@@ -342,6 +337,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             retention=self.retention,
             async_save=self.async_save,
             fsync=self.fsync,
+            preemption_signals=self.preemption_signals,  # handlers back at close()
         )
         self.manager._on_commit = self._report
         self.restored = None
@@ -358,9 +354,6 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._watch_fit(find_fit_locals())
         self._preempted = False
         self._preempted_in_epoch = False
-        self._signals = SignalWatch(self.preemption_signals)
-        if self._signals.install():
-            self._undo.append(self._signals.uninstall)
         self._resume_states: dict | None = None
         self._resume_batch = 0
         self._wrap_finalize()
@@ -369,7 +362,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         base = None  # the checkpoint whose counters this fit carries on
         if latest is not None:
             optimizer = self.manager.optimizer
-            step_now = int(optimizer.iterations) if optimizer is not None else 0
+            step_now = _contents.optimizer_step(optimizer) if optimizer is not None else 0
             if model in trained_here or (step_now > 0 and step_now >= latest.step):
                 base = latest  # this process trained it: train on, restore nothing
                 self._continuing = True
@@ -543,7 +536,7 @@ class CheckpointCallback(keras.callbacks.Callback):
     def _stop_if_preempted(self, logs: dict | None, batch: int | None) -> None:
         """After a preemption signal: save here (unless the newest checkpoint
         is this very state), wait for it to commit, then stop."""
-        if self._signals.received is None or self._preempted or self.manager is None:
+        if self._preempted or self.manager is None or not self.manager.preemption_requested():
             return
         self._preempted = True
         saved_here = (
@@ -555,12 +548,12 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._wait_for_save()
         where = f"step {self._last_saved_step}"
         if self.preemption_exit_code is None:
-            self._say(f"{self._signals.name} received: checkpoint at {where}; stopping fit.")
+            self._say(f"preemption signal received: checkpoint at {where}; stopping fit.")
             self._preempted_in_epoch = bool(batch)
             self.model.stop_training = True
             return
         self._say(
-            f"{self._signals.name} received: checkpoint at {where}; "
+            f"preemption signal received: checkpoint at {where}; "
             f"exiting with status {self.preemption_exit_code}."
         )
         self.on_train_end()  # commits, restores what fit wrapped, releases the lock
@@ -592,7 +585,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         try:
             self._flush()
             optimizer = self.manager.optimizer
-            step = int(optimizer.iterations) if optimizer is not None else None
+            step = _contents.optimizer_step(optimizer) if optimizer is not None else None
             unsaved = step != self._last_saved_step or self._epochs_done != self._last_saved_epoch
             if step is not None and unsaved and self._batches_total:
                 # Work done since the last save (save_freq=int): keep it.

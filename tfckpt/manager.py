@@ -7,6 +7,9 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import os
+import shutil
+import tempfile
+import warnings
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +21,12 @@ import tensorflow as tf
 from tfckpt import _async_fix, _contents, _fs, _state
 from tfckpt import retention as _retention
 from tfckpt._lock import DirectoryLock
+from tfckpt._preemption import (
+    PREEMPTION_EXIT_CODE,
+    SignalWatch,
+    validate_exit_code,
+    validate_signals,
+)
 from tfckpt.errors import CheckpointError
 from tfckpt.run import Run, Which
 from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
@@ -33,6 +42,11 @@ def check_backend() -> None:
             f"{keras.backend.backend()!r}. Set the environment variable "
             "KERAS_BACKEND=tensorflow before importing keras."
         )
+
+
+def _in_multi_worker_mode(strategy: Any) -> bool:
+    in_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return bool(in_mode()) if callable(in_mode) else False
 
 
 def _is_count(value: object, minimum: int) -> bool:
@@ -145,6 +159,21 @@ class CheckpointManager:
             and directories). `False` is faster; a crashed process still
             never leaves a torn checkpoint, but a power loss may lose the
             newest ones.
+        preemption_signals: signals that announce a preemption (e.g.
+            `(signal.SIGTERM,)`); `None` (default) leaves signals alone. Then
+            call `preemption_point(step)` once per step.
+        preemption_exit_code: status `preemption_point` exits with after its
+            save (default 42, as TF's `PreemptionCheckpointHandler`); `None`
+            makes it return `True` instead.
+
+    Multi-worker (`tf.distribute.MultiWorkerMirroredStrategy`, taken from the
+    model): every worker creates the manager and calls `save`, `restore` and
+    `preemption_point` at the same steps, since TF may need all of them for a
+    save. Only the chief commits into `directory` (shared storage, e.g.
+    `gs://`); the other workers write to a local temporary directory that is
+    removed at once, and never take the lock, apply retention or touch the run
+    directory. `restore` restores, on every worker, the checkpoint the chief
+    picked.
     """
 
     def __init__(
@@ -163,6 +192,8 @@ class CheckpointManager:
         verify: bool = True,
         async_save: bool = False,
         fsync: bool = True,
+        preemption_signals: Any = None,
+        preemption_exit_code: int | None = PREEMPTION_EXIT_CODE,
     ):
         check_backend()
         validate_options(
@@ -203,6 +234,28 @@ class CheckpointManager:
         self.directory_key = os.path.realpath(directory) if _fs.is_local(directory) else directory
         self._store = CheckpointStore(directory, fsync=fsync)
         self._run = Run(directory)
+        self._strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        self._multi_worker = _in_multi_worker_mode(self._strategy)
+        self.is_chief = bool(self._strategy.extended.should_checkpoint)
+        if self._multi_worker and async_save:
+            raise ValueError(
+                "`async_save=True` is not supported with a multi-worker strategy "
+                "(every worker must take part in each save at the same point). "
+                "Received: async_save=True"
+            )
+        self.preemption_exit_code = validate_exit_code("preemption_exit_code", preemption_exit_code)
+        self._signals = SignalWatch(validate_signals("preemption_signals", preemption_signals))
+        self._best = None
+        self._checkpoint: tf.train.Checkpoint | None = None
+        self.async_save = bool(async_save)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflight: concurrent.futures.Future | None = None
+        self._on_commit: Any = None  # called with each committed record
+        self._lock: DirectoryLock | None = None
+        self._sum: Any = None  # the all-reduce of multi-worker agreements
+        if not self.is_chief:
+            self._signals.install()
+            return  # a non-chief worker never writes into the run directory
         try:
             tf.io.gfile.makedirs(directory)
             self._lock = DirectoryLock(directory)
@@ -218,11 +271,7 @@ class CheckpointManager:
             # TF's state file is a derived pointer: repair it from the manifests.
             self._store.write_pointer(records)
         self._best = self._best_from(records[-1] if records else None)
-        self._checkpoint: tf.train.Checkpoint | None = None
-        self.async_save = bool(async_save)
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._inflight: concurrent.futures.Future | None = None
-        self._on_commit: Any = None  # called with each committed record
+        self._signals.install()
         if self.async_save:
             _async_fix.enable()
             self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -291,7 +340,7 @@ class CheckpointManager:
         """
         self.wait()  # at most one save in flight; raises the previous one's error
         if step is None:
-            step = int(self.optimizer.iterations) if self.optimizer is not None else 0
+            step = _contents.optimizer_step(self.optimizer) if self.optimizer is not None else 0
         metrics = jsonable(dict(metrics or {}))
         best = self._best
         if self.monitor is not None:
@@ -316,6 +365,10 @@ class CheckpointManager:
             "build_config": _contents.build_config(self.model),
             "versions": versions(),
         }
+        if not self.is_chief:
+            self._write_elsewhere()
+            self._best = best
+            return None
         files = _state.encode(dict(state)) if state else {}
         pending = self._store.begin(self._state_bytes())
         with self._store.guard(pending):
@@ -328,6 +381,29 @@ class CheckpointManager:
             self._inflight = self._executor.submit(self._complete, pending, metadata, files, best)
             return None
         return self._complete(pending, metadata, files, best, written=True)
+
+    def _write_elsewhere(self) -> None:
+        """A non-chief worker's part in a save: TF may need every worker for
+        it (collectives), but only the chief's files count."""
+        scratch = tempfile.mkdtemp(prefix="tfckpt-worker-")
+        try:
+            self._checkpoint.write(os.path.join(scratch, "ckpt"))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _all_workers_sum(self, values: list[int]) -> list[int]:
+        """Sums `values` over every replica of every worker (all must call)."""
+        if self._sum is None:
+            strategy = self._strategy
+
+            @tf.function
+            def all_sum(local):
+                per_replica = strategy.run(tf.identity, args=(local,))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+            self._sum = all_sum
+        total = self._sum(tf.constant(values, dtype=tf.int64))
+        return [int(v) for v in total.numpy()]
 
     def _complete(self, pending, metadata, files, best, written=False) -> CheckpointRecord:
         if not written:
@@ -381,10 +457,84 @@ class CheckpointManager:
                 warning and the next intact one of the selection is restored.
         """
         self.wait()
-        record = self._run.restore_into(self._objects(), which, strict=True, verify=self.verify)
+        with self._strategy.scope():  # optimizer slots are created as the model's variables
+            if not self._multi_worker:
+                record = self._run.restore_into(
+                    self._objects(), which, strict=True, verify=self.verify
+                )
+            else:
+                record = self._restore_chiefs_pick(which)
         if record is not None:
             self._best = self._best_from(record)
         return record
+
+    def _restore_chiefs_pick(self, which: Which) -> CheckpointRecord | None:
+        # Reading mirrored variables under a multi-worker strategy runs
+        # collectives, so every worker reads the same checkpoint at the same
+        # time: the chief picks the newest candidate whose files check out,
+        # all workers learn its step, then all restore it.
+        step = -1
+        if self.is_chief:
+            for record in self._run.select(which):
+                problem = self._store.check(record, data=False) if self.verify else None
+                if problem is None:
+                    step = record.step
+                    break
+                self._store.mark_damaged(record.name, problem)
+                warnings.warn(
+                    f"tfckpt: skipping {record.name} in {self.directory!r}: {problem}.",
+                    stacklevel=3,
+                )
+        chief = int(self.is_chief)
+        total, chiefs = self._all_workers_sum([chief * step, chief])
+        step = total // max(chiefs, 1)
+        if step < 0:
+            return None
+        if not any(r.step == step for r in self._run.checkpoints):
+            raise CheckpointError(
+                f"The chief restores step {step} from {self.directory!r}, which this "
+                "worker cannot see: with several workers the run directory must be "
+                "on storage they all share (e.g. gs://)."
+            )
+        return self._run.restore_into(self._objects(), step, strict=True, verify=False)
+
+    # ---- preemption ----------------------------------------------------
+
+    def preemption_requested(self) -> bool:
+        """Whether one of `preemption_signals` has reached this process or,
+        multi-worker, any worker (then every worker must call it at the same
+        steps: it is one small all-reduce)."""
+        flag = int(self._signals.received is not None)
+        if self._multi_worker:
+            flag = self._all_workers_sum([flag])[0]
+        return bool(flag)
+
+    def preemption_point(
+        self,
+        step: int | None = None,
+        *,
+        epoch: int = 0,
+        batch: int = 0,
+        metrics: Mapping[str, Any] | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Call once per training step, after it. When a preemption signal has
+        reached this process (or, multi-worker, any worker), saves this step
+        (the arguments are those of `save`), waits for the commit, then exits
+        with `preemption_exit_code`, or returns `True` when that is `None`.
+        Returns `False` otherwise.
+
+        Multi-worker, every worker must call it at every step: the workers
+        agree through one small all-reduce per call, so all save the same step.
+        """
+        if not self.preemption_requested():
+            return False
+        self.save(step, epoch=epoch, batch=batch, metrics=metrics, state=state)
+        self.wait()
+        if self.preemption_exit_code is None:
+            return True
+        self.close()
+        raise SystemExit(self.preemption_exit_code)
 
     def close(self) -> None:
         """Waits for a save in flight, then releases the directory."""
@@ -393,7 +543,9 @@ class CheckpointManager:
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
-            self._lock.release()
+            self._signals.uninstall()
+            if self._lock is not None:
+                self._lock.release()
 
     def __enter__(self) -> CheckpointManager:
         return self
