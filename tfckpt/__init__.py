@@ -14,12 +14,14 @@ from tfckpt._exact import StatefulCallback  # noqa: E402
 from tfckpt.callback import CheckpointCallback  # noqa: E402
 from tfckpt.errors import (  # noqa: E402
     CheckpointError,
+    CheckpointNotFoundError,
     CheckpointWriteError,
     DirectoryLockedError,
     IncompatibleCheckpointError,
     NoIntactCheckpointError,
 )
 from tfckpt.manager import CheckpointManager  # noqa: E402
+from tfckpt.observers import CheckpointObserver, TensorBoardObserver  # noqa: E402
 from tfckpt.run import Run, restore, verify  # noqa: E402
 from tfckpt.run import open_run as open  # noqa: E402,A004
 from tfckpt.store import CheckpointRecord  # noqa: E402
@@ -28,6 +30,8 @@ __all__ = [
     "CheckpointCallback",
     "CheckpointError",
     "CheckpointManager",
+    "CheckpointNotFoundError",
+    "CheckpointObserver",
     "CheckpointRecord",
     "CheckpointWriteError",
     "DirectoryLockedError",
@@ -35,6 +39,7 @@ __all__ = [
     "NoIntactCheckpointError",
     "Run",
     "StatefulCallback",
+    "TensorBoardObserver",
     "open",
     "restore",
     "retention",

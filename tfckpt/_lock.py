@@ -67,9 +67,14 @@ def _locked_error(directory: str, info: dict, path: str) -> DirectoryLockedError
 
 
 class DirectoryLock:
-    """Held while a manager may write into `directory`; re-entrant per process."""
+    """Held while a manager may write into `directory`; re-entrant per process.
 
-    def __init__(self, directory: str):
+    `exclusive=True` also refuses a directory that this process already holds
+    (e.g. an open `CheckpointManager`), for writers that must not interleave
+    with it even in the same process.
+    """
+
+    def __init__(self, directory: str, *, exclusive: bool = False):
         self.directory = directory
         self.path = _fs.join(directory, LOCK_FILE)
         self._key = os.path.realpath(self.path) if _fs.is_local(self.path) else self.path
@@ -77,6 +82,13 @@ class DirectoryLock:
         with _guard:
             entry = _held.get(self._key)
             if entry is not None:
+                if exclusive:
+                    self._released = True
+                    raise DirectoryLockedError(
+                        f"Checkpoint directory {directory!r} is open for writing in this "
+                        f"process (pid {os.getpid()}): a CheckpointManager or a fit that "
+                        "has not ended. Close it (manager.close()) first."
+                    )
                 entry[1] += 1
                 return
             fd = self._acquire()

@@ -15,7 +15,14 @@ from tfckpt import _contents, _exact
 from tfckpt._position import TrainingData, find_fit_locals
 from tfckpt._preemption import PREEMPTION_EXIT_CODE, validate_exit_code, validate_signals
 from tfckpt.errors import CheckpointWriteError
-from tfckpt.manager import CheckpointManager, check_backend, validate_options
+from tfckpt.manager import (
+    CheckpointManager,
+    check_backend,
+    parse_source,
+    validate_observers,
+    validate_options,
+)
+from tfckpt.observers import CheckpointObserver
 from tfckpt.store import CheckpointRecord, jsonable
 
 _MODES = ("auto", "min", "max")
@@ -24,6 +31,21 @@ _MODES = ("auto", "min", "max")
 # a later fit of such a model trains on instead of restoring over it, even
 # after a recompile reset its optimizer.
 _trained_here: dict[str, weakref.WeakSet] = {}
+# The parent a model was forked from into a directory that has no checkpoint
+# yet, for a later fit in this process to keep recording it.
+_forked: dict[str, weakref.WeakKeyDictionary] = {}
+
+
+class _Report(CheckpointObserver):
+    """The callback's verbose line per save."""
+
+    def __init__(self, callback: CheckpointCallback):
+        self._callback = weakref.ref(callback)
+
+    def on_commit(self, record: CheckpointRecord) -> None:
+        callback = self._callback()
+        if callback is not None:
+            callback._report(record)
 
 
 class CheckpointCallback(keras.callbacks.Callback):
@@ -85,6 +107,19 @@ class CheckpointCallback(keras.callbacks.Callback):
         fsync: fsync each checkpoint before it counts (default). `False` is
             faster; a killed process still never leaves a torn checkpoint,
             but a power loss may lose the newest ones.
+        init_from: start a new run from another run's checkpoint (a fork,
+            or a warm start): `"runs/exp1@best"`, `"runs/exp1"` (its latest),
+            `"DIR@STEP"`, `"DIR@epoch=N"`, `"DIR@ckpt-NNNNNN"` or a
+            `CheckpointRecord`. Used only while `directory` holds no checkpoint
+            (a rerun after a crash resumes the new run). The epoch counter,
+            history and random state carry on from the parent, and every
+            checkpoint of the new run records the parent (`tfckpt.open(dir).parent`).
+        init_optimizer: with `init_from`, also take the parent's optimizer
+            state (slots and step). `False` starts the optimizer afresh, e.g.
+            for a new learning rate or another optimizer.
+        observers: `tfckpt.CheckpointObserver`s called after each checkpoint
+            is committed and after each one retention deletes (e.g.
+            `tfckpt.TensorBoardObserver`).
         preemption_signals: signals that announce a preemption (default
             `(signal.SIGTERM,)`; `None` or `()` leaves signals alone). When one
             arrives during `fit`, the callback saves a checkpoint at the next
@@ -119,6 +154,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         verbose: int = 1,
         preemption_signals: Any = (signal.SIGTERM,),
         preemption_exit_code: int | None = PREEMPTION_EXIT_CODE,
+        init_from: Any = None,
+        init_optimizer: bool = True,
+        observers: Any = None,
     ):
         super().__init__()
         check_backend()
@@ -173,6 +211,11 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self.preemption_signals = validate_signals("preemption_signals", preemption_signals)
         self.preemption_exit_code = validate_exit_code("preemption_exit_code", preemption_exit_code)
+        if init_from is not None:
+            parse_source(init_from)  # a malformed selection fails here, not mid-fit
+        self.init_from = init_from
+        self.init_optimizer = bool(init_optimizer)
+        self.observers = validate_observers(observers)
         self.manager: CheckpointManager | None = None
         self.restored: CheckpointRecord | None = None
         self._warned: set[str] = set()
@@ -338,8 +381,8 @@ class CheckpointCallback(keras.callbacks.Callback):
             async_save=self.async_save,
             fsync=self.fsync,
             preemption_signals=self.preemption_signals,  # handlers back at close()
+            observers=[_Report(self), *self.observers],
         )
-        self.manager._on_commit = self._report
         self.restored = None
         self._epoch_offset: int | None = None
         self._batch_in_epoch = 0
@@ -375,11 +418,28 @@ class CheckpointCallback(keras.callbacks.Callback):
             else:
                 base = self.restored = self.manager.restore(self.restore)
                 self._continuing = False
+        state = None
+        if base is None and self.init_from is not None and model not in trained_here:
+            # A new run forked from another run's checkpoint.
+            base, state = self.manager.init_from(self.init_from, optimizer=self.init_optimizer)
+            forked = _forked.setdefault(self.manager.directory_key, weakref.WeakKeyDictionary())
+            forked[model] = self.manager.parent
+            self.restored = base
+            self._continuing = False
+            self._say(
+                f"initialized from {self.manager.parent['directory']} {base.name} "
+                f"(epoch {base.epoch}, step {base.step})"
+                + ("" if self.init_optimizer else ", without its optimizer state")
+                + "."
+            )
+        if self.manager.parent is None:
+            self.manager.parent = _forked.get(self.manager.directory_key, {}).get(model)
         trained_here.add(model)
         if base is None:
             self._continuing = False
             return
-        state = self.manager.state(base)
+        if state is None:
+            state = self.manager.state(base)
         self._epochs_done = base.epoch
         self._history = list(state.get("history", []))
         self._batches_total = int(state.get("batches", 0))

@@ -1,38 +1,86 @@
-"""The `tfckpt` command line: `tfckpt ls DIR`, `tfckpt verify DIR`."""
+"""The `tfckpt` command line: browse, check, prune and export a run directory.
+
+    tfckpt ls DIR [--json]                  the checkpoints, why each is kept
+    tfckpt info DIR [WHICH] [--epoch N]     one checkpoint: metadata, files, variables
+    tfckpt verify DIR                       sizes and CRC-32 of every file
+    tfckpt prune DIR --keep-last N ...      apply retention rules after the fact
+    tfckpt export DIR OUT --model-from M    write a checkpoint as .keras,
+                                            .weights.h5 or a SavedModel
+
+WHICH is "latest", "best", a step or a checkpoint name. Exit status: 0 ok;
+1 a check failed or nothing matched the selection (or the directory is locked
+by a writer); 2 a usage error, a missing directory or one that is not a run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 import time
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
-def _ls(args: argparse.Namespace) -> int:
+
+class _UsageError(Exception):
+    """Exit status 2: the command cannot run as given."""
+
+
+def _open(directory: str) -> Any:
+    import tensorflow as tf
+
     from tfckpt.run import open_run
 
-    run = open_run(args.directory)
+    run = open_run(directory)  # FileNotFoundError for a missing directory
+    entries = [e.rstrip("/") for e in tf.io.gfile.listdir(directory)]
+    tfckpt_files = (".lock", ".damaged-ckpt-", ".tmp-ckpt-", ".trash-ckpt-")
+    is_run = any(
+        e.startswith(tfckpt_files) or (e.startswith("ckpt-") and e[5:].isdigit()) for e in entries
+    )
+    if not is_run:
+        raise _UsageError(f"{directory!r} is not a tfckpt run directory (no checkpoints in it).")
+    return run
+
+
+def _which(text: str | None) -> Any:
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def _row(record: Any) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "step": record.step,
+        "epoch": record.epoch,
+        "batch": record.batch,
+        "metrics": dict(record.metrics),
+        "size": record.size,
+        "time": record.time,
+        "path": record.path,
+        "kept": record.kept,
+    }
+
+
+def _is(record: Any, other: Any) -> bool:
+    return other is not None and record.name == other.name
+
+
+def _saved(record: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.time))
+
+
+def _ls(args: argparse.Namespace) -> int:
+    run = _open(args.directory)
     records, problems = run.checkpoints, run.problems
     best = run.best
     if args.json:
-        rows = [
-            {
-                "name": r.name,
-                "step": r.step,
-                "epoch": r.epoch,
-                "batch": r.batch,
-                "metrics": dict(r.metrics),
-                "size": r.size,
-                "time": r.time,
-                "path": r.path,
-                "kept": r.kept,
-                "best": best is not None and r.name == best.name,
-            }
-            for r in records
-        ]
+        rows = [{**_row(r), "best": _is(r, best)} for r in records]
         rows += [{"name": p.name, "problem": p.reason} for p in problems]
         print(json.dumps(rows, indent=1))
         return 0
@@ -47,20 +95,69 @@ def _ls(args: argparse.Namespace) -> int:
     for r in records:
         value = r.metrics.get(monitor) if monitor else None
         shown = f"{value:.6g}" if isinstance(value, (int, float)) else ""
-        mark = " *" if best is not None and r.name == best.name else ""
-        saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
+        mark = " *" if _is(r, best) else ""
         print(
             f"{r.name:<12} {r.step:>8} {r.epoch:>6} {r.batch:>6} {r.size:>10}  "
-            f"{shown + mark:<12} {saved:<19}  {r.kept or ''}"
+            f"{shown + mark:<12} {_saved(r):<19}  {r.kept or ''}"
         )
     for p in problems:
         print(f"{p.name:<12} DAMAGED: {p.reason}")
     return 0
 
 
+def _info(args: argparse.Namespace) -> int:
+    import tensorflow as tf
+
+    from tfckpt.run import _human_size
+
+    run = _open(args.directory)
+    record = run.select(_which(args.which), epoch=args.epoch)[0]
+    records = run.checkpoints
+    record = next((r for r in records if r.name == record.name), record)  # with `kept`
+    best, latest = run.best, records[-1]
+    marks = [m for m, other in (("best", best), ("latest", latest)) if _is(record, other)]
+    reader = tf.train.load_checkpoint(record.path)
+    dtypes = reader.get_variable_to_dtype_map()
+    variables = [
+        {"name": name, "shape": list(shape), "dtype": dtypes[name].name}
+        for name, shape in tf.train.list_variables(record.path)
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    ]
+    files = {f: dict(entry) for f, entry in sorted(record.manifest["files"].items())}
+    if args.json:
+        info = {**_row(record), "best": _is(record, best), "latest": _is(record, latest)}
+        info.update(files=files, variables=variables)
+        print(json.dumps(info, indent=1))
+        return 0
+    metrics = "  ".join(
+        f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in sorted(record.metrics.items())
+    )
+    fields = [
+        ("path", record.path),
+        ("step", record.step),
+        ("epoch", record.epoch),
+        ("batch", record.batch),
+        ("saved", _saved(record)),
+        ("size", f"{_human_size(record.size)} ({record.size} bytes)"),
+        ("kept", record.kept or ""),
+        ("metrics", metrics),
+        ("files", ", ".join(f"{f} ({_human_size(e['size'])})" for f, e in files.items())),
+    ]
+    print(record.name + (f"  ({', '.join(marks)})" if marks else ""))
+    for key, value in fields:
+        print(f"  {key:<8} {value}")
+    print(f"variables ({len(variables)}):")
+    width = max((len(v["name"].removesuffix(_SUFFIX)) for v in variables), default=0)
+    for v in variables:
+        print(f"  {v['name'].removesuffix(_SUFFIX):<{width}}  {v['dtype']:<8} {v['shape']}")
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from tfckpt.run import verify
 
+    _open(args.directory)
     results = verify(args.directory)
     for name, problem in results:
         print(f"{name}: {'OK' if problem is None else 'DAMAGED: ' + problem}")
@@ -69,22 +166,161 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tfckpt", description=__doc__)
+def _prune(args: argparse.Namespace) -> int:
+    from tfckpt.run import _human_size
+
+    run = _open(args.directory)
+    report = run.prune(
+        keep_last=args.keep_last,
+        keep_best=args.keep_best,
+        keep_every_n_epochs=args.keep_every_n_epochs,
+        keep_every_n_hours=args.keep_every_n_hours,
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        out = {
+            "dry_run": report.dry_run,
+            "deleted": [_row(r) for r in report.deleted],
+            "kept": [_row(r) for r in report.kept],
+            "damaged": [{"name": p.name, "problem": p.reason} for p in report.damaged],
+            "bytes_freed": report.bytes_freed,
+        }
+        print(json.dumps(out, indent=1))
+        return 0
+    dry = report.dry_run
+    verb, keep = ("would delete", "keep") if dry else ("deleted", "kept")
+    for r in report.deleted:
+        print(f"{verb:<12} {r.name}  step {r.step}  epoch {r.epoch}  {_human_size(r.size)}")
+    for r in report.kept:
+        print(f"{keep:<12} {r.name}  step {r.step}  epoch {r.epoch}  ({r.kept})")
+    for p in report.damaged:
+        print(f"{'left alone':<12} {p.name}  DAMAGED: {p.reason}")
+    print(
+        f"{verb} {len(report.deleted)}, {keep} {len(report.kept)}: "
+        f"{_human_size(report.bytes_freed)} {'would be ' * dry}freed"
+    )
+    return 0
+
+
+def _load_model(spec: str) -> Any:
+    """A model from `PATH.keras` (its architecture) or `PATH.py:FUNCTION`."""
+    import keras
+
+    if spec.endswith(".keras"):
+        if not os.path.isfile(spec):
+            raise _UsageError(f"--model-from: no such file {spec!r}.")
+        return keras.saving.load_model(spec, compile=False)
+    path, _, name = spec.rpartition(":")
+    if not path.endswith(".py") or not name.isidentifier():
+        raise _UsageError(
+            f"--model-from must be PATH.keras or PATH.py:FUNCTION. Received: {spec!r}"
+        )
+    if not os.path.isfile(path):
+        raise _UsageError(f"--model-from: no such file {path!r}.")
+    module_spec = importlib.util.spec_from_file_location("_tfckpt_model_from", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise _UsageError(f"--model-from: {path!r} has no function {name!r}.")
+    model = function()
+    if not isinstance(model, keras.Model):
+        raise _UsageError(
+            f"--model-from: {spec}() must return a keras.Model. Received: {type(model).__name__}"
+        )
+    return model
+
+
+def _export(args: argparse.Namespace) -> int:
+    run = _open(args.directory)
+    if os.path.lexists(args.out) and not args.overwrite:
+        raise _UsageError(f"{args.out!r} already exists. Pass --overwrite to replace it.")
+    model = _load_model(args.model_from)
+    record = run.export(
+        model,
+        args.out,
+        _which(args.which),
+        epoch=args.epoch,
+        format=args.format,
+        overwrite=args.overwrite,
+    )
+    print(f"exported {record.name} (step {record.step}, epoch {record.epoch}) to {args.out}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tfckpt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+
     ls = sub.add_parser("ls", help="list the checkpoints of a run directory")
     ls.add_argument("directory")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=_ls)
+
+    info = sub.add_parser("info", help="one checkpoint: metadata, files, variables")
+    info.add_argument("directory")
+    info.add_argument("which", nargs="?", help="latest (default), best, a step or a name")
+    info.add_argument("--epoch", type=int, help="the checkpoint at the end of epoch N")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(func=_info)
+
     ver = sub.add_parser("verify", help="check sizes and checksums of every checkpoint")
     ver.add_argument("directory")
     ver.set_defaults(func=_verify)
-    args = parser.parse_args(argv)
+
+    prune = sub.add_parser(
+        "prune", help="delete the checkpoints no rule keeps (the newest always stays)"
+    )
+    prune.add_argument("directory")
+    prune.add_argument("--keep-last", type=int, metavar="N", help="keep the N newest")
+    prune.add_argument("--keep-best", type=int, metavar="K", help="keep the K best (monitor)")
+    prune.add_argument("--keep-every-n-epochs", type=int, metavar="N")
+    prune.add_argument("--keep-every-n-hours", type=float, metavar="H")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would go")
+    prune.add_argument("--json", action="store_true", help="machine-readable output")
+    prune.set_defaults(func=_prune)
+
+    export = sub.add_parser(
+        "export", help="write a checkpoint as .keras, .weights.h5 or a SavedModel"
+    )
+    export.add_argument("directory")
+    export.add_argument("out", help="OUT.keras, OUT.weights.h5, or a directory name (SavedModel)")
+    export.add_argument(
+        "--model-from",
+        required=True,
+        metavar="PATH.keras|PATH.py:FUNCTION",
+        help="the architecture: a .keras file, or a Python function returning the model",
+    )
+    export.add_argument("--which", help="best (default), latest, a step or a name")
+    export.add_argument("--epoch", type=int, help="the checkpoint at the end of epoch N")
+    export.add_argument("--format", choices=["tf_saved_model"], help="force a SavedModel")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    export.set_defaults(func=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    import tensorflow as tf
+
+    from tfckpt.errors import CheckpointError, CheckpointNotFoundError
+
+    def fail(status: int, error: BaseException) -> int:
+        text = getattr(error, "message", None) or str(error)
+        print(f"tfckpt: {' '.join(text.split())}", file=sys.stderr)
+        return status
+
     try:
         return args.func(args)
-    except FileNotFoundError as e:
-        print(f"tfckpt: {e}", file=sys.stderr)
-        return 2
+    except (_UsageError, FileNotFoundError, FileExistsError) as e:
+        return fail(2, e)
+    except (CheckpointNotFoundError, CheckpointError, tf.errors.OpError, OSError) as e:
+        return fail(1, e)
+    except (ValueError, TypeError) as e:  # an option's value (e.g. --keep-last -1)
+        return fail(2, e)
 
 
 if __name__ == "__main__":

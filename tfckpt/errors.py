@@ -15,6 +15,11 @@ class NoIntactCheckpointError(CheckpointError):
     """Checkpoints exist, but none of those asked for is intact."""
 
 
+class CheckpointNotFoundError(CheckpointError, ValueError):
+    """No checkpoint of a run matches a selection (a step, an epoch, a name,
+    "best" in a run without a monitor, or a metric no checkpoint recorded)."""
+
+
 class DirectoryLockedError(CheckpointError):
     """Another live process is writing checkpoints into the same directory."""
 

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
@@ -28,6 +28,7 @@ from tfckpt._preemption import (
     validate_signals,
 )
 from tfckpt.errors import CheckpointError
+from tfckpt.observers import CheckpointObserver
 from tfckpt.run import Run, Which
 from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
 
@@ -42,6 +43,45 @@ def check_backend() -> None:
             f"{keras.backend.backend()!r}. Set the environment variable "
             "KERAS_BACKEND=tensorflow before importing keras."
         )
+
+
+def parse_source(source: Any) -> tuple[str, Any, int | None]:
+    """`"DIR@which"` (or a record) as (directory, which, epoch) for `Run.select`."""
+    if isinstance(source, CheckpointRecord):
+        return os.path.dirname(source.directory), source.name, None
+    if not isinstance(source, (str, os.PathLike)) or not os.fspath(source):
+        raise ValueError(
+            "`init_from` must be 'DIR', 'DIR@best', 'DIR@latest', 'DIR@STEP', "
+            f"'DIR@epoch=N', 'DIR@ckpt-NNNNNN' or a CheckpointRecord. Received: {source!r}"
+        )
+    text = os.fspath(source)
+    directory, at, selector = text.rpartition("@")
+    if not at:
+        return text, "latest", None
+    if selector in ("best", "latest") or selector.startswith("ckpt-"):
+        return directory, selector, None
+    if selector.isdigit():
+        return directory, int(selector), None
+    if selector.startswith("epoch=") and selector[6:].isdigit():
+        return directory, None, int(selector[6:])
+    raise ValueError(
+        f"`init_from`: cannot read the selection {selector!r} in {text!r}. Allowed after "
+        "'@': best, latest, a step (e.g. 1200), epoch=N, or a checkpoint name (ckpt-000007)."
+    )
+
+
+def validate_observers(observers: Any) -> list[CheckpointObserver]:
+    observers = list(observers or [])
+    for observer in observers:
+        if not (
+            callable(getattr(observer, "on_commit", None))
+            and callable(getattr(observer, "on_delete", None))
+        ):
+            raise TypeError(
+                "`observers` must be a list of tfckpt.CheckpointObserver (objects with "
+                f"on_commit(record) and on_delete(record) methods). Received: {observer!r}"
+            )
+    return observers
 
 
 def _in_multi_worker_mode(strategy: Any) -> bool:
@@ -159,6 +199,8 @@ class CheckpointManager:
             and directories). `False` is faster; a crashed process still
             never leaves a torn checkpoint, but a power loss may lose the
             newest ones.
+        observers: `tfckpt.CheckpointObserver`s called after each commit and
+            each deletion (also `manager.observers`, a list you may append to).
         preemption_signals: signals that announce a preemption (e.g.
             `(signal.SIGTERM,)`); `None` (default) leaves signals alone. Then
             call `preemption_point(step)` once per step.
@@ -194,6 +236,7 @@ class CheckpointManager:
         fsync: bool = True,
         preemption_signals: Any = None,
         preemption_exit_code: int | None = PREEMPTION_EXIT_CODE,
+        observers: Sequence[CheckpointObserver] | None = None,
     ):
         check_backend()
         validate_options(
@@ -250,7 +293,8 @@ class CheckpointManager:
         self.async_save = bool(async_save)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._inflight: concurrent.futures.Future | None = None
-        self._on_commit: Any = None  # called with each committed record
+        self.observers: list[CheckpointObserver] = validate_observers(observers)
+        self.parent: dict | None = None  # the checkpoint this run was forked from
         self._lock: DirectoryLock | None = None
         self._sum: Any = None  # the all-reduce of multi-worker agreements
         if not self.is_chief:
@@ -271,6 +315,8 @@ class CheckpointManager:
             # TF's state file is a derived pointer: repair it from the manifests.
             self._store.write_pointer(records)
         self._best = self._best_from(records[-1] if records else None)
+        if records:  # a resumed fork keeps recording its parent
+            self.parent = records[-1].manifest.get("parent")
         self._signals.install()
         if self.async_save:
             _async_fix.enable()
@@ -363,6 +409,7 @@ class CheckpointManager:
             "contents": [k for k, v in self._objects().items() if v is not None]
             + [_contents.SAVE_COUNTER],
             "build_config": _contents.build_config(self.model),
+            "parent": self.parent,
             "versions": versions(),
         }
         if not self.is_chief:
@@ -411,10 +458,21 @@ class CheckpointManager:
                 self._checkpoint.sync()  # TF's background write of this checkpoint
         record = self._store.finish(pending, metadata, files)
         self._best = best
-        self._apply_retention()
-        if self._on_commit is not None:
-            self._on_commit(record)
+        self._notify("on_commit", record)
+        for deleted in self._apply_retention():
+            self._notify("on_delete", deleted)
         return record
+
+    def _notify(self, event: str, record: CheckpointRecord) -> None:
+        for observer in list(self.observers):
+            try:
+                getattr(observer, event)(record)
+            except Exception as e:  # noqa: BLE001 - an observer must not cost a checkpoint
+                warnings.warn(
+                    f"tfckpt: observer {observer!r} failed in {event}({record.name}): "
+                    f"{type(e).__name__}: {e}. The checkpoint is unaffected.",
+                    stacklevel=2,
+                )
 
     def wait(self) -> CheckpointRecord | None:
         """Waits for the save in flight (async) and returns its record; raises
@@ -497,6 +555,43 @@ class CheckpointManager:
                 "on storage they all share (e.g. gs://)."
             )
         return self._run.restore_into(self._objects(), step, strict=True, verify=False)
+
+    def init_from(
+        self, source: Any, *, optimizer: bool = True
+    ) -> tuple[CheckpointRecord, dict[str, Any]]:
+        """Warm-starts this (new) run from a checkpoint of another run, and
+        records it as the parent in every checkpoint this run saves.
+
+        Args:
+            source: `"DIR"` (its latest checkpoint), `"DIR@best"`,
+                `"DIR@latest"`, `"DIR@STEP"`, `"DIR@epoch=N"`, `"DIR@ckpt-NNNNNN"`,
+                or a `CheckpointRecord` (e.g. `tfckpt.open(dir).best`).
+            optimizer: also restore the optimizer state (slots, step). `False`
+                restores the model only, for a new optimizer or learning rate.
+
+        Returns:
+            The parent's record, and the state saved with it.
+        """
+        directory, which, epoch = parse_source(source)
+        parent = Run(directory)
+        objects = {"model": self.model}
+        if optimizer:
+            objects["optimizer"] = self.optimizer
+        with self._strategy.scope():
+            record = parent.restore_into(
+                objects, which, epoch=epoch, strict=optimizer, verify=self.verify
+            )
+        if record is None:
+            raise CheckpointError(f"init_from={source!r}: {directory!r} holds no checkpoint.")
+        self.parent = {
+            "directory": os.path.abspath(directory) if _fs.is_local(directory) else directory,
+            "name": record.name,
+            "step": record.step,
+            "epoch": record.epoch,
+            "batch": record.batch,
+            "optimizer": bool(optimizer),
+        }
+        return record, parent.state(record)
 
     # ---- preemption ----------------------------------------------------
 

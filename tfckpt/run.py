@@ -1,22 +1,40 @@
 """A read-only view of a run directory, and restoring from it.
 
 `tfckpt.open(directory)` needs no model: it reads manifests (JSON) only.
+Restoring, exporting and pruning after the fact go through the same view.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html
+import os
+import shutil
+import time
+import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
 
 from tfckpt import _contents, _fs, _state, retention
-from tfckpt.errors import NoIntactCheckpointError
+from tfckpt._lock import DirectoryLock
+from tfckpt.errors import CheckpointNotFoundError, DirectoryLockedError, NoIntactCheckpointError
 from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
 
-Which = Any  # "latest" | "best" | int step | checkpoint name | CheckpointRecord
+Which = Any  # None | "latest" | "best" | int step | checkpoint name | CheckpointRecord
+
+_MODES = ("auto", "min", "max")
+
+
+class CheckpointList(list):
+    """A list of `CheckpointRecord`s (oldest first) that Jupyter shows as a table."""
+
+    monitor: tuple[str, str] | None = None
+
+    def _repr_html_(self) -> str:
+        return _table_html(list(self), self.monitor, [], None)
 
 
 class Run:
@@ -29,29 +47,43 @@ class Run:
     for c in run.checkpoints:
         print(c.step, c.epoch, c.metrics, c.kept)
     run.best.path  # a prefix tf.train.Checkpoint.read accepts
+    run.restore(model, "best")  # or a step, a name, or epoch=5
+    run  # in Jupyter: a table of the checkpoints
     ```
     """
 
-    def __init__(self, directory: str):
-        self.directory = directory
-        self._store = CheckpointStore(directory)
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = os.fspath(directory)
+        self._store = CheckpointStore(self.directory)
 
     def __repr__(self) -> str:
         n = len(self.checkpoints)
         return f"<tfckpt.Run {self.directory!r}: {n} checkpoint{'s' * (n != 1)}>"
 
+    def _repr_html_(self) -> str:
+        records, problems = self._scan()
+        n = len(records)
+        caption = f"{self.directory}: {n} checkpoint{'s' * (n != 1)}"
+        if records.monitor:
+            caption += f", best by {records.monitor[0]} ({records.monitor[1]})"
+        parent = records[-1].manifest.get("parent") if records else None
+        if parent:
+            caption += f"; forked from {parent['directory']} {parent['name']}"
+        return _table_html(records, records.monitor, problems, caption)
+
     def _scan(
         self, policy: retention.RetentionPolicy | None = None
-    ) -> tuple[list[CheckpointRecord], list[Problem]]:
+    ) -> tuple[CheckpointList, list[Problem]]:
         """Records with the reasons `policy` keeps them for; without a policy,
         the run's own keyword rules as recorded in its newest manifest."""
         records, problems = self._store.scan()
+        out = CheckpointList()
         if not records:
-            return records, problems
+            return out, problems
         config = records[-1].manifest.get("retention") or {}
+        monitor = records[-1].manifest.get("monitor") or {}
         derived = policy is None
         if policy is None:
-            monitor = records[-1].manifest.get("monitor") or {}
             policy = retention.from_options(
                 keep_last=config.get("keep_last"),
                 keep_best=config.get("keep_best") or 0,
@@ -66,11 +98,14 @@ class Run:
             # no keyword rule keeps is kept by the run's own (unrecorded) policy.
             reasons = [why or f"custom: {config['custom']}" for why in reasons]
         reasons[-1] = ", ".join(filter(None, ["latest", reasons[-1]]))
-        return [dataclasses.replace(r, kept=why) for r, why in zip(records, reasons)], problems
+        out.extend(dataclasses.replace(r, kept=why) for r, why in zip(records, reasons))
+        out.monitor = (monitor["name"], monitor["mode"]) if monitor.get("name") else None
+        return out, problems
 
     @property
-    def checkpoints(self) -> list[CheckpointRecord]:
-        """Committed checkpoints, oldest first, each saying why it is kept."""
+    def checkpoints(self) -> CheckpointList:
+        """Committed checkpoints, oldest first, each saying why it is kept
+        (a list; Jupyter shows it as a table)."""
         return self._scan()[0]
 
     @property
@@ -93,32 +128,98 @@ class Run:
     @property
     def best(self) -> CheckpointRecord | None:
         """The retained checkpoint with the best value of the run's monitor."""
-        if self.monitor is None:
+        records = self.checkpoints
+        if records.monitor is None:
             return None
-        ranked = self._ranked_by_monitor(self.checkpoints)
+        ranked = _ranked(records, *records.monitor)
         return ranked[0] if ranked else None
 
-    def _ranked_by_monitor(self, records: list[CheckpointRecord]) -> list[CheckpointRecord]:
-        if self.monitor is None:
-            return []
-        name, mode = self.monitor
-        scored = [
-            (v, -r.seq, r) for r in records if (v := retention.metric_value(r, name)) is not None
-        ]
-        scored.sort(key=lambda t: (t[0] if mode == "min" else -t[0], -t[1]))
-        return [r for _, _, r in scored]
+    def best_by(self, metric: str, mode: str = "auto") -> CheckpointRecord:
+        """The retained checkpoint with the best value of any recorded metric.
+
+        Example:
+
+        ```python
+        run.best_by("val_accuracy")             # "auto": accuracy is maximized
+        run.best_by("val_loss", mode="min")
+        ```
+
+        Args:
+            metric: a metric the checkpoints recorded when they were saved
+                (epoch-end checkpoints hold the epoch's logs, `val_*` included).
+            mode: `"min"`, `"max"`, or `"auto"`: the run's own mode for its
+                monitor, `"min"` for losses, else Keras's direction for a
+                metric of that name (e.g. accuracy, AUC: max; MAE: min).
+
+        Returns:
+            The `CheckpointRecord` with the best value (ties: the oldest,
+            as retention ranks them).
+
+        Raises:
+            CheckpointNotFoundError: no retained checkpoint recorded `metric`;
+                the message lists the metrics that were recorded.
+        """
+        if not isinstance(metric, str) or not metric:
+            raise ValueError(
+                f"`metric` must be a metric name (e.g. 'val_accuracy'). Received: metric={metric!r}"
+            )
+        if mode not in _MODES:
+            raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
+        records = self.checkpoints
+        if not any(retention.metric_value(r, metric) is not None for r in records):
+            recorded = sorted({k for r in records for k in r.metrics})
+            raise CheckpointNotFoundError(
+                f"No checkpoint in {self.directory!r} has a value of {metric!r}. "
+                f"Metrics recorded: {', '.join(recorded) or 'none'}."
+            )
+        if mode == "auto":
+            mode = _direction(metric, records.monitor)
+        return _ranked(records, metric, mode)[0]
 
     @property
     def history(self) -> dict[str, list]:
-        """Per-epoch logs across every process of the run, as of the newest
-        checkpoint: metric name -> one value per epoch (`None` where an epoch
-        did not log it), plus `"epoch"`."""
+        """Per-epoch logs of the whole run, across every process (restart) of it.
+
+        Read from the newest checkpoint: metric name -> one value per completed
+        epoch (`None` where an epoch did not log it), plus `"epoch"` (1-based).
+        A restart from the newest checkpoint carries the history on; a run
+        branched from an older checkpoint (`restore="best"`) carries on the
+        history of that checkpoint.
+
+        Example:
+
+        ```python
+        h = tfckpt.open("runs/exp1").history
+        h["epoch"], h["val_loss"]  # [1, 2, ...], [0.61, 0.52, ...]
+        ```
+        """
         latest = self.latest
         epochs = self.state(latest).get("history", []) if latest else []
         keys = sorted({k for e in epochs for k in e} - {"epoch"})
         out: dict[str, list] = {"epoch": [e["epoch"] for e in epochs]}
         out.update({k: [e.get(k) for e in epochs] for k in keys})
         return out
+
+    @property
+    def parent(self) -> dict[str, Any] | None:
+        """The checkpoint this run was forked from (`init_from`), or `None`:
+        `{"directory", "name", "step", "epoch", "batch", "optimizer"}`."""
+        latest = self.latest
+        return latest.manifest.get("parent") if latest is not None else None
+
+    @property
+    def lineage(self) -> list[dict[str, Any]]:
+        """This run's ancestry, nearest first: its parent, the parent's
+        parent, and so on (as far as those directories still exist)."""
+        chain, parent, seen = [], self.parent, {self.directory}
+        while parent is not None and parent["directory"] not in seen:
+            chain.append(parent)
+            seen.add(parent["directory"])
+            try:
+                parent = Run(parent["directory"]).parent
+            except (OSError, tf.errors.OpError):
+                break
+        return chain
 
     def state(self, record: CheckpointRecord) -> dict[str, Any]:
         """The saver's own state stored with `record` (counters, history)."""
@@ -130,27 +231,65 @@ class Run:
             arrays = _fs.read_bytes(_fs.join(record.directory, _state.ARRAYS))
         return _state.decode(_fs.read_bytes(_fs.join(record.directory, _state.STATE)), arrays)
 
-    def select(self, which: Which) -> list[CheckpointRecord]:
-        """Candidates for `which`, in the order a restore tries them."""
+    def select(self, which: Which = None, *, epoch: int | None = None) -> list[CheckpointRecord]:
+        """Candidates for a selection, in the order a restore tries them.
+
+        Example:
+
+        ```python
+        run.select("best")[0]    # the best checkpoint
+        run.select(epoch=5)[0]   # the one saved at the end of epoch 5
+        ```
+
+        Args:
+            which: `"latest"` (the default), `"best"` (by the run's monitor),
+                a step (int), a checkpoint name (`"ckpt-000007"`) or a
+                `CheckpointRecord`.
+            epoch: instead of `which`: the checkpoints saved at the end of
+                epoch `epoch` (`record.epoch == epoch and record.batch == 0`),
+                newest first; when none is at that epoch boundary, those saved
+                within the next epoch (`record.epoch == epoch`, `batch > 0`).
+
+        Raises:
+            CheckpointNotFoundError: nothing matches (the message lists the
+                checkpoints with their steps, and the epochs that have one).
+        """
         records = self.checkpoints
+        if epoch is not None:
+            if which is not None:
+                raise ValueError(
+                    "Pass either `which` or `epoch`, not both. "
+                    f"Received: which={which!r}, epoch={epoch!r}"
+                )
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                raise ValueError(f"`epoch` must be an integer >= 0. Received: epoch={epoch!r}")
+            newest_first = [r for r in reversed(records) if r.epoch == epoch]
+            found = [r for r in newest_first if r.batch == 0] or newest_first
+            if found:
+                return found
+            raise CheckpointNotFoundError(
+                f"No checkpoint matches epoch={epoch} in {self.directory!r}. {_available(records)}"
+            )
+        if which is None:
+            which = "latest"
         if isinstance(which, CheckpointRecord):
             return [which]
         if which == "latest":
             return records[::-1]
         if which == "best":
-            if self.monitor is None:
-                raise ValueError(
+            if records.monitor is None and records:
+                raise CheckpointNotFoundError(
                     f"which='best': run {self.directory!r} tracks no metric "
                     "(it was saved with monitor=None). Use 'latest' or a step."
                 )
-            ranked = self._ranked_by_monitor(records)
+            ranked = _ranked(records, *records.monitor) if records else []
             if records and not ranked:
-                raise ValueError(
+                raise CheckpointNotFoundError(
                     f"which='best': no checkpoint in {self.directory!r} has a value "
-                    f"of {self.monitor[0]!r}."
+                    f"of {records.monitor[0]!r}."
                 )
             return ranked
-        if isinstance(which, str) and not isinstance(which, bool):
+        if isinstance(which, str):
             found = [r for r in records if r.name == which]
             if found:
                 return found
@@ -163,24 +302,24 @@ class Run:
                 "`which` must be 'latest', 'best', a step (int), a checkpoint name "
                 f"or a CheckpointRecord. Received: which={which!r}"
             )
-        available = ", ".join(f"{r.name} (step {r.step})" for r in records) or "none"
-        raise ValueError(
-            f"No checkpoint matches which={which!r} in {self.directory!r}. Available: {available}."
+        raise CheckpointNotFoundError(
+            f"No checkpoint matches which={which!r} in {self.directory!r}. {_available(records)}"
         )
 
     def restore_into(
         self,
         objects: Mapping[str, Any],
-        which: Which = "latest",
+        which: Which = None,
         *,
+        epoch: int | None = None,
         strict: bool,
         verify: bool = True,
     ) -> CheckpointRecord | None:
-        """Restores the first intact candidate of `which`; warns for each skipped.
+        """Restores the first intact candidate of the selection; warns for each skipped.
 
         Returns `None` when the directory holds no checkpoint at all.
         """
-        candidates = self.select(which)
+        candidates = self.select(which, epoch=epoch)
         problems = self._store.scan()[1]
         if not candidates and not problems:
             return None
@@ -197,9 +336,12 @@ class Run:
                 try:
                     _contents.ensure_built(objects["model"], record.manifest.get("build_config"))
                     _contents.build_optimizer(objects.get("optimizer"), objects["model"])
+                    readable = dict(objects)
+                    if objects.get("optimizer") is None:
+                        readable["model"] = _model_only(objects["model"])
                     _contents.read(
                         record.path,
-                        objects,
+                        readable,
                         saved=record.manifest.get("contents"),
                         strict=strict,
                     )
@@ -225,28 +367,562 @@ class Run:
             )
         damaged = skipped + [p.name for p in problems]
         raise NoIntactCheckpointError(
-            f"None of the checkpoints selected by which={which!r} in "
+            f"None of the checkpoints selected by {_selection(which, epoch)} in "
             f"{self.directory!r} is intact (damaged: {', '.join(damaged)}). "
             "Nothing was deleted; run `tfckpt verify` for details."
         )
 
     def restore(
-        self, model: Any, which: Which = "latest", *, optimizer: Any = None
+        self,
+        model: Any,
+        which: Which = None,
+        *,
+        epoch: int | None = None,
+        optimizer: Any = None,
     ) -> CheckpointRecord:
         """Restores `model` (and `optimizer`, if given) and returns the record.
 
-        Without an optimizer only the model's variables are restored, which is
-        what inference needs.
+        Without `optimizer` only the model's variables are restored, which is
+        what inference and warm starts need: the model need not be compiled,
+        the optimizer values in the checkpoint are skipped without a warning,
+        and a compiled model's own optimizer is left as it is (its learning
+        rate, step and slots are not taken from the checkpoint; pass
+        `optimizer=model.optimizer` to restore them too).
+
+        Example:
+
+        ```python
+        model = make_model()              # same architecture
+        record = run.restore(model, "best")
+        run.restore(model, epoch=5)       # the end of epoch 5
+        ```
+
+        Args:
+            model: a Keras model of the same architecture (an unbuilt one is
+                built from the build config stored with the checkpoint).
+            which: `"latest"` (the default), `"best"`, a step (int) or a
+                checkpoint name; see `select`.
+            epoch: instead of `which`: the checkpoint saved at the end of
+                that epoch; see `select`.
+            optimizer: also restore this optimizer (to continue training).
+
+        Returns:
+            The restored `CheckpointRecord`. A damaged checkpoint is skipped
+            with a warning in favour of the next candidate of the selection.
         """
         record = self.restore_into(
-            {"model": model, "optimizer": optimizer}, which, strict=optimizer is not None
+            {"model": model, "optimizer": optimizer},
+            which,
+            epoch=epoch,
+            strict=optimizer is not None,
         )
         if record is None:
-            raise ValueError(f"{self.directory!r} holds no committed checkpoint.")
+            raise CheckpointNotFoundError(f"{self.directory!r} holds no committed checkpoint.")
         return record
 
+    def export(
+        self,
+        model: Any,
+        path: str | os.PathLike,
+        which: Which = None,
+        *,
+        epoch: int | None = None,
+        format: str | None = None,  # noqa: A002 - Keras's own name for it
+        overwrite: bool = False,
+    ) -> CheckpointRecord:
+        """Writes a checkpoint as a file plain Keras or TF Serving loads.
 
-def verify(directory: str) -> list[tuple[str, str | None]]:
+        The checkpoint's weights are restored into `model` (which is changed),
+        then saved by Keras itself, in the format the path's suffix names:
+
+        - `*.weights.h5`: `model.save_weights` (`model.load_weights` reads it);
+        - `*.keras`: `model.save`, architecture included
+          (`keras.saving.load_model` reads it);
+        - no suffix, or `format="tf_saved_model"`: a SavedModel directory for
+          TF Serving, by `model.export(path, format="tf_saved_model")`
+          (`tf.saved_model.load` reads it).
+
+        It is written under a temporary name in the same directory and renamed
+        into place, so a crash never leaves a partial export under `path`.
+
+        Example:
+
+        ```python
+        run.export(make_model(), "exports/best.keras")            # the best checkpoint
+        run.export(make_model(), "exports/serving", epoch=5)      # a SavedModel
+        ```
+
+        Args:
+            model: a Keras model of the run's architecture.
+            path: a local file or directory path (see above).
+            which: the checkpoint: `"best"` (the default), `"latest"`, a step
+                or a checkpoint name; see `select`.
+            epoch: instead of `which`: the checkpoint at the end of that epoch.
+            format: `None` (from the suffix) or `"tf_saved_model"`.
+            overwrite: replace an existing `path`; otherwise that is an error.
+
+        Returns:
+            The exported `CheckpointRecord`. Only the model's weights come from
+            the checkpoint: a `.keras` file holds `model`'s own compile
+            config and optimizer, not the checkpoint's optimizer state.
+        """
+        path = os.fspath(path)
+        kind = _export_kind(path, format)
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"`overwrite` must be True or False. Received: overwrite={overwrite!r}")
+        if os.path.lexists(path) and not overwrite:
+            raise FileExistsError(
+                f"{path!r} already exists. Pass overwrite=True to replace it "
+                "(or choose another path)."
+            )
+        if which is None and epoch is None:
+            which = "best"
+        record = self.restore(model, which, epoch=epoch)
+        if kind == "weights":
+            _write_atomically(path, model.save_weights)
+        elif kind == "keras":
+            _write_atomically(path, model.save)
+        else:
+            _write_atomically(
+                path, lambda tmp: model.export(tmp, format="tf_saved_model", verbose=False)
+            )
+        return record
+
+    def prune(
+        self,
+        *,
+        keep_last: int | None = None,
+        keep_best: int | None = None,
+        keep_every_n_epochs: int | None = None,
+        keep_every_n_hours: float | None = None,
+        retention: retention.RetentionPolicy | None = None,
+        dry_run: bool = True,
+    ) -> PruneReport:
+        """Applies retention rules after the fact; a dry run by default.
+
+        A checkpoint is kept when any rule keeps it, and the newest one is
+        always kept. Only committed, intact checkpoints are ever deleted: a
+        checkpoint to delete is first checked (sizes and CRC-32 of every file)
+        and a damaged one is left on disk and reported in `damaged`, as are
+        directories that are not committed checkpoints.
+
+        With `dry_run=False` it takes the run directory's writer lock, so it
+        fails with `DirectoryLockedError` while a training process (or an open
+        `CheckpointManager`) writes to the directory, and deletes as the
+        manager does (TF's `checkpoint` file first points at what stays, then
+        each checkpoint is renamed out of the way and removed).
+
+        Example:
+
+        ```python
+        run.prune(keep_last=2, keep_best=1)                 # what would go
+        run.prune(keep_last=2, keep_best=1, dry_run=False)  # delete it
+        ```
+
+        Args:
+            keep_last: keep the N newest checkpoints.
+            keep_best: keep the K best by the run's monitor (for another
+                metric: `retention=tfckpt.retention.KeepBest(k, metric, mode)`).
+            keep_every_n_epochs: keep one checkpoint every N epochs.
+            keep_every_n_hours: keep one checkpoint every N hours.
+            retention: a `tfckpt.retention.RetentionPolicy`, combined with
+                the keyword rules (union).
+            dry_run: only report (the default); `False` deletes.
+
+        Returns:
+            A `PruneReport`: `.deleted` (or to be deleted), `.kept`,
+            `.damaged`, `.bytes_freed`.
+        """
+        policy = self._prune_policy(
+            keep_last, keep_best, keep_every_n_epochs, keep_every_n_hours, retention
+        )
+        if not isinstance(dry_run, bool):
+            raise TypeError(f"`dry_run` must be True or False. Received: dry_run={dry_run!r}")
+        if dry_run:
+            return self._prune(policy, dry_run=True)
+        try:
+            lock = DirectoryLock(self.directory, exclusive=True)
+        except DirectoryLockedError as e:
+            raise DirectoryLockedError(f"Cannot prune while a writer is active: {e}") from None
+        try:
+            return self._prune(policy, dry_run=False)
+        finally:
+            lock.release()
+
+    def _prune_policy(
+        self,
+        keep_last: object,
+        keep_best: object,
+        keep_every_n_epochs: object,
+        keep_every_n_hours: object,
+        policy: object,
+    ) -> retention.RetentionPolicy:
+        given = (keep_last, keep_best, keep_every_n_epochs, keep_every_n_hours, policy)
+        if all(rule is None for rule in given):
+            raise ValueError(
+                "prune needs at least one rule (keep_last, keep_best, keep_every_n_epochs, "
+                "keep_every_n_hours or retention); with none, every checkpoint but the "
+                "newest would be deleted. Pass e.g. keep_last=3."
+            )
+        for name, value, minimum in (
+            ("keep_last", keep_last, 0),
+            ("keep_best", keep_best, 0),
+            ("keep_every_n_epochs", keep_every_n_epochs, 1),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            ):
+                raise ValueError(
+                    f"`{name}` must be an integer >= {minimum} or None. Received: {name}={value!r}"
+                )
+        if keep_every_n_hours is not None and (
+            isinstance(keep_every_n_hours, bool)
+            or not isinstance(keep_every_n_hours, (int, float))
+            or not 0 < keep_every_n_hours < float("inf")
+        ):
+            raise ValueError(
+                "`keep_every_n_hours` must be a positive number or None. "
+                f"Received: keep_every_n_hours={keep_every_n_hours!r}"
+            )
+        if policy is not None and not isinstance(policy, retention.RetentionPolicy):
+            raise TypeError(
+                "`retention` must be a tfckpt.retention.RetentionPolicy (an object with "
+                f"a `keep(checkpoints)` method). Received: retention={policy!r}"
+            )
+        monitor = self.monitor
+        if keep_best and monitor is None:
+            raise ValueError(
+                f"`keep_best={keep_best}` needs a metric to rank checkpoints by, but run "
+                f"{self.directory!r} tracks none (it was saved with monitor=None). Pass "
+                "retention=tfckpt.retention.KeepBest(k, metric, mode) instead."
+            )
+        return retention.from_options(
+            keep_last=keep_last or 0,
+            keep_best=keep_best or 0,
+            monitor=monitor[0] if monitor else None,
+            mode=monitor[1] if monitor else "min",
+            keep_every_n_epochs=keep_every_n_epochs,
+            keep_every_n_hours=keep_every_n_hours,
+            extra=policy,
+        )
+
+    def _prune(self, policy: retention.RetentionPolicy, *, dry_run: bool) -> PruneReport:
+        records, problems = self._scan(policy)
+        kept = [r for r in records if r.kept]
+        doomed = [r for r in records if not r.kept]
+        damaged = list(problems)
+        deleted = []
+        for record in doomed:
+            reason = self._store.check(record)
+            if reason is None:
+                deleted.append(dataclasses.replace(record, kept=None))
+                continue
+            damaged.append(Problem(record.name, reason))
+            if not dry_run:
+                self._store.mark_damaged(record.name, reason)
+        if not dry_run and deleted:
+            self._store.write_pointer(kept)
+            for record in deleted:
+                self._store.delete(record)
+        return PruneReport(self.directory, dry_run, deleted, kept, damaged)
+
+    def plot(self, metric: str = "val_loss", *, ax: Any = None, label: str | None = None) -> Any:
+        """Draws `metric` over the whole run, with the retained checkpoints
+        and the best one marked. Needs matplotlib (`pip install "tfckpt[plot]"`).
+
+        The line is the per-epoch history (every restart included); circles
+        are the retained epoch-end checkpoints, a star the run's best
+        checkpoint (by its monitor), each at its epoch and its value of
+        `metric`. Mid-epoch checkpoints are not drawn.
+
+        Example:
+
+        ```python
+        ax = run.plot("val_loss")
+        other.plot("val_loss", ax=ax)   # two runs on one axes
+        ```
+
+        Args:
+            metric: a metric of the run's history (`run.history`).
+            ax: a matplotlib `Axes` to draw on; a new figure otherwise.
+            label: the legend label of the line (default: the run's name).
+
+        Returns:
+            The matplotlib `Axes`.
+        """
+        try:
+            import matplotlib  # noqa: F401
+            from matplotlib.ticker import MaxNLocator
+        except ImportError as e:
+            raise ImportError(
+                'Run.plot needs matplotlib, which is not installed: pip install "tfckpt[plot]"'
+            ) from e
+        history = self.history
+        points = [
+            (e, v) for e, v in zip(history["epoch"], history.get(metric, [])) if v is not None
+        ]
+        if not points:
+            logged = sorted(k for k, vs in history.items() if k != "epoch" and any(vs))
+            raise ValueError(
+                f"No epoch of run {self.directory!r} logged {metric!r}. "
+                f"Logged metrics: {', '.join(logged) or 'none'}."
+            )
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            _, ax = plt.subplots()
+        label = label or os.path.basename(os.path.normpath(self.directory))
+        (line,) = ax.plot(*zip(*points), label=label)
+        color = line.get_color()
+        records = self.checkpoints
+        marked = [
+            (r.epoch, v)
+            for r in records
+            if r.batch == 0 and (v := retention.metric_value(r, metric)) is not None
+        ]
+        if marked:
+            ax.scatter(
+                *zip(*marked),
+                facecolors="none",
+                edgecolors=color,
+                zorder=3,
+                label=f"{label}: retained checkpoints",
+            )
+        best = _ranked(records, *records.monitor)[:1] if records.monitor else []
+        value = retention.metric_value(best[0], metric) if best else None
+        if best and best[0].batch == 0 and value is not None:
+            ax.scatter(
+                [best[0].epoch],
+                [value],
+                marker="*",
+                s=200,
+                color=color,
+                zorder=4,
+                label=f"{label}: best by {records.monitor[0]}",
+            )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+        return ax
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneReport:
+    """What `Run.prune` deleted (or, in a dry run, would delete).
+
+    Attributes:
+        directory: the run directory.
+        dry_run: whether this was only a report.
+        deleted: the checkpoints deleted (or to be deleted), oldest first.
+        kept: the checkpoints that stay, each with the reason (`record.kept`).
+        damaged: checkpoint directories left alone because they are damaged or
+            not committed (never deleted).
+    """
+
+    directory: str
+    dry_run: bool
+    deleted: list[CheckpointRecord]
+    kept: list[CheckpointRecord]
+    damaged: list[Problem]
+
+    @property
+    def bytes_freed(self) -> int:
+        """Bytes of the deleted checkpoints' files (as `record.size` counts them)."""
+        return sum(r.size for r in self.deleted)
+
+    def __repr__(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        lines = [
+            f"<tfckpt.PruneReport {self.directory!r}: {verb} {len(self.deleted)} of "
+            f"{len(self.deleted) + len(self.kept)} checkpoints, "
+            f"{_human_size(self.bytes_freed)} freed{' (dry run)' * self.dry_run}"
+        ]
+        lines += [f"  delete {r.name}  step {r.step}  epoch {r.epoch}" for r in self.deleted]
+        lines += [
+            f"  keep   {r.name}  step {r.step}  epoch {r.epoch}  ({r.kept})" for r in self.kept
+        ]
+        lines += [f"  leave  {p.name}  (damaged: {p.reason})" for p in self.damaged]
+        return "\n".join(lines) + ">"
+
+
+def _model_only(model: Any) -> Any:
+    """`model`'s checkpoint children without its compiled optimizer.
+
+    A Keras model tracks its optimizer, so restoring the model would also set
+    the optimizer's learning rate, step and (once built) slots; restoring
+    through this view reads the model's variables only.
+    """
+    children = getattr(model, "_trackable_children", None)
+    if children is None:
+        return model
+    view = tf.__internal__.tracking.AutoTrackable()
+    for name, child in children(save_type="checkpoint").items():
+        if name != "optimizer":
+            setattr(view, name, child)
+    return view
+
+
+def _ranked(records: Sequence[CheckpointRecord], metric: str, mode: str) -> list[CheckpointRecord]:
+    """`records` with a value of `metric`, best first (ties: the oldest first,
+    as `retention.KeepBest` ranks them)."""
+    scored = [
+        (v, r.seq, r) for r in records if (v := retention.metric_value(r, metric)) is not None
+    ]
+    scored.sort(key=lambda t: (t[0] if mode == "min" else -t[0], t[1]))
+    return [r for _, _, r in scored]
+
+
+def _direction(metric: str, monitor: tuple[str, str] | None) -> str:
+    """`mode="auto"` for `metric`: the run's own mode for its monitor, `min`
+    for losses, else Keras's direction for a metric of that name."""
+    if monitor is not None and monitor[0] == metric:
+        return monitor[1]
+    name = metric.removeprefix("val_")
+    if name == "loss" or name.endswith("_loss"):
+        return "min"
+    import keras
+
+    try:
+        direction = getattr(keras.metrics.get(name), "_direction", None)
+    except (ValueError, TypeError):
+        direction = None
+    if direction in ("up", "down"):
+        return "max" if direction == "up" else "min"
+    raise ValueError(
+        f"Cannot tell whether {metric!r} should be minimized or maximized. "
+        "Pass mode='min' or mode='max'."
+    )
+
+
+def _available(records: Sequence[CheckpointRecord]) -> str:
+    listed = ", ".join(f"{r.name} (step {r.step})" for r in records) or "none"
+    epochs = ", ".join(str(e) for e in sorted({r.epoch for r in records if r.batch == 0}))
+    return f"Available: {listed}; epochs with an epoch-end checkpoint: {epochs or 'none'}."
+
+
+def _selection(which: Which, epoch: int | None) -> str:
+    return (
+        f"epoch={epoch!r}"
+        if epoch is not None
+        else f"which={'latest' if which is None else which!r}"
+    )
+
+
+def _human_size(n: int) -> str:
+    size, units = float(n), ("B", "KiB", "MiB", "GiB", "TiB")
+    i = 0
+    while size >= 1024 and i < len(units) - 1:
+        size /= 1024
+        i += 1
+    return f"{n} B" if i == 0 else f"{size:.1f} {units[i]}"
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def _table_html(
+    records: Sequence[CheckpointRecord],
+    monitor: tuple[str, str] | None,
+    problems: Sequence[Problem],
+    caption: str | None,
+) -> str:
+    """The rows of `tfckpt ls` as an HTML table (every text escaped)."""
+    name = monitor[0] if monitor else None
+    ranked = _ranked(records, *monitor) if monitor else []
+    best = ranked[0].name if ranked else None
+    latest = records[-1].name if records else None
+    others = sorted({k for r in records for k in r.metrics} - {name})
+    columns = ["name", "step", "epoch", "batch", *([name] if name else []), *others]
+    columns += ["size", "saved", "kept because", ""]
+    esc = html.escape
+    out = ['<table class="tfckpt">']
+    if caption:
+        out.append(f"<caption>{esc(caption)}</caption>")
+    out.append("<thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr></thead>")
+    out.append("<tbody>")
+    for r in records:
+        marks = [m for m, hit in (("best", r.name == best), ("latest", r.name == latest)) if hit]
+        cells = [r.name, r.step, r.epoch, r.batch]
+        cells += [_format_value(r.metrics.get(k)) for k in ([name] if name else []) + others]
+        saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
+        cells += [_human_size(r.size), saved, r.kept or "", ", ".join(marks)]
+        style = ' style="font-weight:bold"' if r.name == best else ""
+        out.append(f"<tr{style}>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
+    for p in problems:
+        out.append(
+            f"<tr><td>{esc(p.name)}</td>"
+            f'<td colspan="{len(columns) - 1}">DAMAGED: {esc(p.reason)}</td></tr>'
+        )
+    if not records and not problems:
+        out.append(f'<tr><td colspan="{len(columns)}">no checkpoints</td></tr>')
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _export_kind(path: str, format: str | None) -> str:  # noqa: A002
+    if format not in (None, "tf_saved_model"):
+        raise ValueError(
+            "`format` must be None (chosen by the path's suffix) or 'tf_saved_model'. "
+            f"Received: format={format!r}"
+        )
+    if "://" in path:
+        raise ValueError(
+            f"`path` must be a local path (exports are renamed into place). Received: path={path!r}"
+        )
+    name = os.path.basename(os.path.normpath(path))
+    if format == "tf_saved_model":
+        return "tf_saved_model"
+    if name.endswith(".weights.h5"):
+        return "weights"
+    if name.endswith(".keras"):
+        return "keras"
+    if not os.path.splitext(name)[1]:
+        return "tf_saved_model"
+    raise ValueError(
+        "`path` must end with '.keras' (the whole model) or '.weights.h5' (the weights), "
+        "or have no suffix for a TF SavedModel directory (or pass format='tf_saved_model'). "
+        f"Received: path={path!r}"
+    )
+
+
+def _write_atomically(path: str, write: Callable[[str], object]) -> None:
+    """`write(tmp)` under a temporary name beside `path`, then renamed onto it."""
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex[:8]}-{name}")
+    try:
+        write(tmp)
+        for root, _, files in os.walk(tmp):
+            for f in files:
+                _fs.fsync_file(os.path.join(root, f))
+            _fs.fsync_dir(root)
+        if os.path.isfile(tmp) and not os.path.isdir(path):
+            os.replace(tmp, path)  # atomic, also over an existing file
+        else:
+            # A directory cannot be renamed over another one: move the old one
+            # aside first (a crash in between leaves it there, never a mix).
+            old = os.path.join(parent, f".trash-{uuid.uuid4().hex[:8]}-{name}")
+            if os.path.lexists(path):
+                os.replace(path, old)
+            os.replace(tmp, path)
+            _remove_path(old)
+        _fs.fsync_dir(parent)
+    finally:
+        _remove_path(tmp)
+
+
+def _remove_path(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def verify(directory: str | os.PathLike) -> list[tuple[str, str | None]]:
     """Checks every checkpoint of `directory` (sizes and CRC-32 of every file).
 
     Returns:
@@ -260,33 +936,55 @@ def verify(directory: str) -> list[tuple[str, str | None]]:
     return sorted(results, key=lambda nr: nr[0])
 
 
-def open_run(directory: str) -> Run:
+def open_run(directory: str | os.PathLike) -> Run:
     """Opens a run directory read-only (no model, no TF state needed).
+
+    Example:
+
+    ```python
+    run = tfckpt.open("runs/exp1")
+    run.best, run.history["val_loss"]
+    ```
 
     Args:
         directory: a run directory written by tfckpt (any `tf.io.gfile` path).
 
     Returns:
-        A `Run`: `.checkpoints`, `.latest`, `.best`, `.restore(model, which)`.
+        A `Run`: `.checkpoints`, `.latest`, `.best`, `.history`,
+        `.restore(model, which)`, `.export(...)`, `.prune(...)`, `.plot(...)`.
     """
+    directory = os.fspath(directory)
     if not tf.io.gfile.isdir(directory):
         raise FileNotFoundError(f"No checkpoint directory at {directory!r}.")
     return Run(directory)
 
 
 def restore(
-    model: Any, directory: str, which: Which = "latest", *, optimizer: Any = None
+    model: Any,
+    directory: str | os.PathLike,
+    which: Which = None,
+    *,
+    epoch: int | None = None,
+    optimizer: Any = None,
 ) -> CheckpointRecord:
     """Restores a checkpoint of `directory` into `model` (e.g. for inference).
+
+    Example:
+
+    ```python
+    tfckpt.restore(model, "runs/exp1", "best")
+    ```
 
     Args:
         model: a built Keras model of the same architecture.
         directory: the run directory.
-        which: `"latest"`, `"best"`, a step (int) or a checkpoint name.
+        which: `"latest"` (the default), `"best"`, a step (int) or a
+            checkpoint name.
+        epoch: instead of `which`: the checkpoint saved at the end of that epoch.
         optimizer: also restore this optimizer (to continue training).
 
     Returns:
         The restored `CheckpointRecord`. A damaged checkpoint is skipped with a
         warning in favour of the next intact one of the selection.
     """
-    return open_run(directory).restore(model, which, optimizer=optimizer)
+    return open_run(directory).restore(model, which, epoch=epoch, optimizer=optimizer)
