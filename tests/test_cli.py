@@ -287,3 +287,11 @@ def test_bad_arguments_exit_2(capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["prune"])
     assert exit.value.code == 2 and "the following arguments are required" in capsys.readouterr().err
+
+
+def test_info_on_a_run_with_no_committed_checkpoint_yet(tmp_path, capsys):
+    run = tmp_path / "starting"
+    run.mkdir()
+    (run / ".lock").write_text("")  # a run still in its first epoch
+    assert cli.main(["info", str(run)]) == 1
+    assert "holds no committed checkpoint yet" in capsys.readouterr().err

@@ -57,7 +57,7 @@ def test_fork_without_optimizer_and_by_epoch(tmp_path):
 
 
 def test_a_rerun_of_a_fork_resumes_the_fork(tmp_path):
-    parent_dir, child_dir = tmp_path / "exp1", tmp_path / "exp2"
+    parent_dir, child_dir = tmp_path / "lr@0.01", tmp_path / "exp2"  # "@" in a name
     fit(make_model(), parent_dir, 2)
     fit(make_model(), child_dir, 3, init_from=str(parent_dir))
     rerun = make_model(seed=5)
@@ -111,13 +111,14 @@ def test_tensorboard_observer_writes_metrics_and_events(tmp_path):
     logdir = str(tmp_path / "tb")
     fit(make_model(), tmp_path / "run", 3, keep_last=1,
         observers=[tfckpt.TensorBoardObserver(logdir)])
-    scalars, texts = {}, []
+    scalars, texts, steps = {}, [], []
     for path in glob.glob(f"{logdir}/events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 tensor = tf.make_ndarray(value.tensor)
                 if value.tag == "checkpoint/events":
                     texts.append(tensor.item().decode())
+                    steps.append(event.step)
                 else:
                     scalars.setdefault(value.tag, []).append((event.step, float(tensor)))
     run = tfckpt.open(str(tmp_path / "run"))
@@ -126,4 +127,5 @@ def test_tensorboard_observer_writes_metrics_and_events(tmp_path):
     assert len(scalars["checkpoint/val_loss"]) == 3
     assert "saved ckpt-000003 (epoch 3, step 9)" in texts
     assert any(t.startswith("deleted ckpt-00000") for t in texts)
+    assert steps == sorted(steps)  # deletions at the newest step: TensorBoard keeps all
     assert np.isfinite([v for _, v in scalars["checkpoint/loss"]]).all()

@@ -45,6 +45,43 @@ def test_sigterm_with_stop_returns_from_fit(tmp_path, reference):
     assert_same_run(tmp_path, "run", reference, resumed)
 
 
+def test_sigterm_at_an_epoch_end_with_stop_keeps_the_next_epoch_open(tmp_path, reference):
+    # The signal arrives after epoch 1's end (during the other callbacks):
+    # fit stops after one batch of the next epoch, which is not recorded as done.
+    rc, stopped = train(tmp_path, "run", "--data", "arrays", "--term-at-epoch-end", 0,
+                        "--stop-on-signal")
+    assert rc == 0 and stopped["iterations"] == 9
+    run = tfckpt.open(str(tmp_path / "run"))
+    assert [(c.epoch, c.batch) for c in run.checkpoints] == [(1, 0), (1, 1)]
+    rc, resumed = train(tmp_path, "run", "--data", "arrays", "--stop-on-signal")
+    assert rc == 0 and resumed["iterations"] == 24
+    assert_same_run(tmp_path, "run", reference, resumed)
+
+
+def test_sigterm_during_the_resume_skip_with_stop(tmp_path, reference):
+    # Resuming after batch 4 of epoch 2 skips 4 batches (no training); a signal
+    # then stops fit after the first real step, with a checkpoint of it.
+    rc, _ = train(tmp_path, "run", "--data", "arrays", "--save-freq", 3, "--kill-at-step", 13)
+    assert rc == -9
+    rc, stopped = train(tmp_path, "run", "--data", "arrays", "--save-freq", 3,
+                        "--term-at-step", 12, "--stop-on-signal")
+    assert rc == 0 and stopped["iterations"] == 13
+    assert tfckpt.open(str(tmp_path / "run")).latest.step == 13
+    rc, resumed = train(tmp_path, "run", "--data", "arrays", "--save-freq", 3)
+    assert rc == 0 and resumed["iterations"] == 24
+    assert_same_run(tmp_path, "run", reference, resumed)
+
+
+def test_sigterm_after_the_last_step_reaches_the_previous_handler(tmp_path):
+    # Too late to stop anything (the last epoch's end): fit finishes and saves,
+    # then the signal goes to the handler that was there before (the default:
+    # the process ends by SIGTERM) instead of being swallowed.
+    rc, _ = train(tmp_path, "run", "--data", "arrays", "--term-at-epoch-end", 2)
+    assert rc == -signal.SIGTERM
+    latest = tfckpt.open(str(tmp_path / "run")).latest
+    assert (latest.epoch, latest.batch, latest.step) == (3, 0, 24)
+
+
 def test_external_sigterm_is_handled_within_a_step(tmp_path):
     out = tmp_path / "out.json"
     proc = subprocess.Popen(

@@ -75,6 +75,7 @@ class TrainingData:
         self.iterators = 0  # created since fit began (in this and earlier processes)
         self.drawn = 0  # batches drawn from the newest iterator
         self._drawn_in_epoch = 0
+        self.replayed = 0  # batches drawn again on resume to reach the saved position
         original = epoch_iterator._get_iterator
 
         def _get_iterator():
@@ -161,6 +162,7 @@ class TrainingData:
         for _ in range(max(0, earlier)):
             next(iterator)
         self.drawn = earlier
+        self.replayed = max(0, earlier)
         epoch_iterator._current_iterator = iterator
         epoch_iterator._steps_seen = earlier
         return None

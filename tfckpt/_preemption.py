@@ -56,6 +56,7 @@ class SignalWatch:
     def __init__(self, signals: Iterable[int]):
         self.signals = tuple(signals)
         self.received: int | None = None
+        self.handled = False  # a save-and-stop acted on `received`
         self._previous: dict[int, Any] = {}
 
     def install(self) -> bool:
@@ -76,10 +77,23 @@ class SignalWatch:
         if self.received is None:
             self.received = signum
 
-    def uninstall(self) -> None:
+    def uninstall(self) -> int | None:
+        """Puts the previous handlers back; returns a signal received but not
+        acted on, for the caller to deliver to them (`deliver`)."""
         previous, self._previous = self._previous, {}
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        pending = self.received if previous and not self.handled else None
+        self.received, self.handled = None, False
+        return pending
+
+
+def deliver(signum: int | None) -> None:
+    """Raises a signal that arrived too late to be acted on (after the last
+    step) again, now that the previous handler is back: a default SIGTERM
+    still ends the process, a scheduler's handler still runs."""
+    if signum is not None:
+        signal.raise_signal(signum)
 
     @property
     def name(self) -> str:

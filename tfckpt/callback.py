@@ -364,7 +364,11 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         check_backend()
         model = self.model
-        if self.manager is not None:  # a previous fit raised before on_train_end
+        # A previous fit that raised before on_train_end (e.g. Ctrl-C) left its
+        # wrappers and its manager (lock, signal handlers): undo them first.
+        while self._undo:
+            self._undo.pop()()
+        if self.manager is not None:
             self.manager.close()
             self.manager = None
         self.manager = CheckpointManager(
@@ -419,7 +423,7 @@ class CheckpointCallback(keras.callbacks.Callback):
                 base = self.restored = self.manager.restore(self.restore)
                 self._continuing = False
         state = None
-        if base is None and self.init_from is not None and model not in trained_here:
+        if latest is None and self.init_from is not None and model not in trained_here:
             # A new run forked from another run's checkpoint.
             base, state = self.manager.init_from(self.init_from, optimizer=self.init_optimizer)
             forked = _forked.setdefault(self.manager.directory_key, weakref.WeakKeyDictionary())
@@ -490,6 +494,11 @@ class CheckpointCallback(keras.callbacks.Callback):
         else:
             moved = self._data.resume(saved, record.batch) if saved is not None else None
             problem = self._data.not_reproducible() or moved
+            if self._data.replayed:
+                self._say(
+                    f"positioned the data: drew {self._data.replayed} batches that earlier "
+                    "epochs took from fit's single iterator (steps_per_epoch), no compute."
+                )
         if problem:
             self._warn_once(
                 "data",
@@ -591,14 +600,25 @@ class CheckpointCallback(keras.callbacks.Callback):
                 self._save_at_epoch_end = True  # recorded as a completed epoch
             else:
                 self._save(logs, batch=done)
+        if self._preempted_in_epoch and self._last_saved_total != self._batches_total:
+            # Stopped at an epoch begin, Keras trains one more batch: save it
+            # now, while the metric accumulators are this epoch's (validation
+            # resets them before fit returns).
+            self._save(logs, batch=done)
         self._stop_if_preempted(logs, batch=done)
 
     def _stop_if_preempted(self, logs: dict | None, batch: int | None) -> None:
         """After a preemption signal: save here (unless the newest checkpoint
         is this very state), wait for it to commit, then stop."""
+        if batch is None and self.preemption_exit_code is None:
+            # Batches skipped on resume train nothing; returning from fit
+            # before any real step would leave Keras's metrics unbuilt.
+            # Stop at the first real step instead.
+            return
         if self._preempted or self.manager is None or not self.manager.preemption_requested():
             return
         self._preempted = True
+        self.manager._preemption_handled()
         saved_here = (
             self._last_saved_total == self._batches_total
             and self._last_saved_epoch == self._epochs_done
@@ -609,7 +629,10 @@ class CheckpointCallback(keras.callbacks.Callback):
         where = f"step {self._last_saved_step}"
         if self.preemption_exit_code is None:
             self._say(f"preemption signal received: checkpoint at {where}; stopping fit.")
-            self._preempted_in_epoch = bool(batch)
+            # Keras ends the epoch early (after one more batch when we stop
+            # at an epoch begin): it is not a completed epoch, and on_train_end
+            # saves where it stopped.
+            self._preempted_in_epoch = True
             self.model.stop_training = True
             return
         self._say(

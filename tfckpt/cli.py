@@ -108,10 +108,14 @@ def _ls(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import tensorflow as tf
 
+    from tfckpt.errors import CheckpointNotFoundError
     from tfckpt.run import _human_size
 
     run = _open(args.directory)
-    record = run.select(_which(args.which), epoch=args.epoch)[0]
+    candidates = run.select(_which(args.which), epoch=args.epoch)
+    if not candidates:
+        raise CheckpointNotFoundError(f"{args.directory!r} holds no committed checkpoint yet.")
+    record = candidates[0]
     records = run.checkpoints
     record = next((r for r in records if r.name == record.name), record)  # with `kept`
     best, latest = run.best, records[-1]

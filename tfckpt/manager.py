@@ -24,10 +24,11 @@ from tfckpt._lock import DirectoryLock
 from tfckpt._preemption import (
     PREEMPTION_EXIT_CODE,
     SignalWatch,
+    deliver,
     validate_exit_code,
     validate_signals,
 )
-from tfckpt.errors import CheckpointError
+from tfckpt.errors import CheckpointError, NoIntactCheckpointError
 from tfckpt.observers import CheckpointObserver
 from tfckpt.run import Run, Which
 from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
@@ -56,7 +57,7 @@ def parse_source(source: Any) -> tuple[str, Any, int | None]:
         )
     text = os.fspath(source)
     directory, at, selector = text.rpartition("@")
-    if not at:
+    if not at or tf.io.gfile.isdir(text):  # a run directory may have "@" in its name
         return text, "latest", None
     if selector in ("best", "latest") or selector.startswith("ckpt-"):
         return directory, selector, None
@@ -66,7 +67,8 @@ def parse_source(source: Any) -> tuple[str, Any, int | None]:
         return directory, None, int(selector[6:])
     raise ValueError(
         f"`init_from`: cannot read the selection {selector!r} in {text!r}. Allowed after "
-        "'@': best, latest, a step (e.g. 1200), epoch=N, or a checkpoint name (ckpt-000007)."
+        "'@': best, latest, a step (e.g. 1200), epoch=N, or a checkpoint name (ckpt-000007). "
+        "A directory whose name has an '@' in it: add '@latest'."
     )
 
 
@@ -530,31 +532,57 @@ class CheckpointManager:
         # Reading mirrored variables under a multi-worker strategy runs
         # collectives, so every worker reads the same checkpoint at the same
         # time: the chief picks the newest candidate whose files check out,
-        # all workers learn its step, then all restore it.
-        step = -1
+        # all workers learn its seq (or that the chief failed), then all read it.
+        picked, error = None, None
         if self.is_chief:
-            for record in self._run.select(which):
-                problem = self._store.check(record, data=False) if self.verify else None
-                if problem is None:
-                    step = record.step
-                    break
-                self._store.mark_damaged(record.name, problem)
-                warnings.warn(
-                    f"tfckpt: skipping {record.name} in {self.directory!r}: {problem}.",
-                    stacklevel=3,
-                )
+            try:
+                picked = self._pick_intact(which)
+            except Exception as e:  # noqa: BLE001 - raised below, after the others know
+                error = e
         chief = int(self.is_chief)
-        total, chiefs = self._all_workers_sum([chief * step, chief])
-        step = total // max(chiefs, 1)
-        if step < 0:
-            return None
-        if not any(r.step == step for r in self._run.checkpoints):
+        status = 2 if error is not None else int(picked is not None)
+        total, seq, chiefs = self._all_workers_sum(
+            [chief * status, chief * (picked.seq if picked else 0), chief]
+        )
+        chiefs = max(chiefs, 1)
+        status, seq = total // chiefs, seq // chiefs
+        if error is not None:
+            raise error
+        if status == 2:
             raise CheckpointError(
-                f"The chief restores step {step} from {self.directory!r}, which this "
+                f"The chief worker could not pick a checkpoint of {self.directory!r} to "
+                "restore (its error says why); no worker restored anything."
+            )
+        if status == 0:
+            return None
+        record = picked or next((r for r in self._run.checkpoints if r.seq == seq), None)
+        if record is None:
+            raise CheckpointError(
+                f"The chief restores checkpoint #{seq} of {self.directory!r}, which this "
                 "worker cannot see: with several workers the run directory must be "
                 "on storage they all share (e.g. gs://)."
             )
-        return self._run.restore_into(self._objects(), step, strict=True, verify=False)
+        return self._run.restore_into(self._objects(), record, strict=True, verify=False)
+
+    def _pick_intact(self, which: Which) -> CheckpointRecord | None:
+        """The first candidate of `which` whose manifest, sizes and small-file
+        checksums check out; `None` for an empty directory."""
+        candidates = self._run.select(which)
+        problems = self._store.scan()[1]
+        if not candidates and not problems:
+            return None
+        for record in candidates:
+            problem = self._store.check(record, data=False) if self.verify else None
+            if problem is None:
+                return record
+            self._store.mark_damaged(record.name, problem)
+            warnings.warn(
+                f"tfckpt: skipping {record.name} in {self.directory!r}: {problem}.", stacklevel=4
+            )
+        raise NoIntactCheckpointError(
+            f"None of the checkpoints selected by which={which!r} in {self.directory!r} "
+            "is intact. Nothing was deleted; run `tfckpt verify` for details."
+        )
 
     def init_from(
         self, source: Any, *, optimizer: bool = True
@@ -604,6 +632,9 @@ class CheckpointManager:
             flag = self._all_workers_sum([flag])[0]
         return bool(flag)
 
+    def _preemption_handled(self) -> None:
+        self._signals.handled = True
+
     def preemption_point(
         self,
         step: int | None = None,
@@ -624,6 +655,7 @@ class CheckpointManager:
         """
         if not self.preemption_requested():
             return False
+        self._preemption_handled()
         self.save(step, epoch=epoch, batch=batch, metrics=metrics, state=state)
         self.wait()
         if self.preemption_exit_code is None:
@@ -638,9 +670,10 @@ class CheckpointManager:
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
-            self._signals.uninstall()
+            pending = self._signals.uninstall()
             if self._lock is not None:
                 self._lock.release()
+            deliver(pending)
 
     def __enter__(self) -> CheckpointManager:
         return self

@@ -3,6 +3,7 @@ after each one retention deletes."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import tensorflow as tf
@@ -66,17 +67,23 @@ class TensorBoardObserver(CheckpointObserver):
     """
 
     def __init__(self, logdir: str):
-        if not isinstance(logdir, str) or not logdir:
+        if not isinstance(logdir, (str, os.PathLike)) or not os.fspath(logdir):
             raise ValueError(f"`logdir` must be a non-empty path. Received: logdir={logdir!r}")
-        self.logdir = logdir
+        self.logdir = os.fspath(logdir)
         self._writer: Any = None
+        self._step = 0  # the newest committed step
 
     def _write(self, record: CheckpointRecord, text: str, scalars: bool) -> None:
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.logdir)
+        # A deletion is written at the newest step, not the deleted one's:
+        # TensorBoard drops the records of a tag at or after a step that goes
+        # back in time.
+        self._step = max(self._step, record.step) if scalars else self._step
+        step = record.step if scalars else self._step
         # tf.summary.write with TensorBoard's plugin tags: what tf.summary.scalar
         # and .text write, without needing the tensorboard package installed.
-        with self._writer.as_default(step=record.step):
+        with self._writer.as_default(step=step):
             if scalars:
                 for name, value in record.metrics.items():
                     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -248,7 +248,8 @@ class Run:
             epoch: instead of `which`: the checkpoints saved at the end of
                 epoch `epoch` (`record.epoch == epoch and record.batch == 0`),
                 newest first; when none is at that epoch boundary, those saved
-                within the next epoch (`record.epoch == epoch`, `batch > 0`).
+                within the next epoch (`record.epoch == epoch`, `batch > 0`),
+                the one nearest the boundary first.
 
         Raises:
             CheckpointNotFoundError: nothing matches (the message lists the
@@ -264,7 +265,10 @@ class Run:
             if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
                 raise ValueError(f"`epoch` must be an integer >= 0. Received: epoch={epoch!r}")
             newest_first = [r for r in reversed(records) if r.epoch == epoch]
-            found = [r for r in newest_first if r.batch == 0] or newest_first
+            # At the epoch boundary; else the mid-epoch ones nearest to it.
+            found = [r for r in newest_first if r.batch == 0] or sorted(
+                newest_first, key=lambda r: r.batch
+            )
             if found:
                 return found
             raise CheckpointNotFoundError(

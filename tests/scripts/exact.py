@@ -35,6 +35,8 @@ p.add_argument("--save-freq", default="epoch")
 p.add_argument("--kill-at-step", type=int, default=None)
 p.add_argument("--kill-at-epoch", type=int, default=None)
 p.add_argument("--term-at-step", type=int, default=None, help="SIGTERM itself before step K")
+p.add_argument("--term-at-epoch-end", type=int, default=None,
+               help="SIGTERM itself at the end of epoch E (after the checkpoint callback)")
 p.add_argument("--stop-on-signal", action="store_true", help="preemption_exit_code=None")
 p.add_argument("--print-steps", action="store_true", help="print each step, slowly")
 p.add_argument("--stoppers", action="store_true", help="EarlyStopping + ReduceLROnPlateau")
@@ -145,6 +147,10 @@ class Kill(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == args.kill_at_epoch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == args.term_at_epoch_end:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
