@@ -23,6 +23,7 @@ from tfckpt.manager import (
     validate_options,
 )
 from tfckpt.observers import CheckpointObserver
+from tfckpt.run import metric_direction
 from tfckpt.store import CheckpointRecord, jsonable
 
 _MODES = ("auto", "min", "max")
@@ -247,12 +248,9 @@ class CheckpointCallback(keras.callbacks.Callback):
             stack.extend(getattr(metric, "metrics", []) or [])
             if getattr(metric, "name", None) == name and hasattr(metric, "_direction"):
                 return "max" if metric._direction == "up" else "min"
-        try:
-            direction = getattr(keras.metrics.get(name), "_direction", None)
-        except (ValueError, TypeError):
-            direction = None
-        if direction in ("up", "down"):
-            return "max" if direction == "up" else "min"
+        direction = metric_direction(name)
+        if direction is not None:
+            return direction
         raise ValueError(
             f"CheckpointCallback cannot tell whether monitor={self.monitor!r} should "
             "be minimized or maximized. Pass mode='min' or mode='max'."

@@ -777,6 +777,18 @@ def _ranked(records: Sequence[CheckpointRecord], metric: str, mode: str) -> list
     return [r for _, _, r in scored]
 
 
+def metric_direction(name: str) -> str | None:
+    """The direction ("max" or "min") of a Keras metric of that name, by its
+    `_direction`; `None` when Keras does not know it."""
+    import keras
+
+    try:
+        direction = getattr(keras.metrics.get(name), "_direction", None)
+    except (ValueError, TypeError):
+        return None
+    return {"up": "max", "down": "min"}.get(direction)
+
+
 def _direction(metric: str, monitor: tuple[str, str] | None) -> str:
     """`mode="auto"` for `metric`: the run's own mode for its monitor, `min`
     for losses, else Keras's direction for a metric of that name."""
@@ -785,14 +797,9 @@ def _direction(metric: str, monitor: tuple[str, str] | None) -> str:
     name = metric.removeprefix("val_")
     if name == "loss" or name.endswith("_loss"):
         return "min"
-    import keras
-
-    try:
-        direction = getattr(keras.metrics.get(name), "_direction", None)
-    except (ValueError, TypeError):
-        direction = None
-    if direction in ("up", "down"):
-        return "max" if direction == "up" else "min"
+    direction = metric_direction(name)
+    if direction is not None:
+        return direction
     raise ValueError(
         f"Cannot tell whether {metric!r} should be minimized or maximized. "
         "Pass mode='min' or mode='max'."
