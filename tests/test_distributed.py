@@ -112,7 +112,10 @@ def test_mwms_custom_loop_killed_and_resumed(tmp_path):
     reference = two_workers(tmp_path, "ref", "--steps", 12)
     assert [r[0] for r in reference] == [0, 0], reference[0][2][-2000:]
     killed = two_workers(tmp_path, "run", "--steps", 12, "--kill-at-step", 7)
-    assert [r[0] for r in killed] == [-9, -9]
+    # Each worker SIGKILLs itself before step 8; one that is still finishing
+    # step 7's collective when its peer dies may fail with an error instead.
+    codes = [r[0] for r in killed]
+    assert -9 in codes and all(code in (-9, 1) for code in codes), codes
     assert [c.step for c in tfckpt.open(str(tmp_path / "run")).checkpoints] == [4]
     resumed = two_workers(tmp_path, "run", "--steps", 12)
     assert [r[0] for r in resumed] == [0, 0], resumed[0][2][-2000:]
