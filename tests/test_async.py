@@ -83,3 +83,116 @@ def test_async_checkpoint_is_plain_tensorflow(tmp_path, data):
     tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer).restore(path).assert_consumed()
     for a, b in zip(model.weights, fresh.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def deep_model(seed=0, layers=30, built=True):
+    """Many variables (and their Adam slots), named so a twin has the same paths."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [keras.Input((64,))] * built
+        + [keras.layers.Dense(64, activation="tanh", name=f"d{i}") for i in range(layers)]
+        + [keras.layers.Dense(1, name="out")],
+        name="net",
+    )
+
+
+def snapshot(model, optimizer):
+    return {v.path: v.numpy().copy() for v in model.weights + optimizer.variables}
+
+
+def assert_holds(record, expected, twin, twin_optimizer):
+    """`record`, read back with plain tf.train.Checkpoint, holds exactly `expected`."""
+    stored = [n for n, _ in tf.train.list_variables(record.path)
+              if not n.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"))]
+    assert len(stored) == len(expected), record.name
+    tf.train.Checkpoint(model=twin, optimizer=twin_optimizer).read(record.path).expect_partial()
+    actual = snapshot(twin, twin_optimizer)
+    for path, value in expected.items():
+        np.testing.assert_array_equal(actual[path], value, err_msg=f"{record.name}: {path}")
+
+
+def test_async_checkpoints_hold_the_state_at_the_save_call(tmp_path):
+    # A custom loop that saves before the first step, when neither the model's
+    # weights nor Adam's slots exist yet (both are created by the first step):
+    # every checkpoint must still hold the state at its save call, not values
+    # read while training went on.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 64)).astype("float32")
+    y = rng.normal(size=(256, 1)).astype("float32")
+    model, optimizer = deep_model(built=False), keras.optimizers.Adam(1e-2, name="adam")
+
+    @tf.function
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((model(xb) - yb) ** 2)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+    expected = {}
+    with tfckpt.CheckpointManager(str(tmp_path), model, optimizer, async_save=True,
+                                  keep_last=None) as manager:
+        manager.save(0)
+        expected[0] = snapshot(model, optimizer)
+        for step in range(1, 41):
+            train_step(x[step % 8 * 32:][:32], y[step % 8 * 32:][:32])
+            if step % 8 == 0:
+                manager.save(step)
+                expected[step] = snapshot(model, optimizer)
+        manager.wait()
+        records = manager.checkpoints
+    assert [r.step for r in records] == sorted(expected)
+    twin, twin_optimizer = deep_model(seed=1), keras.optimizers.Adam(1e-2, name="adam")
+    twin_optimizer.build(twin.trainable_variables)
+    for record in records:
+        assert_holds(record, expected[record.step], twin, twin_optimizer)
+
+
+def test_async_fit_checkpoints_hold_the_state_at_the_save_call(tmp_path, monkeypatch):
+    # The state at each save call, recorded by the manager the callback creates.
+    calls = []
+
+    class Recording(tfckpt.CheckpointManager):
+        def save(self, step=None, **kwargs):
+            calls.append(((step, kwargs.get("epoch", 0), kwargs.get("batch", 0)),
+                          snapshot(self.model, self.optimizer)))
+            return super().save(step, **kwargs)
+
+    monkeypatch.setattr(tfckpt.callback, "CheckpointManager", Recording)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 64)).astype("float32")
+    y = rng.normal(size=(256, 1)).astype("float32")
+    model = deep_model()
+    model.compile(keras.optimizers.Adam(1e-2, name="adam"), "mse")
+    cb = tfckpt.CheckpointCallback(str(tmp_path), monitor=None, save_freq=2, keep_last=None,
+                                   async_save=True, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[cb])
+    records = tfckpt.open(str(tmp_path)).checkpoints
+    assert len(records) >= 12
+    twin = deep_model(seed=1)
+    twin_optimizer = keras.optimizers.Adam(1e-2, name="adam")
+    twin_optimizer.build(twin.trainable_variables)
+    for record in records:
+        point = (record.step, record.epoch, record.batch)
+        expected = [state for at, state in calls if at == point][-1]
+        assert_holds(record, expected, twin, twin_optimizer)
+
+
+@pytest.mark.parametrize("mode", ["loop", "fit"])
+def test_one_failed_async_write_costs_one_checkpoint(tmp_path, mode):
+    # A real EFBIG during one background write: one error naming it, and the
+    # next save (limit lifted) is committed whole, with the state at its call.
+    proc = run_script("disk_full_once.py", tmp_path / "run", mode, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(result["errors"]) == 1, result["errors"]
+    assert "File too large" in result["errors"][0] and "ckpt-000002" in result["errors"][0]
+    assert "Is a directory" not in result["errors"][0]
+    assert [c["epoch"] for c in result["checkpoints"]] == [1, 3]
+    newest = result["checkpoints"][-1]
+    assert {"ckpt.index", "ckpt.data-00000-of-00001"} <= set(newest["files"])
+    model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(1024), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(), "mse")
+    model.optimizer.build(model.trainable_variables)
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(newest["path"]).expect_partial()
+    for v, value in zip(model.weights + model.optimizer.variables, result["expected"]):
+        np.testing.assert_array_equal(v.numpy(), np.asarray(value, dtype=v.dtype), err_msg=v.path)
+    assert "Traceback" not in proc.stderr  # no error left for TF to raise at exit

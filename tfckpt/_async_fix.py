@@ -8,10 +8,18 @@ model fails ("tf.function only supports singleton tf.Variables created on the
 first call"). Creating the twin once and assigning to it afterwards is what
 TF's own `ResourceVariable._copy_trackable_to_cpu` does; `enable()` installs
 that behaviour, once, and only over the implementation it was written for.
+
+TF's async helper (`tensorflow/python/checkpoint/async_checkpoint_helper.py`,
+one per `tf.train.Checkpoint`, in `_async_checkpointer_impl`) also keeps the
+error of a failed background write in `_async_error` and raises it at the
+next `write()`, and it fixes the variables it copies at its first write.
+`take_write_error` and `retire` let the manager report that error with the
+checkpoint it belongs to, and start over with a fresh `tf.train.Checkpoint`.
 """
 
 from __future__ import annotations
 
+import atexit
 import threading
 
 import tensorflow as tf
@@ -40,3 +48,37 @@ def enable() -> None:
             return
         core.Variable._copy_trackable_to_cpu = _copy_trackable_to_cpu
         _enabled = True
+
+
+def _helper(checkpoint: tf.train.Checkpoint) -> object | None:
+    return getattr(checkpoint, "_async_checkpointer_impl", None)
+
+
+def take_write_error(checkpoint: tf.train.Checkpoint) -> BaseException | None:
+    """The error of `checkpoint`'s last background write, if it failed, and
+    forgets it (TF would raise it again at the next `write()`). Call it after
+    `checkpoint.sync()`."""
+    helper = _helper(checkpoint)
+    error = getattr(helper, "_async_error", None)
+    if error is not None:
+        helper._async_error = None
+    return error
+
+
+def retire(checkpoint: tf.train.Checkpoint) -> None:
+    """Stops the async helper of `checkpoint` (waiting for its write in
+    flight) and frees its host copies of the variables. TF keeps the helper
+    alive until the process exits (an `atexit` hook joins its thread)."""
+    helper = _helper(checkpoint)
+    if helper is None:
+        return
+    checkpoint._async_checkpointer_impl = None
+    join = getattr(helper, "_join_async_save_thread", None)
+    if join is None:
+        return
+    atexit.unregister(join)
+    helper._async_error = None  # reported by the save it belongs to
+    try:
+        join()
+    except Exception:  # noqa: BLE001 - a late error of a write already reported
+        pass

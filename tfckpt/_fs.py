@@ -48,6 +48,26 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def makedirs(path: str, *, fsync: bool = True) -> None:
+    """`tf.io.gfile.makedirs`, and on local disks an fsync of the parent of
+    each directory it created: a new directory's name lives in its parent, so
+    without that a power loss may lose the directory with all it holds."""
+    if not is_local(path) or not fsync:
+        tf.io.gfile.makedirs(path)
+        return
+    created = []
+    current = os.path.abspath(_local(path))
+    while not os.path.isdir(current):
+        created.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    tf.io.gfile.makedirs(path)
+    for directory in created:  # deepest first: each parent holds a new name
+        fsync_dir(os.path.dirname(directory))
+
+
 def crc32(path: str) -> int:
     """CRC-32 of a file's bytes (zlib's, which releases the GIL while it runs)."""
     value = 0

@@ -2,9 +2,18 @@
 
 On local disks the lock is an `flock` on `<dir>/.lock`: the kernel drops it when
 the holder dies, even by SIGKILL, so a crash never blocks the restart. The file
-holds the holder's pid and host for the error message. Other filesystems have no
-such lock; there the file itself is the lock, and one left by a dead process on
-the same host is taken over.
+holds the holder's pid and host for the error message.
+
+Other filesystems (object stores, `ram://`) have no such lock; there `.lock` is
+a lease (`Lease`): the holder's id, pid and host, and an expiry time that a
+daemon thread of the holder renews every third of the lease (`LEASE_SECONDS`,
+60 s by default). A lease that was not renewed in time is stale, whatever its
+pid and host say (pids say nothing across hosts or containers), so a writer
+killed hard anywhere blocks the restart for at most one lease. Two writers
+that both find the directory free both write their lease, wait
+`SETTLE_SECONDS`, and read it back: only the one whose lease is there goes on.
+Expiry times are wall-clock times: the hosts' clocks must agree to well
+within a lease.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ import os
 import socket
 import threading
 import time
+import uuid
+import warnings
 
 import tensorflow as tf
 
@@ -21,14 +32,22 @@ from tfckpt import _fs
 from tfckpt.errors import DirectoryLockedError
 
 LOCK_FILE = ".lock"
+# The lease on storage without flock. The environment variables override them
+# (read when a lock is taken), e.g. a short lease for tests.
+LEASE_SECONDS = 60.0
+SETTLE_SECONDS = 1.0
+LEASE_ENV = "TFCKPT_LOCK_LEASE_SECONDS"
+SETTLE_ENV = "TFCKPT_LOCK_SETTLE_SECONDS"
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-_guard = threading.Lock()
-_held: dict[str, list] = {}  # path -> [fd or None, count]
+# Re-entrant: a dropped manager's finalizer may release a lock (GC) in a thread
+# that is taking another one.
+_guard = threading.RLock()
+_held: dict[str, list] = {}  # path -> [fd or Lease, count]
 
 
 def _holder() -> dict:
@@ -47,16 +66,6 @@ def _read(path: str) -> dict:
         return {}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _locked_error(directory: str, info: dict, path: str) -> DirectoryLockedError:
     return DirectoryLockedError(
         f"Checkpoint directory {directory!r} is being written by another "
@@ -64,6 +73,151 @@ def _locked_error(directory: str, info: dict, path: str) -> DirectoryLockedError
         "checkpoints: stop that process or use another directory. If that "
         f"process is gone for good, delete {path!r}."
     )
+
+
+def _seconds(env: str, default: float) -> float:
+    text = os.environ.get(env)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ValueError(
+            f"The environment variable {env} must be a positive number of seconds. "
+            f"Received: {env}={text!r}"
+        )
+    return value
+
+
+def _number(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None
+
+
+def _lease_error(directory: str, info: dict, path: str, lease: float) -> DirectoryLockedError:
+    return DirectoryLockedError(
+        f"Checkpoint directory {directory!r} is being written by another "
+        f"process ({_describe(info)}), which renews its lease on it. Two writers "
+        "would interleave their checkpoints: stop that process or use another "
+        "directory. A writer that died keeps the directory for at most one lease "
+        f"({lease:g} s) after its last renewal; {path!r} then counts as stale."
+    )
+
+
+def _renewal(info: dict) -> tuple:
+    return info.get("token"), info.get("expires")
+
+
+class Lease:
+    """The writer lock on storage without `flock` (object stores, `ram://`):
+    a lease in `<directory>/.lock` that a daemon thread renews while the holder lives.
+
+    `acquire` waits while a lease that is not renewed runs out (at most one
+    lease), and raises `DirectoryLockedError` as soon as a renewal shows that
+    its holder is alive.
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.path = _fs.join(directory, LOCK_FILE)
+        self.duration = _seconds(LEASE_ENV, LEASE_SECONDS)
+        self.settle = _seconds(SETTLE_ENV, SETTLE_SECONDS)
+        self.token = uuid.uuid4().hex
+        self.lost: str | None = None  # why another writer holds it now
+        self._since = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _write(self) -> None:
+        info = {
+            **_holder(),
+            "since": self._since,
+            "token": self.token,
+            "lease": self.duration,
+            "expires": time.time() + self.duration,
+        }
+        # Replaced whole by a rename: readers never see a partial lease (and
+        # ram:// appends to a file that is opened for writing again).
+        tmp = f"{self.path}.{self.token}.tmp"
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(json.dumps(info).encode())
+        tf.io.gfile.rename(tmp, self.path, overwrite=True)
+
+    def _expired(self, info: dict) -> bool:
+        expires = _number(info.get("expires"))
+        if "expires" not in info:
+            # Written by an older tfckpt (no lease): it counts from when it was taken.
+            since = _number(info.get("since"))
+            expires = None if since is None else since + self.duration
+        return expires is None or expires < time.time()
+
+    def acquire(self) -> None:
+        self._wait_until_free()
+        self._since = time.time()
+        self._write()
+        # A writer that found the directory free too writes its lease about
+        # now: the last write wins, and each one reads back which it was.
+        time.sleep(self.settle)
+        info = _read(self.path)
+        if info.get("token") != self.token:
+            raise _lease_error(self.directory, info, self.path, self.duration)
+        self._thread = threading.Thread(target=self._renew, name="tfckpt-lease", daemon=True)
+        self._thread.start()
+
+    def _wait_until_free(self) -> None:
+        first = _read(self.path)
+        if not first or self._expired(first):
+            return  # none, unreadable (a lock being written is read back later) or stale
+        lease = _number(first.get("lease")) or self.duration
+        # Clocks that disagree: a lease unchanged for a whole lease is stale too.
+        deadline = time.monotonic() + lease
+        while True:
+            time.sleep(min(1.0, lease / 10))
+            info = _read(self.path)
+            if not info:
+                return  # released
+            if _renewal(info) != _renewal(first):
+                raise _lease_error(self.directory, info, self.path, lease)  # renewed: alive
+            if self._expired(info) or time.monotonic() > deadline:
+                return
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.duration / 3):
+            try:
+                info = _read(self.path)
+                if info.get("token") != self.token:
+                    holder = _describe(info) if info else "nobody: the lock file is gone"
+                    self.lost = f"the lease on {self.directory!r} is held by {holder}"
+                    warnings.warn(
+                        f"tfckpt: this process (pid {os.getpid()}) lost the writer lease on "
+                        f"{self.directory!r}: it is held by {holder}. Its renewals did not "
+                        f"reach the storage for longer than the lease ({self.duration:g} s), "
+                        "so another writer may now write into the directory; stop one of them.",
+                        stacklevel=1,
+                    )
+                    return
+                self._write()
+            except tf.errors.OpError:
+                continue  # a storage hiccup: the next renewal tries again
+
+    def stop_renewing(self) -> None:
+        """Stops the renewals and leaves the lease file (as a hard kill does)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def release(self) -> None:
+        self.stop_renewing()
+        if self.lost is None and _read(self.path).get("token") == self.token:
+            try:
+                tf.io.gfile.remove(self.path)
+            except tf.errors.OpError:
+                pass  # it expires
 
 
 class DirectoryLock:
@@ -94,7 +248,7 @@ class DirectoryLock:
             fd = self._acquire()
             _held[self._key] = [fd, 1]
 
-    def _acquire(self) -> int | None:
+    def _acquire(self) -> int | Lease:
         if _fs.is_local(self.path) and fcntl is not None:
             fd = os.open(_fs._local(self.path), os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -105,16 +259,17 @@ class DirectoryLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(_holder()).encode(), 0)
             return fd
-        if tf.io.gfile.exists(self.path):
-            info = _read(self.path)
-            dead_here = info.get("host") == socket.gethostname() and not _pid_alive(
-                int(info.get("pid") or 0)
-            )
-            if info.get("pid") and not dead_here:  # an unreadable lock is stale
-                raise _locked_error(self.directory, info, self.path)
-        with tf.io.gfile.GFile(self.path, "wb") as f:
-            f.write(json.dumps(_holder()).encode())
-        return None
+        lease = Lease(self.directory)
+        lease.acquire()
+        return lease
+
+    @property
+    def lost(self) -> str | None:
+        """Why another writer holds the directory now (its lease was taken over
+        after this process's renewals failed), or `None`; always `None` on
+        local disks."""
+        entry = _held.get(self._key)
+        return entry[0].lost if entry is not None and isinstance(entry[0], Lease) else None
 
     def release(self) -> None:
         if self._released:
@@ -128,11 +283,8 @@ class DirectoryLock:
             if entry[1] > 0:
                 return
             del _held[self._key]
-            fd = entry[0]
-            if fd is not None:
-                os.close(fd)  # closing drops the flock; the file stays harmlessly
+            held = entry[0]
+            if isinstance(held, Lease):
+                held.release()
             else:
-                try:
-                    tf.io.gfile.remove(self.path)
-                except tf.errors.OpError:
-                    pass
+                os.close(held)  # closing drops the flock; the file stays harmlessly

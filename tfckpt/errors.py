@@ -27,3 +27,13 @@ class DirectoryLockedError(CheckpointError):
 class CheckpointWriteError(CheckpointError, OSError):
     """A save failed with an OS error (disk full, file too large, I/O error,
     permission). Nothing partial is left and earlier checkpoints are intact."""
+
+
+class CommittedWithError(CheckpointWriteError):
+    """A step after a checkpoint's commit point failed (syncing the run
+    directory, TF's state file, retention's listing): the checkpoint is
+    committed and counts as saved; `record` describes it."""
+
+    def __init__(self, message: str, record: object):
+        super().__init__(message)
+        self.record = record

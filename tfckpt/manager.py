@@ -28,7 +28,12 @@ from tfckpt._preemption import (
     validate_exit_code,
     validate_signals,
 )
-from tfckpt.errors import CheckpointError, NoIntactCheckpointError
+from tfckpt.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    CommittedWithError,
+    NoIntactCheckpointError,
+)
 from tfckpt.observers import CheckpointObserver
 from tfckpt.run import Run, Which
 from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
@@ -89,6 +94,10 @@ def validate_observers(observers: Any) -> list[CheckpointObserver]:
 def _in_multi_worker_mode(strategy: Any) -> bool:
     in_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
     return bool(in_mode()) if callable(in_mode) else False
+
+
+def _same_objects(a: Sequence[Any], b: Sequence[Any] | None) -> bool:
+    return b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 def _is_count(value: object, minimum: int) -> bool:
@@ -292,6 +301,10 @@ class CheckpointManager:
         self._signals = SignalWatch(validate_signals("preemption_signals", preemption_signals))
         self._best = None
         self._checkpoint: tf.train.Checkpoint | None = None
+        # The variables `_checkpoint`'s async helper copies: TF fixes them at
+        # its first write and reads any variable created later live, from its
+        # thread. `None`: start a fresh tf.train.Checkpoint at the next save.
+        self._copied: list[Any] | None = None
         self.async_save = bool(async_save)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._inflight: concurrent.futures.Future | None = None
@@ -303,7 +316,7 @@ class CheckpointManager:
             self._signals.install()
             return  # a non-chief worker never writes into the run directory
         try:
-            tf.io.gfile.makedirs(directory)
+            _fs.makedirs(directory, fsync=fsync)
             self._lock = DirectoryLock(directory)
             # A manager dropped without close() (a fit that raised) frees the directory.
             weakref.finalize(self, self._lock.release)
@@ -315,7 +328,11 @@ class CheckpointManager:
         records = self._store.scan()[0]
         if records and not self._store.pointer_is_current(records):
             # TF's state file is a derived pointer: repair it from the manifests.
-            self._store.write_pointer(records)
+            try:
+                self._store.write_pointer(records)
+            except CheckpointWriteError as e:
+                # tfckpt reads the manifests, not this file: training can go on.
+                warnings.warn(f"tfckpt: {e}", stacklevel=2)
         self._best = self._best_from(records[-1] if records else None)
         if records:  # a resumed fork keeps recording its parent
             self.parent = records[-1].manifest.get("parent")
@@ -373,6 +390,7 @@ class CheckpointManager:
         batch: int = 0,
         metrics: Mapping[str, Any] | None = None,
         state: Mapping[str, Any] | None = None,
+        supersede: bool = False,
     ) -> CheckpointRecord | None:
         """Writes, commits and returns a checkpoint, then applies retention.
 
@@ -385,6 +403,10 @@ class CheckpointManager:
             batch: batches completed in the epoch in progress.
             metrics: metric values at this point (JSON-able numbers).
             state: extra JSON-able state to store with the checkpoint.
+            supersede: this checkpoint is the newest one saved again with
+                later changes (e.g. made by callbacks at the same epoch end):
+                once it is committed, the newest earlier checkpoint at the same
+                step and epoch is deleted, whatever retention says.
         """
         self.wait()  # at most one save in flight; raises the previous one's error
         if step is None:
@@ -397,8 +419,15 @@ class CheckpointManager:
                 value, best["value"] if best else None, self.mode
             ):
                 best = {"value": value, "step": int(step), "epoch": int(epoch)}
-        if self._checkpoint is None:
-            self._checkpoint = _contents.checkpoint_for(self._objects())
+        variables = self._variables()
+        if self._checkpoint is None or (
+            self.async_save and not _same_objects(variables, self._copied)
+        ):
+            # Variables created since the async helper's first write (optimizer
+            # slots built by the first step, a new layer or optimizer) would be
+            # read live while training goes on: a new helper copies them all.
+            self._new_checkpoint()
+            self._copied = variables
         metadata = {
             "step": int(step),
             "epoch": int(epoch),
@@ -414,12 +443,14 @@ class CheckpointManager:
             "parent": self.parent,
             "versions": versions(),
         }
+        if supersede:
+            metadata["supersedes"] = True
         if not self.is_chief:
             self._write_elsewhere()
             self._best = best
             return None
         files = _state.encode(dict(state)) if state else {}
-        pending = self._store.begin(self._state_bytes())
+        pending = self._store.begin(self._state_bytes(variables))
         with self._store.guard(pending):
             if self.async_save:
                 # Blocks only while TF copies the variables to host memory.
@@ -458,11 +489,42 @@ class CheckpointManager:
         if not written:
             with self._store.guard(pending):
                 self._checkpoint.sync()  # TF's background write of this checkpoint
-        record = self._store.finish(pending, metadata, files)
+                # TF keeps a failed write's error for the next write(): take it
+                # now, for this checkpoint, and never reuse that helper.
+                error = _async_fix.take_write_error(self._checkpoint)
+                if error is not None:
+                    self._copied = None
+                    raise error
+        try:
+            record = self._store.finish(pending, metadata, files)
+            error = None
+        except CommittedWithError as e:
+            # Committed all the same: it counts (best value, observers,
+            # retention) and the error is raised once that is done.
+            record, error = e.record, e
         self._best = best
         self._notify("on_commit", record)
-        for deleted in self._apply_retention():
-            self._notify("on_delete", deleted)
+        try:
+            superseded = []
+            if metadata.get("supersedes"):
+                earlier = self._store.scan()[0][:-1][-1:]
+                point = (record.step, record.epoch, record.batch)
+                superseded = [r for r in earlier if (r.step, r.epoch, r.batch) == point]
+            deleted, retention_error = self._apply_retention(superseded)
+        except (OSError, tf.errors.OpError) as e:
+            deleted = []
+            retention_error = CheckpointWriteError(
+                f"Checkpoint {record.name} is committed in {self.directory!r}, but "
+                f"retention could not list the checkpoints: {getattr(e, 'message', e)}. "
+                "Nothing was deleted."
+            )
+        for record_deleted in deleted:
+            self._notify("on_delete", record_deleted)
+        if error is None and retention_error is not None:
+            error = CommittedWithError(str(retention_error), record)
+            error.__cause__ = retention_error
+        if error is not None:
+            raise error
         return record
 
     def _notify(self, event: str, record: CheckpointRecord) -> None:
@@ -484,26 +546,63 @@ class CheckpointManager:
         future, self._inflight = self._inflight, None
         return future.result()
 
-    def _state_bytes(self) -> int:
-        """Bytes of the variables a save writes (for the free-space check)."""
+    def _variables(self) -> list[Any]:
+        """The variables a save writes."""
         variables = list(self.model.weights)
         if self.optimizer is not None:
             variables += list(self.optimizer.variables)
+        return variables
+
+    def _new_checkpoint(self) -> None:
+        if self._checkpoint is not None:
+            _async_fix.retire(self._checkpoint)  # its thread and host copies
+        self._checkpoint = _contents.checkpoint_for(self._objects())
+
+    def _state_bytes(self, variables: Sequence[Any] | None = None) -> int:
+        """Bytes of the variables a save writes (for the free-space check)."""
+        if variables is None:
+            variables = self._variables()
         return sum(
             int(np.prod(v.shape)) * np.dtype(getattr(v.dtype, "name", v.dtype)).itemsize
             for v in variables
         )
 
-    def _apply_retention(self) -> list[CheckpointRecord]:
-        records = self._store.scan()[0]
+    def _apply_retention(
+        self, superseded: Sequence[CheckpointRecord] = ()
+    ) -> tuple[list[CheckpointRecord], CheckpointWriteError | None]:
+        """Deletes what the policy does not keep, and `superseded` (replaced by
+        the newest checkpoint, so not counted by the policy either).
+
+        Returns the deleted checkpoints and the error of TF's state file, if
+        it could not be written. A checkpoint that cannot be deleted is warned
+        about and kept; the others are still deleted."""
+        gone = {r.name for r in superseded}
+        records = [r for r in self._store.scan()[0] if r.name not in gone]
         reasons = self._policy.keep(records)
         reasons[-1] = "latest"  # never delete the newest committed checkpoint
         kept = [r for r, why in zip(records, reasons) if why]
-        doomed = [r for r, why in zip(records, reasons) if not why]
-        self._store.write_pointer(kept)
+        doomed = [*superseded, *(r for r, why in zip(records, reasons) if not why)]
+        try:
+            self._store.write_pointer(kept)
+            pointer_error = None
+        except CheckpointWriteError as e:
+            pointer_error = e  # e.g. a full disk: the deletions may make room
+        deleted = []
         for record in doomed:
-            self._store.delete(record)
-        return doomed
+            try:
+                self._store.delete(record)
+            except CheckpointWriteError as e:
+                warnings.warn(f"tfckpt: {e}", stacklevel=2)
+                if self._store.is_committed(record):
+                    continue
+            deleted.append(record)
+        if pointer_error is not None and deleted:
+            try:
+                self._store.write_pointer(kept)
+                pointer_error = None
+            except CheckpointWriteError as e:
+                pointer_error = e
+        return deleted, pointer_error
 
     # ---- restore -------------------------------------------------------
 
@@ -520,7 +619,7 @@ class CheckpointManager:
         with self._strategy.scope():  # optimizer slots are created as the model's variables
             if not self._multi_worker:
                 record = self._run.restore_into(
-                    self._objects(), which, strict=True, verify=self.verify
+                    self._objects(), which, strict=True, verify=self.verify, mark_damaged=True
                 )
             else:
                 record = self._restore_chiefs_pick(which)
@@ -562,7 +661,9 @@ class CheckpointManager:
                 "worker cannot see: with several workers the run directory must be "
                 "on storage they all share (e.g. gs://)."
             )
-        return self._run.restore_into(self._objects(), record, strict=True, verify=False)
+        return self._run.restore_into(
+            self._objects(), record, strict=True, verify=False, mark_damaged=True
+        )
 
     def _pick_intact(self, which: Which) -> CheckpointRecord | None:
         """The first candidate of `which` whose manifest, sizes and small-file
@@ -670,6 +771,10 @@ class CheckpointManager:
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
+            if self._checkpoint is not None:
+                # TF keeps an async helper (thread, host copies) until exit.
+                _async_fix.retire(self._checkpoint)
+                self._copied = None
             pending = self._signals.uninstall()
             if self._lock is not None:
                 self._lock.release()

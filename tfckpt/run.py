@@ -6,6 +6,7 @@ Restoring, exporting and pruning after the fact go through the same view.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import html
 import os
@@ -13,6 +14,7 @@ import shutil
 import time
 import uuid
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +28,9 @@ from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
 Which = Any  # None | "latest" | "best" | int step | checkpoint name | CheckpointRecord
 
 _MODES = ("auto", "min", "max")
+# A reader gives up after this many candidates deleted under it (a writer that
+# deletes checkpoints faster than they can be read).
+_MAX_DELETED_WHILE_READING = 100
 
 
 class CheckpointList(list):
@@ -55,6 +60,8 @@ class Run:
     def __init__(self, directory: str | os.PathLike):
         self.directory = os.fspath(directory)
         self._store = CheckpointStore(self.directory)
+        # (name, seq, time, state) of the checkpoint restored last.
+        self._restored: tuple[str, int, float, dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         n = len(self.checkpoints)
@@ -221,8 +228,14 @@ class Run:
                 break
         return chain
 
-    def state(self, record: CheckpointRecord) -> dict[str, Any]:
+    def state(self, record: CheckpointRecord, *, cached: bool = True) -> dict[str, Any]:
         """The saver's own state stored with `record` (counters, history)."""
+        restored = self._restored
+        key = (record.name, record.seq, record.time)
+        if cached and restored is not None and restored[:3] == key:
+            # Read with the variables: still there when the writer's retention
+            # has deleted the checkpoint since.
+            return copy.deepcopy(restored[3])
         files = record.manifest["files"]
         if _state.STATE not in files:
             return {}
@@ -318,8 +331,18 @@ class Run:
         epoch: int | None = None,
         strict: bool,
         verify: bool = True,
+        mark_damaged: bool = False,
     ) -> CheckpointRecord | None:
         """Restores the first intact candidate of the selection; warns for each skipped.
+
+        A candidate that the run's writer deletes (retention) while it is being
+        read is not damage: the selection is made again without it and the
+        next candidate is restored, without a warning.
+
+        `mark_damaged=True` records each damaged candidate with a
+        `.damaged-<name>` marker, so it no longer counts as the newest. Only
+        the writer (the process holding the directory lock) passes it: readers
+        never write into a run directory.
 
         Returns `None` when the directory holds no checkpoint at all.
         """
@@ -333,48 +356,93 @@ class Run:
                 f"{problem.reason}. It is left on disk for inspection.",
                 stacklevel=3,
             )
-        skipped = []
-        for record in candidates:
-            reason = self._store.check(record, data=False) if verify else None
+        skipped, deleted = [], []
+        while candidates:
+            record = candidates.pop(0)
+            try:
+                reason = self._read_into(objects, record, strict=strict, verify=verify)
+            except (tf.errors.OpError, RuntimeError, ValueError):
+                if not self._store.vanished(record.name):
+                    raise
+                reason = "deleted while being read"
             if reason is None:
-                try:
-                    _contents.ensure_built(objects["model"], record.manifest.get("build_config"))
-                    _contents.build_optimizer(objects.get("optimizer"), objects["model"])
-                    readable = dict(objects)
-                    if objects.get("optimizer") is None:
-                        readable["model"] = _model_only(objects["model"])
-                    _contents.read(
-                        record.path,
-                        readable,
-                        saved=record.manifest.get("contents"),
-                        strict=strict,
-                    )
-                    return record
-                except (tf.errors.OpError, RuntimeError) as e:
-                    # TF's per-tensor CRC32C check (DataLossError, or a bare
-                    # OpError/RuntimeError from inside a restore function).
-                    text = getattr(e, "message", None) or str(e)
-                    if not (
-                        isinstance(e, tf.errors.DataLossError)
-                        or "Checksum does not match" in text
-                        or "TensorBundle" in text
-                    ):
-                        raise
-                    reason = f"unreadable data ({text.strip()})"
+                return record
+            if self._store.vanished(record.name):
+                # Deleted meanwhile (the writer's retention): rescan and go on.
+                deleted.append(record.name)
+                if len(deleted) >= _MAX_DELETED_WHILE_READING:
+                    break
+                candidates = self._reselect(which, epoch, {*skipped, *deleted})
+                continue
             skipped.append(record.name)
-            self._store.mark_damaged(record.name, reason)
+            if mark_damaged:
+                self._store.mark_damaged(record.name, reason)
             warnings.warn(
                 f"tfckpt: skipping {record.name} in {self.directory!r}: {reason}. "
                 "Falling back to the next intact checkpoint; the damaged one is "
                 "left on disk for inspection.",
                 stacklevel=3,
             )
-        damaged = skipped + [p.name for p in problems]
-        raise NoIntactCheckpointError(
-            f"None of the checkpoints selected by {_selection(which, epoch)} in "
-            f"{self.directory!r} is intact (damaged: {', '.join(damaged)}). "
-            "Nothing was deleted; run `tfckpt verify` for details."
+        if skipped or problems:
+            damaged = skipped + [p.name for p in problems]
+            raise NoIntactCheckpointError(
+                f"None of the checkpoints selected by {_selection(which, epoch)} in "
+                f"{self.directory!r} is intact (damaged: {', '.join(damaged)}). "
+                "Nothing was deleted; run `tfckpt verify` for details."
+            )
+        raise CheckpointNotFoundError(
+            f"The checkpoints selected by {_selection(which, epoch)} in {self.directory!r} "
+            f"were deleted by the run's writer (its retention) while they were being read "
+            f"({', '.join(deleted)}). Select a checkpoint it keeps, e.g. 'latest'."
         )
+
+    def _read_into(
+        self, objects: Mapping[str, Any], record: CheckpointRecord, *, strict: bool, verify: bool
+    ) -> str | None:
+        """Restores `record` into `objects`; returns what is wrong with it instead
+        when its files are damaged."""
+        reason = self._store.check(record, data=False) if verify else None
+        if reason is not None:
+            return reason
+        _contents.ensure_built(objects["model"], record.manifest.get("build_config"))
+        _contents.build_optimizer(objects.get("optimizer"), objects["model"])
+        readable = dict(objects)
+        if objects.get("optimizer") is None:
+            readable["model"] = _model_only(objects["model"])
+        try:
+            _contents.read(
+                record.path,
+                readable,
+                saved=record.manifest.get("contents"),
+                strict=strict,
+            )
+        except (tf.errors.OpError, RuntimeError) as e:
+            # TF's per-tensor CRC32C check (DataLossError, or a bare
+            # OpError/RuntimeError from inside a restore function).
+            text = getattr(e, "message", None) or str(e)
+            if not (
+                isinstance(e, tf.errors.DataLossError)
+                or "Checksum does not match" in text
+                or "TensorBundle" in text
+            ):
+                raise
+            return f"unreadable data ({text.strip()})"
+        # The saver's state goes with the variables: read it now, while the
+        # checkpoint is surely there (the writer may delete it right after).
+        try:
+            state = self.state(record, cached=False)
+        except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile):
+            self._restored = None  # `state()` raises it when it is asked for
+        else:
+            self._restored = (record.name, record.seq, record.time, state)
+        return None
+
+    def _reselect(self, which: Which, epoch: int | None, tried: set[str]) -> list:
+        try:
+            fresh = self.select(which, epoch=epoch)
+        except CheckpointNotFoundError:
+            return []
+        return [r for r in fresh if r.name not in tried]
 
     def restore(
         self,
@@ -943,6 +1011,8 @@ def verify(directory: str | os.PathLike) -> list[tuple[str, str | None]]:
     store = open_run(directory)._store
     records, problems = store.scan()
     results = [(r.name, store.check(r)) for r in records]
+    # One the writer's retention deleted while it was checked is not damage.
+    results = [(n, why) for n, why in results if why is None or not store.vanished(n)]
     results += [(p.name, p.reason) for p in problems]
     return sorted(results, key=lambda nr: nr[0])
 

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -39,7 +40,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfckpt import _fs
-from tfckpt.errors import CheckpointWriteError
+from tfckpt.errors import CheckpointWriteError, CommittedWithError
 
 FORMAT = "tfckpt/1"
 MANIFEST = "manifest.json"
@@ -49,6 +50,10 @@ _NAME = re.compile(r"^ckpt-(\d+)$")
 _TMP = ".tmp-"
 _TRASH = ".trash-"
 _DAMAGED = ".damaged-"
+# TF's temporary name for the state file (`file_io.atomic_write_string_to_file`
+# appends ".tmp" and a uuid4 hex), also used by `write_pointer`.
+_STATE_TMP = re.compile(r"^checkpoint\.tmp[0-9a-f]{32}$")
+_RESCANS = 5  # listings a scan takes at most while the writer deletes under it
 
 
 def _commit_step(name: str) -> None:
@@ -166,10 +171,24 @@ class CheckpointStore:
     def scan(self) -> tuple[list[CheckpointRecord], list[Problem]]:
         """Committed checkpoints (oldest first) and the directories that are not.
 
-        Sizes are checked, checksums are not (see `check`).
+        Sizes are checked, checksums are not (see `check`). Directories that
+        are not committed checkpoints at all (see `vanished`) are in neither.
         """
-        records, problems = [], []
         entries = self._entries()
+        for _ in range(_RESCANS):
+            records, problems, gone = self._scan(entries)
+            if not gone:
+                break
+            # Some were deleted meanwhile: the listing may predate the writer's
+            # newest commit (it commits, then deletes), so list again.
+            again = self._entries()
+            if again == entries:
+                break
+            entries = again
+        return records, problems
+
+    def _scan(self, entries: list[str]) -> tuple[list[CheckpointRecord], list[Problem], bool]:
+        records, problems, gone = [], [], False
         names = sorted((int(m.group(1)), e) for e in entries if (m := _NAME.match(e)))
         damaged = {e[len(_DAMAGED) :] for e in entries if e.startswith(_DAMAGED)}
         for seq, name in names:
@@ -180,13 +199,26 @@ class CheckpointStore:
                 record = self._load(name, seq)
                 reason = self._check_sizes(record)
             except _Corrupt as e:
-                problems.append(Problem(name, str(e)))
-                continue
-            if reason:
-                problems.append(Problem(name, reason))
-            else:
+                record, reason = None, str(e)
+            if reason is None:
                 records.append(record)
-        return records, problems
+            elif self.vanished(name):
+                gone = True
+            else:
+                problems.append(Problem(name, reason))
+        return records, problems, gone
+
+    def vanished(self, name: str) -> bool:
+        """Whether `name` is no committed checkpoint at all (rather than a
+        damaged one): deleted meanwhile by the writer, or, where directories
+        cannot be renamed, a save or deletion that crashed before it had a
+        manifest (`_publish` moves the manifest last, `delete` removes it
+        first). Neither is damage, and readers ignore both."""
+        if _fs.is_local(self.directory):
+            # Commits and deletions rename the whole directory: a `ckpt-*`
+            # directory without its manifest was damaged after its commit.
+            return not tf.io.gfile.isdir(self._path(name))
+        return not tf.io.gfile.exists(self._path(name, MANIFEST))
 
     def _load(self, name: str, seq: int) -> CheckpointRecord:
         path = self._path(name, MANIFEST)
@@ -257,7 +289,11 @@ class CheckpointStore:
         for fname, entry in record.manifest["files"].items():
             if not data and ".data-" in fname:
                 continue
-            if _fs.crc32(self._path(record.name, fname)) != entry["crc32"]:
+            try:
+                crc = _fs.crc32(self._path(record.name, fname))
+            except tf.errors.NotFoundError:
+                return f"missing file {fname}"
+            if crc != entry["crc32"]:
                 return f"{fname} does not match its checksum (corrupted)"
         return None
 
@@ -341,12 +377,30 @@ class CheckpointStore:
         metadata: Mapping[str, Any],
         files: Mapping[str, bytes] | None = None,
     ) -> CheckpointRecord:
-        """Commits a checkpoint whose TF files are complete in `pending.tmp`."""
+        """Commits a checkpoint whose TF files are complete in `pending.tmp`.
+
+        Raises `CheckpointWriteError` when it is not committed, and
+        `CommittedWithError` (with the committed record) when a step after the
+        commit point failed.
+        """
         with self.guard(pending):
-            self._write_and_publish(metadata, files or {}, pending.seq, pending.tmp, pending.name)
-        self._fsync_dir(self.directory)
+            manifest = self._write_and_publish(
+                metadata, files or {}, pending.seq, pending.tmp, pending.name
+            )
+        # Committed. Built from what was just written: reading it back needs
+        # the file descriptors or I/O that may be what is failing.
+        record = _record(pending.name, pending.seq, self._path(pending.name, PREFIX), manifest)
+        try:
+            self._fsync_dir(self.directory)
+        except OSError as e:
+            raise CommittedWithError(
+                f"Checkpoint {pending.name} is committed in {self.directory!r}, but the "
+                f"run directory could not be synced: {_os_error_text(e)}. It counts as "
+                "saved; a power loss may still lose it.",
+                record,
+            ) from e
         _commit_step("fsync_dir")
-        return self._load(pending.name, pending.seq)
+        return record
 
     def _write_and_publish(
         self,
@@ -355,12 +409,13 @@ class CheckpointStore:
         seq: int,
         tmp: str,
         name: str,
-    ) -> None:
+    ) -> dict[str, Any]:
         for fname, data in extra.items():
             with tf.io.gfile.GFile(_fs.join(tmp, fname), "wb") as f:
                 f.write(data)
         _commit_step("write")
-        files = sorted(tf.io.gfile.listdir(tmp))
+        files = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(tmp))
+        _check_tf_files(tmp, files)
         for fname in files:
             self._fsync_file(_fs.join(tmp, fname))
         _commit_step("fsync_files")
@@ -386,6 +441,7 @@ class CheckpointStore:
         _commit_step("fsync_tmpdir")
         self._publish(tmp, self._path(name), files)
         _commit_step("rename")
+        return manifest
 
     @staticmethod
     def _publish(tmp: str, final: str, files: list[str]) -> None:
@@ -401,18 +457,38 @@ class CheckpointStore:
         _remove_quietly(tmp)
 
     def write_pointer(self, records: list[CheckpointRecord]) -> None:
-        """Points TF's `checkpoint` state file at the newest of `records`."""
+        """Points TF's `checkpoint` state file at the newest of `records`.
+
+        The same text TF's `update_checkpoint_state(save_relative_paths=True)`
+        writes, but through a temporary file that is fsynced before it is
+        renamed into place (TF renames it unsynced). Raises
+        `CheckpointWriteError` when the file cannot be written.
+        """
         if not records:
             return
-        tf.__internal__.train.update_checkpoint_state(
-            save_dir=self.directory,
-            model_checkpoint_path=records[-1].path,
-            all_model_checkpoint_paths=[r.path for r in records],
-            all_model_checkpoint_timestamps=[r.time for r in records],
-            save_relative_paths=True,
-        )
-        self._fsync_file(self._path(STATE_FILE))
-        self._fsync_dir(self.directory)
+        final = self._path(STATE_FILE)
+        # TF's own temporary name: a crash leaves what remove_leftovers removes.
+        tmp = f"{final}.tmp{uuid.uuid4().hex}"
+        try:
+            text = _state_file_text(self.directory, records)
+            if not _fs.is_local(final):
+                # Object stores write an object atomically (TF writes it directly too).
+                with tf.io.gfile.GFile(final, "wb") as f:
+                    f.write(text)
+            else:
+                with tf.io.gfile.GFile(tmp, "wb") as f:
+                    f.write(text)
+                self._fsync_file(tmp)
+                tf.io.gfile.rename(tmp, final, overwrite=True)
+                self._fsync_dir(self.directory)
+        except (OSError, tf.errors.OpError) as e:
+            _remove_quietly(tmp)
+            raise CheckpointWriteError(
+                f"Could not write TF's checkpoint state file {final!r} (what "
+                f"tf.train.latest_checkpoint reads): {_os_error_text(e)}. The checkpoints "
+                "are intact; tfckpt does not need this file and rewrites it at the next "
+                "save or start."
+            ) from e
         _commit_step("state_file")
 
     def pointer_is_current(self, records: list[CheckpointRecord]) -> bool:
@@ -423,21 +499,47 @@ class CheckpointStore:
         return bool(records) and latest == records[-1].path
 
     def delete(self, record: CheckpointRecord) -> None:
-        """Removes a checkpoint: an atomic rename out of the way, then the files."""
+        """Removes a checkpoint: an atomic rename out of the way, then the files.
+
+        Raises `CheckpointWriteError` when it fails; `is_committed` then says
+        whether the checkpoint is still there.
+        """
         trash = self._path(f"{_TRASH}{record.name}-{uuid.uuid4().hex[:8]}")
-        if not _fs.is_local(trash):
-            # No directory rename there: the manifest goes first, so a crash
-            # mid-delete leaves an uncommitted directory, never a torn checkpoint.
-            tf.io.gfile.remove(self._path(record.name, MANIFEST))
-            _remove_quietly(self._path(record.name))
-            return
-        tf.io.gfile.rename(self._path(record.name), trash)
-        self._fsync_dir(self.directory)
+        try:
+            if not _fs.is_local(trash):
+                # No directory rename there: the manifest goes first, so a crash
+                # mid-delete leaves an uncommitted directory, never a torn checkpoint.
+                tf.io.gfile.remove(self._path(record.name, MANIFEST))
+                _remove_quietly(self._path(record.name))
+                return
+            tf.io.gfile.rename(self._path(record.name), trash)
+        except (OSError, tf.errors.OpError) as e:
+            raise CheckpointWriteError(
+                f"Could not delete checkpoint {record.name} in {self.directory!r}: "
+                f"{_os_error_text(e)}. It is kept."
+            ) from e
+        try:
+            self._fsync_dir(self.directory)
+        except OSError as e:
+            _remove_quietly(trash)  # its space all the same
+            raise CheckpointWriteError(
+                f"Deleted checkpoint {record.name} in {self.directory!r}, but the run "
+                f"directory could not be synced: {_os_error_text(e)}. After a power loss "
+                "it may be back (and is deleted again)."
+            ) from e
         _commit_step("delete")
         _remove_quietly(trash)
 
+    def is_committed(self, record: CheckpointRecord) -> bool:
+        """Whether `record` is still in place (has its manifest); `True` when
+        that cannot be told."""
+        try:
+            return tf.io.gfile.exists(self._path(record.name, MANIFEST))
+        except tf.errors.OpError:
+            return True
+
     def leftovers(self) -> list[str]:
-        return [e for e in self._entries() if e.startswith((_TMP, _TRASH))]
+        return [e for e in self._entries() if e.startswith((_TMP, _TRASH)) or _STATE_TMP.match(e)]
 
     def remove_leftovers(self) -> list[str]:
         """Removes temporaries of interrupted saves and deletions; only the writer calls it."""
@@ -449,6 +551,62 @@ class CheckpointStore:
 
 class _Corrupt(Exception):
     pass
+
+
+def _record(name: str, seq: int, path: str, manifest: Mapping[str, Any]) -> CheckpointRecord:
+    """The record of a checkpoint just committed with `manifest`."""
+    return CheckpointRecord(
+        name=name,
+        seq=seq,
+        step=int(manifest["step"]),
+        epoch=int(manifest["epoch"]),
+        batch=int(manifest["batch"]),
+        metrics=dict(manifest["metrics"]),
+        time=float(manifest["time"]),
+        path=path,
+        size=sum(int(f["size"]) for f in manifest["files"].values()),
+        manifest=manifest,
+    )
+
+
+_SHARD = re.compile(rf"^{PREFIX}\.data-(\d+)-of-(\d+)$")
+
+
+def _check_tf_files(tmp: str, files: list[str]) -> None:
+    """Raises unless `files` (in `tmp`) hold TF's index and every data shard
+    it names, and no directory: a sharded save that failed leaves its parts
+    in `<prefix>_temp/` and no index or shards, and must never be committed."""
+    shards = [m for f in files if (m := _SHARD.match(f))]
+    counts = {int(m.group(2)) for m in shards}
+    found = {int(m.group(1)) for m in shards}
+    problems = []
+    if f"{PREFIX}.index" not in files:
+        problems.append(f"no {PREFIX}.index")
+    if len(counts) != 1 or found != set(range(counts.pop())):
+        problems.append(f"data shards {sorted(m.group(0) for m in shards)} are not a full set")
+    dirs = [f for f in files if tf.io.gfile.isdir(_fs.join(tmp, f))]
+    if dirs:
+        problems.append(f"unexpected directories {dirs}")
+    if problems:
+        raise CheckpointWriteError(
+            "TensorFlow's checkpoint files are incomplete (" + "; ".join(problems) + ")"
+        )
+
+
+def _state_file_text(directory: str, records: list[CheckpointRecord]) -> bytes:
+    """What `update_checkpoint_state(save_relative_paths=True)` writes."""
+    from google.protobuf import text_format
+
+    paths = [
+        os.path.relpath(r.path, directory) if os.path.isabs(r.path) else r.path for r in records
+    ]
+    state = tf.compat.v1.train.generate_checkpoint_state_proto(
+        directory,
+        paths[-1],
+        all_model_checkpoint_paths=paths,
+        all_model_checkpoint_timestamps=[r.time for r in records],
+    )
+    return text_format.MessageToString(state).encode()
 
 
 def _remove_quietly(path: str) -> None:

@@ -1,0 +1,86 @@
+"""Real OS errors after a checkpoint's commit point: the open-file limit
+(RLIMIT_NOFILE) is lowered at one step of the commit protocol, so the next
+open() fails with EMFILE ("Too many open files").
+
+    python commit_errors.py DIR fsync|delete
+
+fsync: lowered right after the rename (the commit point), so the fsync of the
+    run directory fails; an observer lifts it when the commit is reported.
+delete: lowered once TF's state file is written, so retention's deletions
+    fail to sync the run directory; lifted when the save returns.
+
+Prints one JSON line.
+"""
+
+import json
+import os
+import resource
+import sys
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+
+import tfckpt  # noqa: E402
+from tfckpt import store  # noqa: E402
+
+directory, scenario = sys.argv[1], sys.argv[2]
+SOFT, HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
+LOWER_AT = {"fsync": "rename", "delete": "state_file"}[scenario]
+
+
+def lift():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT, HARD))
+
+
+class Recorder(tfckpt.CheckpointObserver):
+    def __init__(self):
+        self.events = []
+
+    def on_commit(self, record):
+        lift()
+        self.events.append(["commit", record.name])
+
+    def on_delete(self, record):
+        self.events.append(["delete", record.name])
+
+
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+model.compile(keras.optimizers.Adam(), "mse")
+model.optimizer.build(model.trainable_variables)
+with tfckpt.CheckpointManager(directory, model, keep_last=None) as manager:
+    manager.save(1, epoch=1, metrics={"loss": 0.5})
+    manager.save(2, epoch=2, metrics={"loss": 0.4})
+
+recorder = Recorder()
+manager = tfckpt.CheckpointManager(
+    directory, model, monitor="loss", keep_last=1, keep_best=0, observers=[recorder]
+)
+armed = [True]
+
+
+def lower(name):
+    if name == LOWER_AT and armed[0]:
+        armed[0] = False
+        resource.setrlimit(resource.RLIMIT_NOFILE, (3, HARD))  # fds 0-2 only
+
+
+store._commit_step = lower
+result = {}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+        record = manager.save(3, epoch=3, metrics={"loss": 0.3})
+        result["returned"] = record.name
+    except Exception as e:  # noqa: BLE001 - reported, whatever it is
+        result["error"] = f"{type(e).__name__}: {e}"
+        result["is_write_error"] = isinstance(e, tfckpt.CheckpointWriteError)
+    finally:
+        lift()
+result["warnings"] = [str(w.message) for w in caught if "tfckpt" in str(w.message)]
+result["events"] = recorder.events
+result["best"] = manager.best_value
+result["checkpoints"] = [r.name for r in manager.checkpoints]
+manager.close()
+print(json.dumps(result))
