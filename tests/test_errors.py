@@ -106,3 +106,12 @@ def test_restore_from_missing_directory(tmp_path):
         tfckpt.open(str(tmp_path / "nope"))
     proc = run_script("../../tfckpt/cli.py", "ls", tmp_path / "nope")
     assert proc.returncode == 2 and "No checkpoint directory" in proc.stderr
+
+
+def test_misspelt_monitor_with_auto_mode_names_the_metrics_that_exist(tmp_path, data):
+    model = make_model()
+    cb = tfckpt.CheckpointCallback(str(tmp_path), monitor="val_los", verbose=0)
+    with pytest.raises(ValueError, match=r"monitor='val_los' is not a metric this model logs\. "
+                                         r"It logs: loss, accuracy"):
+        model.fit(*data, validation_split=0.25, epochs=1, verbose=0, callbacks=[cb])
+    assert not any(tmp_path.glob("ckpt-*"))

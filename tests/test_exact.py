@@ -67,6 +67,17 @@ def test_killed_in_the_middle_of_an_epoch(tmp_path, references, data):
     assert_same_run(tmp_path, "run", references[data], resumed)
 
 
+def test_killed_in_a_later_callbacks_epoch_end(tmp_path, references):
+    # The epoch is durable before tfckpt's on_epoch_end returns: a kill in a
+    # callback listed after it (a logger, an upload) loses nothing.
+    killed(tmp_path, "run", "--data", "arrays", "--kill-at-epoch-end", 1)
+    latest = tfckpt.open(str(tmp_path / "run")).latest
+    assert (latest.epoch, latest.batch) == (2, 0)
+    rc, resumed = train(tmp_path, "run", "--data", "arrays")
+    assert rc == 0 and resumed["epochs_run"] == [2]
+    assert_same_run(tmp_path, "run", references["arrays"], resumed)
+
+
 def test_early_stopping_and_plateau_interrupted_twice(tmp_path):
     args = ("--data", "arrays", "--epochs", 40, "--stoppers")
     rc, reference = train(tmp_path, "ref", *args)

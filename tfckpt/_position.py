@@ -6,9 +6,11 @@ fit's frame. Two things decide the position beyond the batch index:
 
 - How many iterators were created over the dataset. A `tf.data` shuffle with a
   seed and `reshuffle_each_iteration=True` (the default) draws new shuffle
-  seeds for every iterator, counting from 0 in a new process. A resumed run
-  creates (and drops) as many iterators as the uninterrupted run had, which
-  costs no data: an iterator reads nothing until `next()`.
+  seeds for every iterator, counting from 0 for each new shuffle dataset
+  object (so in a new process). A resumed run creates (and drops) as many
+  iterators as the uninterrupted run had, less those this process already
+  made over the same dataset object (a rerun in the same kernel), which costs
+  no data: an iterator reads nothing until `next()`.
 - With `steps_per_epoch`, Keras keeps one iterator across epochs; a resumed
   run must first draw the batches that earlier epochs took from it.
 """
@@ -16,6 +18,7 @@ fit's frame. Two things decide the position beyond the batch index:
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Any
 
 import keras
@@ -28,6 +31,10 @@ except ImportError:  # pragma: no cover - other TF layouts
 # Adapters whose fresh iterator, drawn `n` times, is where an uninterrupted
 # run's iterator was after `n` batches (given the restored random state).
 _REPLAYABLE = ("TFDatasetAdapter", "ArrayDataAdapter")
+
+# Iterators this process made over each tf.data shuffle dataset (TF counts
+# them per shuffle dataset object to draw each iterator's shuffle seeds).
+_iterators_made: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def find_fit_locals(depth: int = 8) -> dict[str, Any]:
@@ -57,6 +64,10 @@ def _datasets(dataset: Any) -> list[Any]:
     return found
 
 
+def _shuffles(dataset: Any) -> list[Any]:
+    return [ds for ds in _datasets(dataset) if type(ds).__name__ == "_ShuffleDataset"]
+
+
 def _unseeded_shuffle(dataset: Any) -> bool:
     for ds in _datasets(dataset):
         seeds = getattr(ds, "_seed", None), getattr(ds, "_seed2", None)
@@ -76,11 +87,22 @@ class TrainingData:
         self.drawn = 0  # batches drawn from the newest iterator
         self._drawn_in_epoch = 0
         self.replayed = 0  # batches drawn again on resume to reach the saved position
+        self._shuffles = []
+        if self.adapter == "TFDatasetAdapter":
+            dataset = getattr(epoch_iterator.data_adapter, "_dataset", None)
+            try:
+                self._shuffles = _shuffles(dataset) if dataset is not None else []
+                for ds in self._shuffles:
+                    _iterators_made.setdefault(ds, 0)
+            except TypeError:  # a dataset type that takes no weak reference
+                self._shuffles = []
         original = epoch_iterator._get_iterator
 
         def _get_iterator():
             self.iterators += 1
             self.drawn = 0
+            for ds in self._shuffles:
+                _iterators_made[ds] += 1
             return original()
 
         epoch_iterator._get_iterator = _get_iterator
@@ -135,6 +157,10 @@ class TrainingData:
             )
         return None
 
+    def _made_before(self) -> int:
+        """Iterators this process already made over the dataset's shuffles."""
+        return max((_iterators_made.get(ds, 0) for ds in self._shuffles), default=0)
+
     def resume(self, saved: dict[str, int], batch_in_epoch: int) -> str | None:
         """Puts the data where the saved run's was; returns a problem if it
         cannot. `batch_in_epoch` batches are still skipped by the caller."""
@@ -142,11 +168,20 @@ class TrainingData:
         epoch_iterator = self._epoch_iterator
         persistent = bool(epoch_iterator.steps_per_epoch)
         earlier = drawn - batch_in_epoch  # drawn by earlier epochs from the same iterator
+        # Iterators to make (and drop) before the one the resumed epoch reads:
+        # the saved run's, less those made over this dataset object already.
+        # (After a mid-epoch save, the newest one is that epoch's own.)
+        before = iterators - (1 if batch_in_epoch or persistent else 0) - self._made_before()
+        if before < 0 and self._shuffles:
+            return (
+                "this tf.data dataset object already made more iterators in this process "
+                "than the saved run had, and its shuffle seeds cannot be rewound (build "
+                "the dataset again, a new object, to resume exactly)"
+            )
         if not persistent:
             # Each epoch makes its own iterator: make the ones before it.
-            # (After a mid-epoch save, the newest one is that epoch's own.)
             if self.adapter == "TFDatasetAdapter":
-                for _ in range(iterators - (1 if batch_in_epoch else 0)):
+                for _ in range(max(0, before)):
                     iter(epoch_iterator._get_iterator())
             return None
         if self.adapter not in _REPLAYABLE:
@@ -156,7 +191,7 @@ class TrainingData:
                 if earlier > 0
                 else None
             )
-        for _ in range(max(0, iterators - 1)):
+        for _ in range(max(0, before)):
             iter(epoch_iterator._get_iterator())
         iterator = iter(epoch_iterator._get_iterator())
         for _ in range(max(0, earlier)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -10,11 +11,13 @@ import weakref
 from typing import Any
 
 import keras
+import numpy as np
 
 from tfckpt import _contents, _exact
+from tfckpt._fit_hooks import ExitWatch, replace
 from tfckpt._position import TrainingData, find_fit_locals
 from tfckpt._preemption import PREEMPTION_EXIT_CODE, validate_exit_code, validate_signals
-from tfckpt.errors import CheckpointWriteError
+from tfckpt.errors import CheckpointWriteError, CommittedWithError
 from tfckpt.manager import (
     CheckpointManager,
     check_backend,
@@ -35,6 +38,27 @@ _trained_here: dict[str, weakref.WeakSet] = {}
 # The parent a model was forked from into a directory that has no checkpoint
 # yet, for a later fit in this process to keep recording it.
 _forked: dict[str, weakref.WeakKeyDictionary] = {}
+# Models whose last fit with a directory was interrupted (an exception left
+# fit, or a preemption returned from it): their next fit resumes from the
+# directory's newest checkpoint, as a new process would.
+_interrupted: dict[str, weakref.WeakSet] = {}
+
+
+def _compiled_metric_names(model: Any) -> list[str]:
+    """Names of the metrics passed to `compile` (known before Keras builds them)."""
+    compiled = getattr(model, "_compile_metrics", None)
+    todo, names = [getattr(compiled, "_user_metrics", None)], []
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+        elif isinstance(item, str):
+            names.append(item)
+        elif item is not None:
+            names.append(getattr(item, "name", None) or getattr(item, "__name__", str(item)))
+    return sorted(set(names))
 
 
 class _Report(CheckpointObserver):
@@ -66,10 +90,23 @@ class CheckpointCallback(keras.callbacks.Callback):
     # killed at epoch 17? Run the same script again: it continues at epoch 17.
     ```
 
-    A later `fit` on the same model in the same process (a notebook) simply
-    trains on from where the model is, like Keras does: nothing is restored
-    over weights that are newer than the directory's checkpoints, and the
-    epoch counter of the directory carries on.
+    The rule for a later `fit` with the same directory: **an interrupted
+    `fit` is resumed, a completed one is trained on.** After a `fit` that an
+    exception ended (Ctrl-C in a notebook, an error, an OOM) or that a
+    preemption signal stopped, the next `fit(epochs=N)` continues the run up to
+    epoch N from the newest intact checkpoint, in a new process or in the same
+    one. After a `fit` that completed, a later `fit` on the same model in the
+    same process trains on from where the model is, like Keras does (e.g.
+    fine-tuning after a recompile): nothing is restored over it, and the
+    directory's epoch counter carries on.
+
+    Each epoch's checkpoint is durable before this callback's `on_epoch_end`
+    returns. Callbacks listed after it that change the state at the same
+    epoch end (ReduceLROnPlateau's learning rate, EarlyStopping's counters,
+    anything that draws random numbers) are checked before the next step: if
+    they changed the optimizer's scalars, their saved state or the random
+    state, the epoch is saved again with their changes, and that checkpoint
+    replaces the first one.
 
     Args:
         directory: run directory (any `tf.io.gfile` path). Created if missing.
@@ -222,6 +259,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._warned: set[str] = set()
         self._undo: list[Any] = []  # restores what this fit wrapped on the model
         self._data: TrainingData | None = None  # fit's training data, watched
+        self._amend: tuple[dict, Any] | None = None  # epoch-end save to recheck
 
     # ---- helpers -------------------------------------------------------
 
@@ -251,6 +289,15 @@ class CheckpointCallback(keras.callbacks.Callback):
         direction = metric_direction(name)
         if direction is not None:
             return direction
+        known = _compiled_metric_names(self.model)
+        if known and name not in known:
+            logged = ", ".join(["loss", *known])
+            raise ValueError(
+                f"CheckpointCallback: monitor={self.monitor!r} is not a metric this model "
+                f"logs. It logs: {logged} (and val_<name> of each with validation data). "
+                "Pass one of them, or mode='min' or mode='max' for a metric that "
+                "another callback adds to the logs."
+            )
         raise ValueError(
             f"CheckpointCallback cannot tell whether monitor={self.monitor!r} should "
             "be minimized or maximized. Pass mode='min' or mode='max'."
@@ -281,6 +328,16 @@ class CheckpointCallback(keras.callbacks.Callback):
         callback_list = fit_locals.get("callbacks")
         others = getattr(callback_list, "callbacks", None) or []
         self._others = [cb for cb in others if cb is not self]
+        if callback_list is not None:
+            epoch_end = callback_list.on_epoch_end
+
+            def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
+                epoch_end(epoch, logs)
+                self._flush()  # every callback has seen this epoch end now
+
+            replace(callback_list, "on_epoch_end", on_epoch_end, self._undo)
+        after = others[others.index(self) + 1 :] if self in others else []
+        self._exit_watch.watch_fit(self.model, callback_list, after)
         self._data = None
         epoch_iterator = fit_locals.get("epoch_iterator")
         if epoch_iterator is not None and hasattr(epoch_iterator, "_get_iterator"):
@@ -290,7 +347,9 @@ class CheckpointCallback(keras.callbacks.Callback):
             if isinstance(dataset, _exact.StatefulCallback):  # a PyDataset with its own order
                 self._others.append(dataset)
 
-    def _save(self, logs: dict | None, batch: int) -> None:
+    def _save(self, logs: dict | None, batch: int, *, supersede: bool = False) -> bool:
+        """Saves this point; `supersede`: the newest checkpoint is this same
+        point without what later callbacks changed, and this one replaces it."""
         logs = dict(logs or {})
         loss = logs.get("loss")
         if loss is not None and not math.isfinite(float(loss)):
@@ -299,20 +358,45 @@ class CheckpointCallback(keras.callbacks.Callback):
                 f"loss is {loss}; not saving a checkpoint of a diverged model "
                 "(the previous checkpoints are kept).",
             )
-            return
+            return False
         logs = jsonable(logs)
         step = _contents.optimizer_step(self.manager.optimizer) if self.manager.optimizer else 0
+        self._wait_for_save()  # the previous save's error is its own
         try:
-            self._wait_for_save()
             self.manager.save(
-                step, epoch=self._epochs_done, batch=batch, metrics=logs, state=self._state(batch)
+                step,
+                epoch=self._epochs_done,
+                batch=batch,
+                metrics=logs,
+                state=self._state(batch),
+                supersede=supersede,
             )
+        except CommittedWithError as e:
+            self._saved(step)  # committed all the same
+            self._save_failed(e)
+            return True
         except CheckpointWriteError as e:
             self._save_failed(e)
-            return
+            return False
+        self._saved(step)
+        return True
+
+    def _saved(self, step: int) -> None:
         self._last_saved_step = step
         self._last_saved_epoch = self._epochs_done
         self._last_saved_total = self._batches_total
+
+    def _epoch_end_state(self) -> tuple[Any, list[Any]]:
+        """What later callbacks may change at an epoch end and a resume needs:
+        the state saved beside the checkpoint and the optimizer's scalars
+        (learning rate, iterations)."""
+        optimizer = self.manager.optimizer
+        scalars = [
+            np.asarray(v.numpy())
+            for v in (getattr(optimizer, "variables", None) or [])
+            if int(np.prod(v.shape)) == 1
+        ]
+        return self._state(0), scalars
 
     def _save_failed(self, error: CheckpointWriteError) -> None:
         if self.on_save_error == "raise":
@@ -336,7 +420,12 @@ class CheckpointCallback(keras.callbacks.Callback):
         best = self.manager.best_value if self.manager is not None else None
         mark = " (new best)" if best and best["step"] == record.step and shown else ""
         where = f"epoch {record.epoch}" + (f" batch {record.batch}" if record.batch else "")
-        self._say(f"saved {record.name} ({where}, step {record.step}{shown}){mark}")
+        again = (
+            "; replaces the epoch's first save: later callbacks changed the state"
+            if record.manifest.get("supersedes")
+            else ""
+        )
+        self._say(f"saved {record.name} ({where}, step {record.step}{shown}){mark}{again}")
 
     def _monitor_available(self, logs: dict) -> bool:
         if self.monitor is None:
@@ -359,16 +448,44 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     # ---- Keras hooks ---------------------------------------------------
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        check_backend()
-        model = self.model
-        # A previous fit that raised before on_train_end (e.g. Ctrl-C) left its
-        # wrappers and its manager (lock, signal handlers): undo them first.
+    def _fit_raised(self, error: BaseException) -> None:
+        """An exception is leaving `fit` (Keras will not call on_train_end):
+        put back what this fit installed, before the user sees the error."""
+        if self.manager is None:
+            return  # on_train_end already ran (e.g. the preemption exit)
+        key = self.manager.directory_key
+        _interrupted.setdefault(key, weakref.WeakSet()).add(self.model)
+        self._amend = None  # no new save on the way out: only what is in flight
+        self.model._initial_epoch = None
         while self._undo:
             self._undo.pop()()
+        manager, self.manager = self.manager, None
+        try:
+            manager.wait()  # an async save in flight is committed (or its error said)
+        except CheckpointWriteError as e:
+            warnings.warn(f"tfckpt: {e}", stacklevel=2)
+        finally:
+            manager.close()  # signal handlers back, lock released
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        check_backend()
+        # A previous fit that left without on_train_end in a way no wrapper saw
+        # (an exception in a window between fit's calls) left its wrappers and
+        # its manager (lock, signal handlers): undo them first.
         if self.manager is not None:
-            self.manager.close()
-            self.manager = None
+            self._fit_raised(RuntimeError("an earlier fit did not end"))
+        while self._undo:
+            self._undo.pop()()
+        self._exit_watch = ExitWatch(self._fit_raised, self._undo)
+        try:
+            self._begin()
+        except BaseException as e:
+            self._exit_watch.fired = True
+            self._fit_raised(e)
+            raise
+
+    def _begin(self) -> None:
+        model = self.model
         self.manager = CheckpointManager(
             self.directory,
             model,
@@ -386,6 +503,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             observers=[_Report(self), *self.observers],
         )
         self.restored = None
+        self._amend = None
         self._epoch_offset: int | None = None
         self._batch_in_epoch = 0
         self._epochs_done = 0
@@ -394,7 +512,6 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._last_saved_step = -1
         self._last_saved_epoch = -1
         self._last_saved_total = 0
-        self._pending: dict | None = None
         self._save_at_epoch_end = False
         self._watch_fit(find_fit_locals())
         self._preempted = False
@@ -403,12 +520,22 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._resume_batch = 0
         self._wrap_finalize()
         trained_here = _trained_here.setdefault(self.manager.directory_key, weakref.WeakSet())
+        interrupted = _interrupted.get(self.manager.directory_key, set())
+        resuming_here = model in interrupted and self.restore is not False
+        if model in interrupted:
+            interrupted.discard(model)
         latest = self.manager.latest
         base = None  # the checkpoint whose counters this fit carries on
         if latest is not None:
             optimizer = self.manager.optimizer
             step_now = _contents.optimizer_step(optimizer) if optimizer is not None else 0
-            if model in trained_here or (step_now > 0 and step_now >= latest.step):
+            if resuming_here:
+                # An interrupted fit of this model: its state in memory may be
+                # past the newest checkpoint by a partial step or epoch, so it
+                # resumes from the checkpoint, exactly as a new process does.
+                base = self.restored = self.manager.restore(self.restore)
+                self._continuing = False
+            elif model in trained_here or (step_now > 0 and step_now >= latest.step):
                 base = latest  # this process trained it: train on, restore nothing
                 self._continuing = True
             elif self.restore is False:
@@ -453,11 +580,14 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self.restored is not None:
             model._initial_epoch = base.epoch or None
             epochs = (self.params or {}).get("epochs")
+            where = "resuming the interrupted fit: " if resuming_here else ""
             if epochs is not None and base.epoch >= epochs:
-                self._say(f"restored {base.name}: {base.epoch} of {epochs} epochs already done.")
+                self._say(
+                    f"{where}restored {base.name}: {base.epoch} of {epochs} epochs already done."
+                )
             else:
                 self._say(
-                    f"restored {base.name} (epoch {base.epoch}, step {base.step}); "
+                    f"{where}restored {base.name} (epoch {base.epoch}, step {base.step}); "
                     f"continuing at epoch {base.epoch + 1}."
                 )
 
@@ -529,11 +659,16 @@ class CheckpointCallback(keras.callbacks.Callback):
 
         model.train_function = train_function
         self._undo.append(lambda: setattr(model, "train_function", original))
+        self._exit_watch.wrap(model, "train_function")
 
     def _flush(self) -> None:
-        if self._pending is not None and self.manager is not None:
-            logs, self._pending = self._pending, None
-            self._save(logs, batch=0)
+        """Before the next step (or fit's end): saves the epoch again if
+        callbacks after this one changed what a resume restores."""
+        if self._amend is None or self.manager is None:
+            return
+        (logs, before), self._amend = self._amend, None
+        if not _exact.same_state(before, self._epoch_end_state()):
+            self._save(logs, batch=0, supersede=True)
 
     def _wrap_finalize(self) -> None:
         # fit calls `optimizer.finalize_variable_values` after the last epoch,
@@ -554,6 +689,7 @@ class CheckpointCallback(keras.callbacks.Callback):
 
         optimizer.finalize_variable_values = finalize_variable_values
         self._undo.append(lambda: vars(optimizer).pop("finalize_variable_values", None))
+        self._exit_watch.wrap(optimizer, "finalize_variable_values")
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._flush()
@@ -650,15 +786,12 @@ class CheckpointCallback(keras.callbacks.Callback):
         due, self._save_at_epoch_end = self._save_at_epoch_end, False
         if not (self.save_freq == "epoch" or has_metric or due):
             return
-        epochs = (self.params or {}).get("epochs")
-        if epochs is not None and epoch + 1 >= epochs:
-            # Last epoch: save now, before fit's `finalize_variable_values`
-            # swaps EMA averages into the weights.
-            self._save(logs, batch=0)
-        else:
-            # Saved at the next epoch begin, once every callback's on_epoch_end
-            # has run (ReduceLROnPlateau may change the learning rate after us).
-            self._pending = logs
+        # Durable before this returns: a kill in a later callback's on_epoch_end
+        # (a slow logger, an upload) keeps this epoch.
+        if self._save(logs, batch=0):
+            # Later callbacks may still change the state at this epoch end
+            # (ReduceLROnPlateau's learning rate): rechecked by `_flush`.
+            self._amend = (logs, copy.deepcopy(self._epoch_end_state()))
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.manager is None:
@@ -673,6 +806,10 @@ class CheckpointCallback(keras.callbacks.Callback):
                 self._save(logs, batch=self._batch_in_epoch)
         finally:
             self.model._initial_epoch = None
+            if self._preempted:  # a preemption that returned from fit: resumed next time
+                _interrupted.setdefault(self.manager.directory_key, weakref.WeakSet()).add(
+                    self.model
+                )
             while self._undo:
                 self._undo.pop()()
             manager, self.manager = self.manager, None

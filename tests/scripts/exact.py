@@ -9,7 +9,8 @@ restored shows up in the weights. A non-trainable `Seen` layer counts how often
 each sample id was trained on: the count travels with the checkpoint, so after
 kills and resumes it says whether a batch was trained twice or missed.
 `--kill-at-step K` SIGKILLs the process just before training step K (mid-epoch);
-`--kill-at-epoch E` just before epoch E starts.
+`--kill-at-epoch E` just before epoch E starts; `--kill-at-epoch-end E` in the
+`on_epoch_end` of epoch E of a callback listed after tfckpt's (a slow logger).
 """
 
 import argparse
@@ -34,6 +35,8 @@ p.add_argument("--epochs", type=int, default=3)
 p.add_argument("--save-freq", default="epoch")
 p.add_argument("--kill-at-step", type=int, default=None)
 p.add_argument("--kill-at-epoch", type=int, default=None)
+p.add_argument("--kill-at-epoch-end", type=int, default=None,
+               help="SIGKILL itself in on_epoch_end of epoch E (a callback after tfckpt's)")
 p.add_argument("--term-at-step", type=int, default=None, help="SIGTERM itself before step K")
 p.add_argument("--term-at-epoch-end", type=int, default=None,
                help="SIGTERM itself at the end of epoch E (after the checkpoint callback)")
@@ -149,6 +152,8 @@ class Kill(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
     def on_epoch_end(self, epoch, logs=None):
+        if epoch == args.kill_at_epoch_end:
+            os.kill(os.getpid(), signal.SIGKILL)
         if epoch == args.term_at_epoch_end:
             os.kill(os.getpid(), signal.SIGTERM)
 
