@@ -15,6 +15,7 @@ from tfckpt.callback import CheckpointCallback  # noqa: E402
 from tfckpt.errors import (  # noqa: E402
     CheckpointError,
     CheckpointNotFoundError,
+    CheckpointReadError,
     CheckpointWriteError,
     CommittedWithError,
     DirectoryLockedError,
@@ -32,6 +33,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointManager",
     "CheckpointNotFoundError",
+    "CheckpointReadError",
     "CheckpointObserver",
     "CheckpointRecord",
     "CheckpointWriteError",

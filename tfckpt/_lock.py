@@ -29,7 +29,7 @@ import warnings
 import tensorflow as tf
 
 from tfckpt import _fs
-from tfckpt.errors import DirectoryLockedError
+from tfckpt.errors import CheckpointWriteError, DirectoryLockedError
 
 LOCK_FILE = ".lock"
 # The lease on storage without flock. The environment variables override them
@@ -250,14 +250,28 @@ class DirectoryLock:
 
     def _acquire(self) -> int | Lease:
         if _fs.is_local(self.path) and fcntl is not None:
-            fd = os.open(_fs._local(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(_fs._local(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise CheckpointWriteError(
+                    f"Cannot take the lock {self.path!r} of the run directory: {e.strerror}. "
+                    "Nothing was written."
+                ) from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 raise _locked_error(self.directory, _read(self.path), self.path) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                # Who holds it, for the error message of another writer only:
+                # the flock is the lock, so a failed write does not matter.
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+            except OSError:
+                pass
             return fd
         lease = Lease(self.directory)
         lease.acquire()
@@ -287,4 +301,7 @@ class DirectoryLock:
             if isinstance(held, Lease):
                 held.release()
             else:
-                os.close(held)  # closing drops the flock; the file stays harmlessly
+                try:
+                    os.close(held)  # closing drops the flock; the file stays harmlessly
+                except OSError:
+                    pass  # Linux frees the descriptor (and the flock) even then

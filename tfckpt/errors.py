@@ -29,6 +29,12 @@ class CheckpointWriteError(CheckpointError, OSError):
     permission). Nothing partial is left and earlier checkpoints are intact."""
 
 
+class CheckpointReadError(CheckpointError, OSError):
+    """A run directory could not be read (an I/O or permission error on a
+    listing, a manifest or a file). It is not taken for damage: nothing was
+    marked or changed, and reading again may succeed."""
+
+
 class CommittedWithError(CheckpointWriteError):
     """A step after a checkpoint's commit point failed (syncing the run
     directory, TF's state file, retention's listing): the checkpoint is

@@ -30,6 +30,7 @@ from tfckpt._preemption import (
 )
 from tfckpt.errors import (
     CheckpointError,
+    CheckpointReadError,
     CheckpointWriteError,
     CommittedWithError,
     NoIntactCheckpointError,
@@ -126,7 +127,16 @@ def validate_options(
             f"Received: directory={directory!r}"
         )
     directory = os.fspath(directory)
-    if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
+    try:
+        existing = tf.io.gfile.stat(directory)
+    except (tf.errors.NotFoundError, tf.errors.FailedPreconditionError):
+        existing = None  # missing, or under a file (ENOTDIR): makedirs says why
+    except tf.errors.OpError as e:  # not `isdir`: it says False on any error
+        raise CheckpointReadError(
+            f"Cannot use {directory!r} as the run directory: "
+            f"{getattr(e, 'message', None) or e}."
+        ) from e
+    if existing is not None and not existing.is_directory:
         raise ValueError(f"`directory` must be a directory, but {directory!r} is an existing file.")
     if monitor is not None and (not isinstance(monitor, str) or not monitor):
         raise ValueError(
@@ -510,7 +520,7 @@ class CheckpointManager:
                 earlier = self._store.scan()[0][:-1][-1:]
                 point = (record.step, record.epoch, record.batch)
                 superseded = [r for r in earlier if (r.step, r.epoch, r.batch) == point]
-            deleted, retention_error = self._apply_retention(superseded)
+            deleted, retention_error = self._apply_retention(record, superseded)
         except (OSError, tf.errors.OpError) as e:
             deleted = []
             retention_error = CheckpointWriteError(
@@ -568,7 +578,7 @@ class CheckpointManager:
         )
 
     def _apply_retention(
-        self, superseded: Sequence[CheckpointRecord] = ()
+        self, newest: CheckpointRecord, superseded: Sequence[CheckpointRecord] = ()
     ) -> tuple[list[CheckpointRecord], CheckpointWriteError | None]:
         """Deletes what the policy does not keep, and `superseded` (replaced by
         the newest checkpoint, so not counted by the policy either).
@@ -578,6 +588,13 @@ class CheckpointManager:
         about and kept; the others are still deleted."""
         gone = {r.name for r in superseded}
         records = [r for r in self._store.scan()[0] if r.name not in gone]
+        if not records or records[-1].name != newest.name:
+            # A listing that does not end with the checkpoint just committed
+            # is not one to delete by.
+            return [], CheckpointWriteError(
+                f"retention skipped: listing {self.directory!r} did not show {newest.name}, "
+                "just committed. Nothing was deleted."
+            )
         reasons = self._policy.keep(records)
         reasons[-1] = "latest"  # never delete the newest committed checkpoint
         kept = [r for r, why in zip(records, reasons) if why]

@@ -425,6 +425,9 @@ class Run:
                 or "Checksum does not match" in text
                 or "TensorBundle" in text
             ):
+                if isinstance(e, tf.errors.OpError) and not self._store.vanished(record.name):
+                    # An I/O or permission error, not damage: nothing is marked.
+                    raise self._store.read_error(e, record.name) from e
                 raise
             return f"unreadable data ({text.strip()})"
         # The saver's state goes with the variables: read it now, while the
@@ -1035,7 +1038,13 @@ def open_run(directory: str | os.PathLike) -> Run:
         `.restore(model, which)`, `.export(...)`, `.prune(...)`, `.plot(...)`.
     """
     directory = os.fspath(directory)
-    if not tf.io.gfile.isdir(directory):
+    try:  # not `isdir`: it says False on any error, not only a missing directory
+        is_directory = tf.io.gfile.stat(directory).is_directory
+    except tf.errors.NotFoundError:
+        is_directory = False
+    except tf.errors.OpError as e:
+        raise CheckpointStore(directory).read_error(e) from e
+    if not is_directory:
         raise FileNotFoundError(f"No checkpoint directory at {directory!r}.")
     return Run(directory)
 

@@ -40,7 +40,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfckpt import _fs
-from tfckpt.errors import CheckpointWriteError, CommittedWithError
+from tfckpt.errors import CheckpointReadError, CheckpointWriteError, CommittedWithError
 
 FORMAT = "tfckpt/1"
 MANIFEST = "manifest.json"
@@ -157,6 +157,7 @@ class CheckpointStore:
         # a power loss may lose or tear the newest checkpoints.
         self._fsync_file = _fs.fsync_file if fsync else _no_op
         self._fsync_dir = _fs.fsync_dir if fsync else _no_op
+        self._last_seq = 0  # the newest seq this store reserved: never reused
 
     # ---- reading -------------------------------------------------------
 
@@ -164,9 +165,20 @@ class CheckpointStore:
         return _fs.join(self.directory, *names)
 
     def _entries(self) -> list[str]:
-        if not tf.io.gfile.isdir(self.directory):
-            return []
-        return [e.rstrip("/") for e in tf.io.gfile.listdir(self.directory)]
+        # Not `isdir` first: it answers False on any error, and a listing that
+        # looks empty on an I/O error would reuse names and lose checkpoints.
+        try:
+            return [e.rstrip("/") for e in tf.io.gfile.listdir(self.directory)]
+        except tf.errors.NotFoundError:
+            try:
+                present = tf.io.gfile.exists(self.directory)
+            except tf.errors.OpError as e:
+                raise self.read_error(e) from e
+            if present:
+                raise self.read_error(f"{self.directory} cannot be listed") from None
+            return []  # no run directory yet
+        except tf.errors.OpError as e:
+            raise self.read_error(e) from e
 
     def scan(self) -> tuple[list[CheckpointRecord], list[Problem]]:
         """Committed checkpoints (oldest first) and the directories that are not.
@@ -226,6 +238,8 @@ class CheckpointStore:
             manifest = json.loads(_fs.read_bytes(path))
         except tf.errors.NotFoundError:
             raise _Corrupt("no manifest.json (not committed)") from None
+        except tf.errors.OpError as e:
+            raise self.read_error(e) from e
         except (ValueError, UnicodeDecodeError) as e:
             raise _Corrupt(f"unreadable manifest.json ({e})") from None
         try:
@@ -255,6 +269,8 @@ class CheckpointStore:
                 actual = _fs.size(self._path(record.name, fname))
             except tf.errors.NotFoundError:
                 return f"missing file {fname}"
+            except tf.errors.OpError as e:
+                raise self.read_error(e) from e
             if actual != entry["size"]:
                 return f"{fname} has {actual} bytes, manifest says {entry['size']}"
         return None
@@ -293,17 +309,29 @@ class CheckpointStore:
                 crc = _fs.crc32(self._path(record.name, fname))
             except tf.errors.NotFoundError:
                 return f"missing file {fname}"
+            except tf.errors.OpError as e:
+                raise self.read_error(e) from e
             if crc != entry["crc32"]:
                 return f"{fname} does not match its checksum (corrupted)"
         return None
 
     # ---- writing -------------------------------------------------------
 
+    def read_error(self, e: BaseException | str, name: str | None = None) -> CheckpointReadError:
+        """An I/O error while reading the run directory (or checkpoint `name`
+        in it): not damage."""
+        what = f"checkpoint {name} in {self.directory!r}" if name else f"{self.directory!r}"
+        return CheckpointReadError(
+            f"Cannot read {what}: {_os_error_text(e)}. Nothing was changed; reading "
+            "again may succeed."
+        )
+
     def _next_seq(self) -> int:
         # Damage markers count too: a deleted damaged checkpoint's name is not reused.
         names = (e.removeprefix(_DAMAGED) for e in self._entries())
         seqs = [int(m.group(1)) for e in names if (m := _NAME.match(e))]
-        return max(seqs, default=0) + 1
+        self._last_seq = max(seqs + [self._last_seq]) + 1
+        return self._last_seq
 
     def begin(self, expected_size: int = 0) -> PendingCheckpoint:
         """Reserves the next checkpoint: checks free space, makes its temp dir.
@@ -311,7 +339,10 @@ class CheckpointStore:
         `expected_size` (bytes) is compared with the free space where the
         filesystem reports it, so a checkpoint that cannot fit fails at once.
         """
-        seq = self._next_seq()
+        try:
+            seq = self._next_seq()
+        except CheckpointReadError as e:
+            raise CheckpointWriteError(f"Could not save a checkpoint: {e}") from e
         name = f"ckpt-{seq:06d}"
         free = _fs.free_bytes(self.directory)
         if free is not None and expected_size > free:
@@ -415,7 +446,7 @@ class CheckpointStore:
                 f.write(data)
         _commit_step("write")
         files = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(tmp))
-        _check_tf_files(tmp, files)
+        files = _check_tf_files(tmp, files)
         for fname in files:
             self._fsync_file(_fs.join(tmp, fname))
         _commit_step("fsync_files")
@@ -572,10 +603,12 @@ def _record(name: str, seq: int, path: str, manifest: Mapping[str, Any]) -> Chec
 _SHARD = re.compile(rf"^{PREFIX}\.data-(\d+)-of-(\d+)$")
 
 
-def _check_tf_files(tmp: str, files: list[str]) -> None:
-    """Raises unless `files` (in `tmp`) hold TF's index and every data shard
-    it names, and no directory: a sharded save that failed leaves its parts
-    in `<prefix>_temp/` and no index or shards, and must never be committed."""
+def _check_tf_files(tmp: str, files: list[str]) -> list[str]:
+    """The files to commit; raises unless `files` (in `tmp`) hold TF's index and
+    every data shard it names: a sharded save that failed leaves its parts in
+    `<prefix>_temp/` and no index or shards, and must never be committed. A
+    complete save whose `<prefix>_temp/` TF could not remove (an I/O error on
+    its cleanup) is committed without it."""
     shards = [m for f in files if (m := _SHARD.match(f))]
     counts = {int(m.group(2)) for m in shards}
     found = {int(m.group(1)) for m in shards}
@@ -585,12 +618,17 @@ def _check_tf_files(tmp: str, files: list[str]) -> None:
     if len(counts) != 1 or found != set(range(counts.pop())):
         problems.append(f"data shards {sorted(m.group(0) for m in shards)} are not a full set")
     dirs = [f for f in files if tf.io.gfile.isdir(_fs.join(tmp, f))]
+    if not problems and dirs == [f"{PREFIX}_temp"]:
+        _remove_quietly(_fs.join(tmp, dirs[0]))  # TF's merged parts: garbage
+        if not tf.io.gfile.exists(_fs.join(tmp, dirs[0])):
+            return [f for f in files if f not in dirs]
     if dirs:
         problems.append(f"unexpected directories {dirs}")
     if problems:
         raise CheckpointWriteError(
             "TensorFlow's checkpoint files are incomplete (" + "; ".join(problems) + ")"
         )
+    return files
 
 
 def _state_file_text(directory: str, records: list[CheckpointRecord]) -> bytes:
