@@ -94,7 +94,3 @@ def deliver(signum: int | None) -> None:
     still ends the process, a scheduler's handler still runs."""
     if signum is not None:
         signal.raise_signal(signum)
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else ""
