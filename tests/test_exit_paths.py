@@ -219,7 +219,7 @@ def test_ctrl_c_anywhere_in_fit_puts_everything_back(tmp_path, data, hook, async
         model.fit(*data, validation_split=0.25, epochs=3, verbose=0,
                   callbacks=[cb, RaiseIn(hook)])
     assert signal.getsignal(signal.SIGTERM) is handler
-    assert not [t for t in threading.enumerate() if t.name.startswith("tfckpt-save")]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("tfckpt-save", "tfckpt-reap"))]
     DirectoryLock(str(tmp_path), exclusive=True).release()  # nobody holds the directory
     assert model.train_function is train_function
     assert not {"evaluate", "reset_metrics", "finalize_variable_values"} & (
@@ -315,3 +315,51 @@ def test_same_kernel_resume_with_the_same_reshuffling_dataset_says_the_order_dif
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("build the dataset again, a new object, to resume exactly") == 1
     assert json.loads(proc.stdout.strip().splitlines()[-1])["iterations"] == 32
+
+
+def test_an_exception_a_callback_catches_is_not_a_way_out_of_fit(tmp_path, data):
+    # A callback calls model.evaluate itself (an extra data set, an OOM
+    # fallback) and catches what it raises: fit goes on, and so does tfckpt.
+    class ExtraEval(keras.callbacks.Callback):
+        caught = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            try:
+                self.model.evaluate(np.ones((4, 3)), np.ones((4, 1)), verbose=0)  # wrong shape
+            except ValueError:
+                ExtraEval.caught += 1
+
+    model = make_model()
+    cb = tfckpt.CheckpointCallback(str(tmp_path), monitor=None, keep_last=None, verbose=0)
+    history = model.fit(*data, epochs=3, verbose=0, callbacks=[cb, ExtraEval()])
+    assert ExtraEval.caught == 3 and history.epoch == [0, 1, 2]
+    assert [r.epoch for r in tfckpt.open(str(tmp_path)).checkpoints] == [1, 2, 3]
+
+
+def test_a_fork_interrupted_before_its_first_checkpoint_forks_again(tmp_path, data):
+    parent = tmp_path / "parent"
+    model = make_model()
+    model.fit(*data, epochs=3, verbose=0, callbacks=[
+        tfckpt.CheckpointCallback(str(parent), monitor=None, verbose=0)])
+    fork = tfckpt.CheckpointCallback(str(tmp_path / "fork"), monitor=None, verbose=0,
+                                     init_from=str(parent))
+    model = make_model(seed=7)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        model.fit(*data, epochs=5, verbose=0, callbacks=[fork, Interrupt(at_batch=1)])
+    assert tfckpt.open(str(tmp_path / "fork")).checkpoints == []
+    # As a new process would: initialized from the parent again, its epoch
+    # counter carried on.
+    history = model.fit(*data, epochs=5, verbose=0, callbacks=[fork])
+    assert history.epoch == [3, 4]
+    run = tfckpt.open(str(tmp_path / "fork"))
+    assert [r.epoch for r in run.checkpoints][-1] == 5 and run.parent["name"] == "ckpt-000003"
+
+
+def test_an_interrupted_fit_with_no_checkpoint_says_it_trains_on(tmp_path, data):
+    model = make_model()
+    cb = tfckpt.CheckpointCallback(str(tmp_path), monitor=None, verbose=0)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        model.fit(*data, epochs=2, verbose=0, callbacks=[cb, Interrupt(at_batch=1)])
+    with pytest.warns(UserWarning, match="committed no checkpoint"):
+        history = model.fit(*data, epochs=2, verbose=0, callbacks=[cb])
+    assert history.epoch == [0, 1]

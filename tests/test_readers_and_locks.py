@@ -334,3 +334,22 @@ def test_a_holder_that_lost_its_lease_never_overwrites_the_new_one(short_lease):
         stalled.release()
     info = json.loads(tf.io.gfile.GFile(f"{d}/.lock", "rb").read())
     assert info["token"] == "newcomer"  # neither renewed over nor removed
+
+
+def test_a_manager_that_lost_its_lease_stops_saving(short_lease):
+    d = ram_dir()
+    model = small_model()
+    manager = tfckpt.CheckpointManager(d, model, keep_last=None)
+    try:
+        manager.save(epoch=1)
+        write_lock(d, pid=4242, host="another-host", since=time.time(),
+                   expires=time.time() + 60, token="newcomer", lease=60)
+        with pytest.warns(UserWarning, match="lost the writer lease"):
+            deadline = time.monotonic() + 3
+            while manager._lock.lost is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        with pytest.raises(tfckpt.CheckpointWriteError, match="Not saving into .*another-host"):
+            manager.save(epoch=2)
+        assert [r.epoch for r in tfckpt.open(d).checkpoints] == [1]
+    finally:
+        manager.close()

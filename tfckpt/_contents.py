@@ -88,26 +88,32 @@ def read(
     inference from a checkpoint that also holds an optimizer).
     """
     wanted = {k: v for k, v in objects.items() if v is not None and (saved is None or k in saved)}
-    checkpoint = tf.train.Checkpoint(**wanted)
-    if saved is not None and SAVE_COUNTER in saved:
-        wanted[SAVE_COUNTER] = checkpoint.save_counter  # creates it, to be matched too
-    try:
-        status = checkpoint.read(prefix)
-    except (ValueError, tf.errors.InvalidArgumentError) as e:
-        raise IncompatibleCheckpointError(
-            f"Checkpoint {prefix!r} does not match the model: {e}"
-        ) from e
-    try:
-        if strict and (saved is None or set(wanted) == set(saved)):
-            status.assert_consumed()
-        else:
-            status.expect_partial()
-            status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise IncompatibleCheckpointError(
-            f"Checkpoint {prefix!r} does not match the model being restored "
-            f"(different architecture?): {e}"
-        ) from None
+    # TF reports an I/O error on some reads (the object graph) as objects that
+    # were not restored: a mismatch is only believed when a second read agrees.
+    for attempt in (1, 2):
+        checkpoint = tf.train.Checkpoint(**wanted)
+        matched = dict(wanted)
+        if saved is not None and SAVE_COUNTER in saved:
+            matched[SAVE_COUNTER] = checkpoint.save_counter  # created, to be matched too
+        try:
+            status = checkpoint.read(prefix)
+        except (ValueError, tf.errors.InvalidArgumentError) as e:
+            raise IncompatibleCheckpointError(
+                f"Checkpoint {prefix!r} does not match the model: {e}"
+            ) from e
+        try:
+            if strict and (saved is None or set(matched) == set(saved)):
+                status.assert_consumed()
+            else:
+                status.expect_partial()
+                status.assert_existing_objects_matched()
+            return
+        except AssertionError as e:
+            if attempt == 2:
+                raise IncompatibleCheckpointError(
+                    f"Checkpoint {prefix!r} does not match the model being restored "
+                    f"(different architecture?): {e}"
+                ) from None
 
 
 def optimizer_step(optimizer: Any) -> int:

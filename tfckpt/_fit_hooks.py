@@ -13,6 +13,7 @@ the user.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -57,15 +58,22 @@ def replace(
 
 
 class ExitWatch:
-    """Calls `on_exit(error)` once, when an exception leaves a wrapped call.
+    """Calls `on_exit(error)` once, when an exception leaves a wrapped call
+    made by `fit` itself (`fit_code`) and so goes on out of `fit`.
 
-    Each wrap puts its undo on `undo` (a list the owner pops from the end),
-    so wrappers installed later (on the same attribute) come off first.
+    The same attributes are also called from elsewhere (a callback may call
+    `model.evaluate` and catch what it raises): only calls from `fit`'s own
+    frame count. Each wrap puts its undo on `undo` (a list the owner pops
+    from the end), so wrappers installed later (on the same attribute) come
+    off first.
     """
 
-    def __init__(self, on_exit: Callable[[BaseException], None], undo: list[Any]):
+    def __init__(
+        self, on_exit: Callable[[BaseException], None], undo: list[Any], fit_code: Any = None
+    ):
         self._on_exit = on_exit
         self._undo = undo
+        self.fit_code = fit_code
         self.fired = False
 
     def _fire(self, error: BaseException) -> None:
@@ -90,7 +98,11 @@ class ExitWatch:
             except _NOT_AN_EXIT:
                 raise
             except BaseException as e:
-                self._fire(e)
+                # `once` wraps are called by the callback list inside fit,
+                # which catches nothing.
+                caller = sys._getframe(1).f_code
+                if once or self.fit_code is None or caller is self.fit_code:
+                    self._fire(e)
                 raise
 
         put_back = replace(owner, name, guarded, self._undo)

@@ -59,10 +59,18 @@ def _describe(info: dict) -> str:
     return f"pid {info.get('pid')} on host {info.get('host')}, since {since}"
 
 
-def _read(path: str) -> dict:
+def _read(path: str, *, strict: bool = False) -> dict:
+    """The lock file's content; `{}` when there is none (or it is garbled).
+    `strict`: an I/O error is raised, not taken for "no lock"."""
     try:
         return json.loads(_fs.read_bytes(path) or b"{}")
-    except (tf.errors.OpError, ValueError):
+    except tf.errors.NotFoundError:
+        return {}
+    except tf.errors.OpError:
+        if strict:
+            raise
+        return {}
+    except ValueError:
         return {}
 
 
@@ -163,14 +171,14 @@ class Lease:
         # A writer that found the directory free too writes its lease about
         # now: the last write wins, and each one reads back which it was.
         time.sleep(self.settle)
-        info = _read(self.path)
+        info = _read(self.path, strict=True)
         if info.get("token") != self.token:
             raise _lease_error(self.directory, info, self.path, self.duration)
         self._thread = threading.Thread(target=self._renew, name="tfckpt-lease", daemon=True)
         self._thread.start()
 
     def _wait_until_free(self) -> None:
-        first = _read(self.path)
+        first = _read(self.path, strict=True)  # an unreadable lease is not a free one
         if not first or self._expired(first):
             return  # none, unreadable (a lock being written is read back later) or stale
         lease = _number(first.get("lease")) or self.duration
@@ -178,7 +186,7 @@ class Lease:
         deadline = time.monotonic() + lease
         while True:
             time.sleep(min(1.0, lease / 10))
-            info = _read(self.path)
+            info = _read(self.path, strict=True)
             if not info:
                 return  # released
             if _renewal(info) != _renewal(first):
@@ -189,7 +197,7 @@ class Lease:
     def _renew(self) -> None:
         while not self._stop.wait(self.duration / 3):
             try:
-                info = _read(self.path)
+                info = _read(self.path, strict=True)
                 if info.get("token") != self.token:
                     holder = _describe(info) if info else "nobody: the lock file is gone"
                     self.lost = f"the lease on {self.directory!r} is held by {holder}"

@@ -37,17 +37,17 @@ _REPLAYABLE = ("TFDatasetAdapter", "ArrayDataAdapter")
 _iterators_made: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def find_fit_locals(depth: int = 8) -> dict[str, Any]:
-    """The local variables of the `fit` that is calling a callback hook."""
+def find_fit_frame(depth: int = 8) -> Any:
+    """The frame of the `fit` that is calling a callback hook, or `None`."""
     frame = sys._getframe(1)
     for _ in range(depth):
         if frame is None:
             break
         found = frame.f_locals
         if isinstance(found.get("self"), keras.Model) and "epoch_iterator" in found:
-            return found
+            return frame
         frame = frame.f_back
-    return {}
+    return None
 
 
 def _datasets(dataset: Any) -> list[Any]:

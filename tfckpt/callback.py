@@ -15,7 +15,7 @@ import numpy as np
 
 from tfckpt import _contents, _exact
 from tfckpt._fit_hooks import ExitWatch, replace
-from tfckpt._position import TrainingData, find_fit_locals
+from tfckpt._position import TrainingData, find_fit_frame
 from tfckpt._preemption import PREEMPTION_EXIT_CODE, validate_exit_code, validate_signals
 from tfckpt.errors import CheckpointWriteError, CommittedWithError
 from tfckpt.manager import (
@@ -103,10 +103,11 @@ class CheckpointCallback(keras.callbacks.Callback):
     Each epoch's checkpoint is durable before this callback's `on_epoch_end`
     returns. Callbacks listed after it that change the state at the same
     epoch end (ReduceLROnPlateau's learning rate, EarlyStopping's counters,
-    anything that draws random numbers) are checked before the next step: if
-    they changed the optimizer's scalars, their saved state or the random
+    anything that draws random numbers) are checked once they have all run:
+    if they changed the optimizer's scalars, their saved state or the random
     state, the epoch is saved again with their changes, and that checkpoint
-    replaces the first one.
+    replaces the first one. With `async_save=True` (durable only once the
+    background write ends) each epoch is saved once, after every callback.
 
     Args:
         directory: run directory (any `tf.io.gfile` path). Created if missing.
@@ -455,17 +456,27 @@ class CheckpointCallback(keras.callbacks.Callback):
             return  # on_train_end already ran (e.g. the preemption exit)
         key = self.manager.directory_key
         _interrupted.setdefault(key, weakref.WeakSet()).add(self.model)
-        self._amend = None  # no new save on the way out: only what is in flight
+        if self._amend is not None and self._amend[1] is None:
+            # An async epoch-end save not started yet (a later callback raised
+            # at that epoch end): the epoch is complete, so it is saved.
+            try:
+                self._flush()
+            except Exception as e:  # noqa: BLE001 - the error leaving fit comes first
+                warnings.warn(f"tfckpt: could not save the last epoch: {e}", stacklevel=2)
+        self._amend = None  # no other new save on the way out
         self.model._initial_epoch = None
         while self._undo:
             self._undo.pop()()
-        manager, self.manager = self.manager, None
+        manager = self.manager
         try:
             manager.wait()  # an async save in flight is committed (or its error said)
         except CheckpointWriteError as e:
             warnings.warn(f"tfckpt: {e}", stacklevel=2)
         finally:
             manager.close()  # signal handlers back, lock released
+            # Only now: a second Ctrl-C inside close() leaves the manager for
+            # the next fit's on_train_begin to close.
+            self.manager = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         check_backend()
@@ -513,7 +524,10 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._last_saved_epoch = -1
         self._last_saved_total = 0
         self._save_at_epoch_end = False
-        self._watch_fit(find_fit_locals())
+        fit_frame = find_fit_frame()
+        self._exit_watch.fit_code = fit_frame.f_code if fit_frame is not None else None
+        self._watch_fit(fit_frame.f_locals if fit_frame is not None else {})
+        del fit_frame  # not kept: it holds fit's data
         self._preempted = False
         self._preempted_in_epoch = False
         self._resume_states: dict | None = None
@@ -521,9 +535,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._wrap_finalize()
         trained_here = _trained_here.setdefault(self.manager.directory_key, weakref.WeakSet())
         interrupted = _interrupted.get(self.manager.directory_key, set())
-        resuming_here = model in interrupted and self.restore is not False
-        if model in interrupted:
-            interrupted.discard(model)
+        was_interrupted = model in interrupted
+        resuming_here = was_interrupted and self.restore is not False
+        interrupted.discard(model)
         latest = self.manager.latest
         base = None  # the checkpoint whose counters this fit carries on
         if latest is not None:
@@ -548,7 +562,19 @@ class CheckpointCallback(keras.callbacks.Callback):
                 base = self.restored = self.manager.restore(self.restore)
                 self._continuing = False
         state = None
-        if latest is None and self.init_from is not None and model not in trained_here:
+        if latest is None and was_interrupted and self.init_from is None:
+            self._warn_once(
+                "nothing-to-resume",
+                f"the interrupted fit committed no checkpoint in {self.directory!r}, so "
+                "this fit starts from the weights the interruption left in memory (a new "
+                "process would start from freshly initialized ones): rebuild the model "
+                "to start over.",
+            )
+        if (
+            latest is None
+            and self.init_from is not None
+            and (model not in trained_here or was_interrupted)
+        ):
             # A new run forked from another run's checkpoint.
             base, state = self.manager.init_from(self.init_from, optimizer=self.init_optimizer)
             forked = _forked.setdefault(self.manager.directory_key, weakref.WeakKeyDictionary())
@@ -662,12 +688,15 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._exit_watch.wrap(model, "train_function")
 
     def _flush(self) -> None:
-        """Before the next step (or fit's end): saves the epoch again if
-        callbacks after this one changed what a resume restores."""
+        """Once every callback has seen an epoch end: saves the epoch again if
+        callbacks after this one changed what a resume restores (or, with
+        `async_save`, saves it for the first time)."""
         if self._amend is None or self.manager is None:
             return
         (logs, before), self._amend = self._amend, None
-        if not _exact.same_state(before, self._epoch_end_state()):
+        if before is None:
+            self._save(logs, batch=0)
+        elif not _exact.same_state(before, self._epoch_end_state()):
             self._save(logs, batch=0, supersede=True)
 
     def _wrap_finalize(self) -> None:
@@ -785,6 +814,12 @@ class CheckpointCallback(keras.callbacks.Callback):
         has_metric = self._monitor_available(logs or {})
         due, self._save_at_epoch_end = self._save_at_epoch_end, False
         if not (self.save_freq == "epoch" or has_metric or due):
+            return
+        if self.async_save:
+            # An async save is durable only once its background write ends, so
+            # saving before later callbacks run gains nothing: save once, when
+            # every callback has seen this epoch end (`_flush`), with their changes.
+            self._amend = (logs, None)
             return
         # Durable before this returns: a kill in a later callback's on_epoch_end
         # (a slow logger, an upload) keeps this epoch.

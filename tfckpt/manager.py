@@ -419,6 +419,12 @@ class CheckpointManager:
                 step and epoch is deleted, whatever retention says.
         """
         self.wait()  # at most one save in flight; raises the previous one's error
+        lost = self._lock.lost if self._lock is not None else None
+        if lost:
+            raise CheckpointWriteError(
+                f"Not saving into {self.directory!r}: {lost}. This process's lease ran "
+                "out, so another writer may be writing there; stop one of them."
+            )
         if step is None:
             step = _contents.optimizer_step(self.optimizer) if self.optimizer is not None else 0
         metrics = jsonable(dict(metrics or {}))
@@ -551,10 +557,13 @@ class CheckpointManager:
     def wait(self) -> CheckpointRecord | None:
         """Waits for the save in flight (async) and returns its record; raises
         the error it failed with. Returns `None` when nothing is in flight."""
-        if self._inflight is None:
-            return None
-        future, self._inflight = self._inflight, None
-        return future.result()
+        try:
+            if self._inflight is None:
+                return None
+            future, self._inflight = self._inflight, None
+            return future.result()
+        finally:
+            self._store.drain()  # deleted checkpoints' space is free again
 
     def _variables(self) -> list[Any]:
         """The variables a save writes."""
@@ -788,6 +797,7 @@ class CheckpointManager:
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
+            self._store.close()
             if self._checkpoint is not None:
                 # TF keeps an async helper (thread, host copies) until exit.
                 _async_fix.retire(self._checkpoint)

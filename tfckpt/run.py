@@ -372,7 +372,7 @@ class Run:
                 deleted.append(record.name)
                 if len(deleted) >= _MAX_DELETED_WHILE_READING:
                     break
-                candidates = self._reselect(which, epoch, {*skipped, *deleted})
+                candidates = self._reselect(which, epoch, skipped, deleted)
                 continue
             skipped.append(record.name)
             if mark_damaged:
@@ -440,12 +440,17 @@ class Run:
             self._restored = (record.name, record.seq, record.time, state)
         return None
 
-    def _reselect(self, which: Which, epoch: int | None, tried: set[str]) -> list:
+    def _reselect(
+        self, which: Which, epoch: int | None, skipped: list[str], deleted: list[str]
+    ) -> list:
         try:
             fresh = self.select(which, epoch=epoch)
         except CheckpointNotFoundError:
             return []
-        return [r for r in fresh if r.name not in tried]
+        back = [r.name for r in fresh if r.name in deleted]
+        if back:  # it was not deleted: what failed was reading it
+            raise self._store.read_error(f"{back[0]} could not be read, and is still there")
+        return [r for r in fresh if r.name not in skipped]
 
     def restore(
         self,
@@ -697,8 +702,11 @@ class Run:
                 self._store.mark_damaged(record.name, reason)
         if not dry_run and deleted:
             self._store.write_pointer(kept)
-            for record in deleted:
-                self._store.delete(record)
+            try:
+                for record in deleted:
+                    self._store.delete(record)
+            finally:
+                self._store.close()  # the space is free when prune returns
         return PruneReport(self.directory, dry_run, deleted, kept, damaged)
 
     def plot(self, metric: str = "val_loss", *, ax: Any = None, label: str | None = None) -> Any:

@@ -24,6 +24,7 @@ committed. Leftover temporaries are removed by the next writer.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -42,7 +43,11 @@ import tensorflow as tf
 from tfckpt import _fs
 from tfckpt.errors import CheckpointReadError, CheckpointWriteError, CommittedWithError
 
-FORMAT = "tfckpt/1"
+# tfckpt/2: data shards carry no CRC-32 of our own (TF's index holds a CRC32C
+# of every tensor, and the index is in the manifest with its CRC-32), so a
+# save reads nothing back. tfckpt/1 manifests (CRC-32 of every file) are read.
+FORMAT = "tfckpt/2"
+_FORMATS = ("tfckpt/1", FORMAT)
 MANIFEST = "manifest.json"
 PREFIX = "ckpt"
 STATE_FILE = "checkpoint"
@@ -158,6 +163,9 @@ class CheckpointStore:
         self._fsync_file = _fs.fsync_file if fsync else _no_op
         self._fsync_dir = _fs.fsync_dir if fsync else _no_op
         self._last_seq = 0  # the newest seq this store reserved: never reused
+        # Removes deleted checkpoints' files off the save's critical path.
+        self._reaper: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reaping: list[concurrent.futures.Future] = []
 
     # ---- reading -------------------------------------------------------
 
@@ -226,11 +234,18 @@ class CheckpointStore:
         cannot be renamed, a save or deletion that crashed before it had a
         manifest (`_publish` moves the manifest last, `delete` removes it
         first). Neither is damage, and readers ignore both."""
-        if _fs.is_local(self.directory):
-            # Commits and deletions rename the whole directory: a `ckpt-*`
-            # directory without its manifest was damaged after its commit.
-            return not tf.io.gfile.isdir(self._path(name))
-        return not tf.io.gfile.exists(self._path(name, MANIFEST))
+        # Commits and deletions rename the whole directory on local disks: a
+        # `ckpt-*` directory without its manifest was damaged after its commit.
+        # Not `isdir`/`exists`: they answer False on an I/O error too, and an
+        # I/O error is no deletion.
+        path = self._path(name) if _fs.is_local(self.directory) else self._path(name, MANIFEST)
+        try:
+            tf.io.gfile.stat(path)
+        except tf.errors.NotFoundError:
+            return True
+        except tf.errors.OpError:
+            return False  # cannot tell: not taken for a deletion
+        return False
 
     def _load(self, name: str, seq: int) -> CheckpointRecord:
         path = self._path(name, MANIFEST)
@@ -245,7 +260,7 @@ class CheckpointStore:
         try:
             if manifest.get("checksum") != _manifest_checksum(manifest):
                 raise _Corrupt("manifest.json does not match its checksum (corrupted)")
-            if manifest["format"] != FORMAT or manifest["seq"] != seq:
+            if manifest["format"] not in _FORMATS or manifest["seq"] != seq:
                 raise _Corrupt(f"manifest.json is not a {FORMAT} manifest for {name}")
             files = manifest["files"]
             return CheckpointRecord(
@@ -292,18 +307,22 @@ class CheckpointStore:
             pass  # a read-only directory: the checksum check catches it again
 
     def check(self, record: CheckpointRecord, *, data: bool = True) -> str | None:
-        """What is wrong with `record`'s files (sizes and CRC-32), or `None`.
+        """What is wrong with `record`'s files (sizes and checksums), or `None`.
 
-        `data=False` skips the CRC-32 of TF's data shards: restoring reads them
-        through TF, which checks every tensor against the CRC32C stored in the
-        index (a mismatch raises `DataLossError`), so reading them twice would
-        only double the cost.
+        Small files are checked against the CRC-32 in the manifest. TF's data
+        shards are checked by reading every tensor through TF, which compares
+        it with the CRC32C stored in the index. `data=False` skips the data
+        shards: restoring reads them through TF, which checks them then (a
+        mismatch raises `DataLossError`), so reading them twice would only
+        double the cost.
         """
         reason = self._check_sizes(record)
         if reason:
             return reason
+        tensors_to_check = False
         for fname, entry in record.manifest["files"].items():
-            if not data and ".data-" in fname:
+            if ".data-" in fname and (not data or "crc32" not in entry):
+                tensors_to_check = tensors_to_check or data
                 continue
             try:
                 crc = _fs.crc32(self._path(record.name, fname))
@@ -313,6 +332,22 @@ class CheckpointStore:
                 raise self.read_error(e) from e
             if crc != entry["crc32"]:
                 return f"{fname} does not match its checksum (corrupted)"
+        return self._check_tensors(record) if tensors_to_check else None
+
+    def _check_tensors(self, record: CheckpointRecord) -> str | None:
+        """Reads every tensor of `record` through TF (CRC32C per tensor)."""
+        try:
+            reader = tf.compat.v1.train.NewCheckpointReader(record.path)
+            for key in sorted(reader.get_variable_to_shape_map()):
+                reader.get_tensor(key)
+        except tf.errors.DataLossError as e:
+            return f"a data shard does not match its checksums (corrupted): {_os_error_text(e)}"
+        except (tf.errors.OpError, RuntimeError, ValueError) as e:
+            # (NotFound included: the sizes of every file were just checked.)
+            text = _os_error_text(e)
+            if "Checksum does not match" in text or "TensorBundle" in text:
+                return f"a data shard does not match its checksums (corrupted): {text}"
+            raise self.read_error(e, record.name) from e
         return None
 
     # ---- writing -------------------------------------------------------
@@ -455,13 +490,7 @@ class CheckpointStore:
             "format": FORMAT,
             "seq": seq,
             "prefix": PREFIX,
-            "files": {
-                f: {
-                    "size": _fs.size(_fs.join(tmp, f)),
-                    "crc32": _fs.crc32(_fs.join(tmp, f)),
-                }
-                for f in files
-            },
+            "files": {f: self._file_entry(_fs.join(tmp, f)) for f in files},
         }
         manifest["checksum"] = _manifest_checksum(manifest)
         with tf.io.gfile.GFile(_fs.join(tmp, MANIFEST), "wb") as f:
@@ -473,6 +502,12 @@ class CheckpointStore:
         self._publish(tmp, self._path(name), files)
         _commit_step("rename")
         return manifest
+
+    @staticmethod
+    def _file_entry(path: str) -> dict[str, int]:
+        if _SHARD.match(os.path.basename(path)):
+            return {"size": _fs.size(path)}  # TF's per-tensor CRC32C covers it
+        return {"size": _fs.size(path), "crc32": _fs.crc32(path)}
 
     @staticmethod
     def _publish(tmp: str, final: str, files: list[str]) -> None:
@@ -559,7 +594,25 @@ class CheckpointStore:
                 "it may be back (and is deleted again)."
             ) from e
         _commit_step("delete")
-        _remove_quietly(trash)
+        # No longer a checkpoint (the rename was the deletion): its files go
+        # in the background; the next save waits for them (`drain`).
+        if self._reaper is None:
+            self._reaper = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="tfckpt-reap"
+            )
+        self._reaping.append(self._reaper.submit(_remove_quietly, trash))
+
+    def drain(self) -> None:
+        """Waits until the files of deleted checkpoints are gone."""
+        reaping, self._reaping = self._reaping, []
+        concurrent.futures.wait(reaping)
+
+    def close(self) -> None:
+        """Drains, and stops the background remover."""
+        self.drain()
+        if self._reaper is not None:
+            self._reaper.shutdown(wait=True)
+            self._reaper = None
 
     def is_committed(self, record: CheckpointRecord) -> bool:
         """Whether `record` is still in place (has its manifest); `True` when

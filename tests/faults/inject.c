@@ -11,8 +11,12 @@
  *   fault_count(op)              calls of op since the last fault_watch
  *   fault_fired()                whether the armed fault happened
  *
- * ops: 0 open, 1 write, 2 fsync, 3 rename, 4 remove, 5 listdir, 6 stat,
- * 7 mkdir, 8 close. A failed call does nothing and returns the error, as the
+ * ops: 0 open (open, openat, fopen and their 64 forms), 1 write (write,
+ * pwrite, fwrite, fflush), 2 fsync (fsync, fdatasync), 3 rename (rename,
+ * renameat, renameat2), 4 remove (unlink, unlinkat, rmdir, remove), 5 listdir
+ * (opendir), 6 stat (stat, lstat, fstatat, statx, access and glibc's __xstat
+ * forms), 7 mkdir, 8 close (close, fclose), 9 read (read, pread). Not
+ * wrapped: mmap, fread, fstat, statfs, ftruncate, readdir. A failed call does nothing and returns the error, as the
  * kernel does for ENOSPC/EIO/EACCES before any byte moves.
  */
 #define _GNU_SOURCE
@@ -30,7 +34,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define NOPS 9
+#define NOPS 10
 #define MAXFD 65536
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -100,41 +104,41 @@ static int is_watched(int fd) { return fd >= 0 && fd < MAXFD && watched_fd[fd]; 
 int open(const char *path, int flags, ...) {
   REAL(open);
   mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) { va_list a; va_start(a, flags); mode = va_arg(a, int); va_end(a); }
+  if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) { va_list a; va_start(a, flags); mode = va_arg(a, int); va_end(a); }
   int w = under(path);
   if (w && hit(0)) return -1;
   int fd = real_open(path, flags, mode);
-  if (w) watch_fd(fd, 1);
+  watch_fd(fd, w);  /* also clears a number reused outside the watch */
   return fd;
 }
 int open64(const char *path, int flags, ...) {
   REAL(open64);
   mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) { va_list a; va_start(a, flags); mode = va_arg(a, int); va_end(a); }
+  if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) { va_list a; va_start(a, flags); mode = va_arg(a, int); va_end(a); }
   int w = under(path);
   if (w && hit(0)) return -1;
   int fd = real_open64(path, flags, mode);
-  if (w) watch_fd(fd, 1);
+  watch_fd(fd, w);  /* also clears a number reused outside the watch */
   return fd;
 }
 int openat(int dirfd, const char *path, int flags, ...) {
   REAL(openat);
   mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) { va_list a; va_start(a, flags); mode = va_arg(a, int); va_end(a); }
+  if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) { va_list a; va_start(a, flags); mode = va_arg(a, int); va_end(a); }
   int w = under(path);
   if (w && hit(0)) return -1;
   int fd = real_openat(dirfd, path, flags, mode);
-  if (w) watch_fd(fd, 1);
+  watch_fd(fd, w);  /* also clears a number reused outside the watch */
   return fd;
 }
 int openat64(int dirfd, const char *path, int flags, ...) {
   REAL(openat64);
   mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) { va_list a; va_start(a, flags); mode = va_arg(a, int); va_end(a); }
+  if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) { va_list a; va_start(a, flags); mode = va_arg(a, int); va_end(a); }
   int w = under(path);
   if (w && hit(0)) return -1;
   int fd = real_openat64(dirfd, path, flags, mode);
-  if (w) watch_fd(fd, 1);
+  watch_fd(fd, w);  /* also clears a number reused outside the watch */
   return fd;
 }
 FILE *fopen(const char *path, const char *mode) {
@@ -142,7 +146,7 @@ FILE *fopen(const char *path, const char *mode) {
   int w = under(path);
   if (w && hit(0)) return NULL;
   FILE *f = real_fopen(path, mode);
-  if (w && f) watch_fd(fileno(f), 1);
+  if (f) watch_fd(fileno(f), w);
   return f;
 }
 FILE *fopen64(const char *path, const char *mode) {
@@ -150,7 +154,7 @@ FILE *fopen64(const char *path, const char *mode) {
   int w = under(path);
   if (w && hit(0)) return NULL;
   FILE *f = real_fopen64(path, mode);
-  if (w && f) watch_fd(fileno(f), 1);
+  if (f) watch_fd(fileno(f), w);
   return f;
 }
 ssize_t write(int fd, const void *buf, size_t n) {
@@ -177,6 +181,26 @@ int fflush(FILE *f) {
   REAL(fflush);
   if (f && is_watched(fileno(f)) && hit(1)) return EOF;
   return real_fflush(f);
+}
+ssize_t read(int fd, void *buf, size_t n) {
+  REAL(read);
+  if (is_watched(fd) && hit(9)) return -1;
+  return real_read(fd, buf, n);
+}
+ssize_t pread(int fd, void *buf, size_t n, off_t off) {
+  REAL(pread);
+  if (is_watched(fd) && hit(9)) return -1;
+  return real_pread(fd, buf, n, off);
+}
+ssize_t pread64(int fd, void *buf, size_t n, off_t off) {
+  REAL(pread64);
+  if (is_watched(fd) && hit(9)) return -1;
+  return real_pread64(fd, buf, n, off);
+}
+int access(const char *p, int mode) {
+  REAL(access);
+  if (under(p) && hit(6)) return -1;
+  return real_access(p, mode);
 }
 int fsync(int fd) {
   REAL(fsync);

@@ -25,6 +25,7 @@ state of the save that was killed, for the restart to check.
 import argparse
 import ctypes
 import errno
+import faulthandler
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ import numpy as np  # noqa: E402
 
 import tfckpt  # noqa: E402
 
-OPS = ["open", "write", "fsync", "rename", "remove", "listdir", "stat", "mkdir", "close"]
+OPS = ["open", "write", "fsync", "rename", "remove", "listdir", "stat", "mkdir", "close", "read"]
 # The errnos each call can really return (a stat never says the disk is full).
 REAL_ERRNOS = {
     "open": ("ENOSPC", "EIO", "EACCES"),
@@ -50,6 +51,7 @@ REAL_ERRNOS = {
     "stat": ("EIO", "EACCES"),
     "mkdir": ("ENOSPC", "EIO", "EACCES"),
     "close": ("ENOSPC", "EIO"),
+    "read": ("EIO",),
 }
 
 p = argparse.ArgumentParser()
@@ -58,9 +60,11 @@ p.add_argument("--scenario", default="save")
 p.add_argument("--errnos", default="rotate")
 p.add_argument("--every", type=int, default=1)
 p.add_argument("--at", default=None)
+p.add_argument("--start", type=int, default=0, help="skip the first N injections")
 p.add_argument("--async", dest="async_save", action="store_true")
 args = p.parse_args()
 
+faulthandler.enable()  # a crash inside TensorFlow shows where it was
 lib = ctypes.CDLL(None)
 if not hasattr(lib, "fault_arm"):
     raise SystemExit("faults.py needs LD_PRELOAD=inject.so")
@@ -120,6 +124,7 @@ def state_of(record):
 
 
 saved_digest = {}  # checkpoint name -> digest of the state it was saved from
+restored = {}  # the restore scenario's last restored checkpoint
 
 
 def committed():
@@ -130,13 +135,12 @@ def save_once(m):
     train()
     d = digest(model)
     try:
-        record = m.save(epoch=int(model.optimizer.iterations)) or m.wait()
+        record = m.save(epoch=int(model.optimizer.iterations))
+        record = m.wait() or record  # and the deleted checkpoints' files are gone
     except tfckpt.CommittedWithError as e:
-        record = e.record
+        saved_digest[e.record.name] = d  # committed all the same
         raise
-    finally:
-        if "record" in locals():
-            saved_digest[record.name] = d
+    saved_digest[record.name] = d
     return record
 
 
@@ -160,9 +164,17 @@ def checks(before, error):
     for name, verdict in tfckpt.verify(run_dir):
         if verdict is not None:
             problems.append(f"verify: {name}: {verdict}")
-    newest_before = max(before) if before else None
-    if newest_before and newest_before not in after:
-        problems.append(f"lost {newest_before}")
+    new = set(after) - set(before)
+    lost = sorted(set(before) - set(after))
+    # Only retention, after a new commit, deletes; and never the newest one.
+    allowed = sorted(before)[:-1] if new and args.scenario in ("save", "async") else []
+    if args.scenario == "prune":
+        allowed = sorted(before)[:-2]  # prune(keep_last=2), complete or not
+    for name in lost:
+        if name not in allowed:
+            problems.append(f"lost {name}")
+    if args.scenario == "restore" and error is None and restored.get("name") != max(after):
+        problems.append(f"restored {restored.get('name')}, not the newest {max(after)}")
     for name in after:
         if name in saved_digest and state_of(after[name]) != saved_digest[name]:
             problems.append(f"{name} does not hold the state it was saved from")
@@ -183,12 +195,16 @@ def sweep(operation, prepare):
     total = counts()
     disarm()
     report(kind="counts", scenario=args.scenario, counts=total)
+    index = 0
     for op in OPS:
         for nth in range(1, total[op] + 1, args.every):
             for ename, err in ERRNOS.items():
                 if ename not in REAL_ERRNOS[op]:
                     continue
                 if ROTATE and ename != REAL_ERRNOS[op][nth % len(REAL_ERRNOS[op])]:
+                    continue
+                index += 1
+                if index <= args.start:
                     continue
                 prepare()
                 before = committed()
@@ -205,7 +221,8 @@ def sweep(operation, prepare):
                 message = f"{type(error).__name__}: {error}" if error else None
                 said = [message or "", *warned]
                 named = any(os.strerror(err) in text for text in said)
-                report(kind="injection", scenario=args.scenario, op=op, nth=nth, errno=ename,
+                report(kind="injection", index=index, scenario=args.scenario, op=op, nth=nth,
+                       errno=ename,
                        fired=fired, error=message, warnings=warned, named=named,
                        committed=sorted(set(after) - set(before)), problems=problems)
 
@@ -248,7 +265,8 @@ elif args.scenario == "kill":
     persist(pending=digest(model))
     watch()
     lib.fault_arm(OPS.index(op), nth, 0, 1)
-    record = m.save(epoch=int(model.optimizer.iterations)) or m.wait()
+    record = m.save(epoch=int(model.optimizer.iterations))
+    record = m.wait() or record
     report(kind="survived", committed=record.name)  # the call never came
     m.close()
 elif args.scenario == "restore":
@@ -258,8 +276,10 @@ elif args.scenario == "restore":
             save_once(m)
 
     def operation():
+        restored.clear()
         with manager() as m:
             record = m.restore()
+        restored["name"] = record.name
         if digest(model) != saved_digest[record.name]:
             raise AssertionError(f"restored state is not {record.name}'s")
 
