@@ -62,6 +62,9 @@ def fsync_tree(path: str) -> None:
 def median(fn, repeats: int) -> float:
     times = []
     for i in range(repeats):
+        # Dirty pages of the previous measurement (a save without fsync) would
+        # otherwise be written back during this one.
+        os.sync()
         t0 = time.perf_counter()
         fn(i)
         times.append(time.perf_counter() - t0)
@@ -175,6 +178,7 @@ def main() -> None:
     blocked, committed = [], []
     for i in range(r):
         manager.wait()
+        os.sync()
         t0 = time.perf_counter()
         manager.save(i + 1, epoch=i + 1)
         t1 = time.perf_counter()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -212,3 +213,23 @@ def test_not_enough_free_space_fails_before_writing(tmp_path):
     with pytest.raises(tfckpt.CheckpointWriteError, match="Not enough space.*Nothing was written"):
         CheckpointStore(str(tmp_path)).commit(lambda prefix: None, {}, expected_size=free + 2**30)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_manifest_naming_files_outside_its_checkpoint_is_not_followed(tmp_path, data):
+    # A run directory from someone else is untrusted: a manifest whose file
+    # names lead elsewhere is not a checkpoint, and nothing outside is read.
+    d = tmp_path / "run"
+    model = make_model()
+    model.fit(*data, epochs=2, verbose=0,
+              callbacks=[tfckpt.CheckpointCallback(str(d), monitor=None, verbose=0)])
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"x" * 10)
+    path = d / "ckpt-000002" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"]["../../secret.bin"] = {"size": 10, "crc32": zlib.crc32(b"x" * 10)}
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    manifest["checksum"] = zlib.crc32(json.dumps(body, sort_keys=True).encode())
+    path.write_text(json.dumps(manifest))
+    run = tfckpt.open(str(d))
+    assert [r.name for r in run.checkpoints] == ["ckpt-000001"]
+    assert "outside the checkpoint" in dict((p.name, p.reason) for p in run.problems)["ckpt-000002"]

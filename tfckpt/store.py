@@ -262,19 +262,12 @@ class CheckpointStore:
                 raise _Corrupt("manifest.json does not match its checksum (corrupted)")
             if manifest["format"] not in _FORMATS or manifest["seq"] != seq:
                 raise _Corrupt(f"manifest.json is not a {FORMAT} manifest for {name}")
-            files = manifest["files"]
-            return CheckpointRecord(
-                name=name,
-                seq=seq,
-                step=int(manifest["step"]),
-                epoch=int(manifest["epoch"]),
-                batch=int(manifest["batch"]),
-                metrics=dict(manifest["metrics"]),
-                time=float(manifest["time"]),
-                path=self._path(name, manifest["prefix"]),
-                size=sum(int(f["size"]) for f in files.values()),
-                manifest=manifest,
-            )
+            # A run directory may come from someone else: no name in it may
+            # lead outside the checkpoint's own directory.
+            unsafe = [f for f in [manifest["prefix"], *manifest["files"]] if not _plain_name(f)]
+            if unsafe or manifest["prefix"] != PREFIX:
+                raise _Corrupt(f"manifest.json names files outside the checkpoint: {unsafe}")
+            return _record(name, seq, self._path(name, PREFIX), manifest)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise _Corrupt(f"malformed manifest.json ({e!r})") from None
 
@@ -635,6 +628,14 @@ class CheckpointStore:
 
 class _Corrupt(Exception):
     pass
+
+
+_PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def _plain_name(name: object) -> bool:
+    """A file name in the checkpoint's directory itself: no path, no `..`."""
+    return isinstance(name, str) and bool(_PLAIN.match(name)) and ".." not in name
 
 
 def _record(name: str, seq: int, path: str, manifest: Mapping[str, Any]) -> CheckpointRecord:
