@@ -10,6 +10,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import tfckpt  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
@@ -75,3 +77,16 @@ def assert_same_variables(a, b):
 @pytest.fixture
 def data():
     return make_data()
+
+
+class Recorder(tfckpt.CheckpointObserver):
+    """An observer that records the commits and deletions it is told of."""
+
+    def __init__(self):
+        self.events = []
+
+    def on_commit(self, record):
+        self.events.append(("commit", record.name))
+
+    def on_delete(self, record):
+        self.events.append(("delete", record.name))

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_model, run_script, script_env
+from conftest import Recorder, make_model, run_script, script_env
 
 import tfckpt
 from tfckpt.store import CheckpointStore
@@ -23,17 +23,6 @@ def small_model():
     model.compile(keras.optimizers.Adam(), "mse")
     model.optimizer.build(model.trainable_variables)
     return model
-
-
-class Recorder(tfckpt.CheckpointObserver):
-    def __init__(self):
-        self.events = []
-
-    def on_commit(self, record):
-        self.events.append(("commit", record.name))
-
-    def on_delete(self, record):
-        self.events.append(("delete", record.name))
 
 
 METADATA = {"step": 1, "epoch": 1, "batch": 0, "metrics": {}, "time": 0.0}

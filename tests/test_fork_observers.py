@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import all_variables, assert_same_variables, make_data, make_model
+from conftest import Recorder, all_variables, assert_same_variables, make_data, make_model
 
 import tfckpt
 
@@ -73,17 +73,6 @@ def test_bad_init_from_is_rejected_with_the_allowed_forms(tmp_path):
     with pytest.raises(tfckpt.CheckpointNotFoundError, match="step 999|999"):
         fit(make_model(), tmp_path / "b", 2, init_from=f"{tmp_path / 'a'}@999")
     assert tfckpt.open(str(tmp_path / "a")).checkpoints  # nothing lost
-
-
-class Recorder(tfckpt.CheckpointObserver):
-    def __init__(self):
-        self.events = []
-
-    def on_commit(self, record):
-        self.events.append(("commit", record.name))
-
-    def on_delete(self, record):
-        self.events.append(("delete", record.name))
 
 
 class Broken(tfckpt.CheckpointObserver):
