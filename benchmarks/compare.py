@@ -1,11 +1,14 @@
 """Side-by-side checkpointing benchmark: tfckpt against the Keras/TF options.
 
-    python benchmarks/compare.py                 # ~600 MB of weights + Adam state
+    python benchmarks/compare.py --size-mb 227 --scale   # what README reports
     python benchmarks/compare.py --size-mb 8 --repeats 2 --fit-steps 4   # smoke size
 
 Everything runs in one process, on the same model and the same disk, each
-measurement repeated and its median reported. Prints a Markdown table and
-writes the figures to JSON (`--json`, default benchmarks/results.json).
+measurement repeated and its median reported. Prints Markdown tables, writes
+the figures to JSON (`--json`, default benchmarks/results.json), and with
+`--scale` the scale curve (8 MB to 2 GB, and 2,000 small variables) with its
+plot (benchmarks/scale.png). `python benchmarks/report.py` turns results.json
+into README's tables.
 
 Each checkpointer writes in its own directory and keeps the last 2 checkpoints,
 and so does the raw reference, because this disk is much faster at rewriting
@@ -15,6 +18,7 @@ just-freed blocks than at fresh ones: only the same pattern compares fairly.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -48,6 +52,231 @@ def build_model(size_mb: float) -> keras.Model:
     return model
 
 
+class ManyWeights(keras.layers.Layer):
+    """`count` small weights: the per-variable overhead case of the scale curve."""
+
+    def __init__(self, count: int, shape: tuple[int, ...], **kwargs):
+        super().__init__(**kwargs)
+        self.count, self.weight_shape = count, shape
+
+    def build(self, input_shape):
+        self.ws = [
+            self.add_weight(shape=self.weight_shape, initializer="random_normal", name=f"w{i}")
+            for i in range(self.count)
+        ]
+
+    def call(self, x):
+        return x + keras.ops.sum(keras.ops.stack([keras.ops.sum(w) for w in self.ws]))
+
+
+def many_variables_model(count: int = 2000) -> keras.Model:
+    model = keras.Sequential([keras.Input((1,)), ManyWeights(count, (64, 64))])
+    model.compile(keras.optimizers.Adam(1e-5), "mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def io_counters() -> dict[str, int]:
+    """This process's I/O accounting (Linux, all threads): `wchar` counts bytes
+    passed to write(), `write_bytes - cancelled_write_bytes` bytes that reach
+    the disk (pages dirtied and not discarded before writeback)."""
+    try:
+        with open("/proc/self/io") as f:
+            return {k: int(v) for k, v in (line.split(": ") for line in f.read().splitlines())}
+    except OSError:
+        return {}
+
+
+def disk_used(path: str) -> int:
+    """Blocks allocated under `path`, each hard-linked file counted once."""
+    seen, total = set(), 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            st = os.stat(os.path.join(root, f))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def raw_writer(arrays: list[np.ndarray], directory: str):
+    """Writes the bytes of `arrays` to a new file + fsync, keeping the last 2."""
+
+    def write(i):
+        path = os.path.join(directory, f"state-{i}.bin")
+        with open(path, "wb") as f:
+            for a in arrays:
+                f.write(memoryview(np.ascontiguousarray(a)).cast("B"))
+            f.flush()
+            os.fsync(f.fileno())
+        _fs.fsync_dir(directory)
+        old = os.path.join(directory, f"state-{i - 2}.bin")
+        if os.path.exists(old):
+            os.remove(old)
+
+    return write
+
+
+def async_times(manager, repeats: int, before=None) -> tuple[float, float]:
+    """Median seconds an async save blocks, and until it is committed."""
+    blocked, committed = [], []
+    for i in range(repeats + WARMUP):
+        manager.wait()
+        if before is not None:
+            before()
+        os.sync()
+        t0 = time.perf_counter()
+        manager.save(i + 1, epoch=i + 1)
+        t1 = time.perf_counter()
+        manager.wait()
+        if i >= WARMUP:
+            blocked.append(t1 - t0)
+            committed.append(time.perf_counter() - t0)
+    return statistics.median(blocked), statistics.median(committed)
+
+
+def bench_incremental(size_mb: float, saves: int, fresh) -> dict:
+    """Fine-tuning with a frozen backbone: every Dense layer but the last two
+    frozen, one train step between saves, full against incremental saves."""
+    model = build_model(size_mb)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    for layer in dense[:-2]:
+        layer.trainable = False
+    model.compile(keras.optimizers.Adam(1e-5), "mse")
+    model.optimizer.build(model.trainable_variables)
+    x = np.random.rand(32, model.input_shape[-1]).astype("float32")
+    y = np.random.rand(32, 1).astype("float32")
+    variables = model.weights + model.optimizer.variables
+    out: dict = {"state bytes": sum(v.numpy().nbytes for v in variables), "saves": saves}
+    for incremental in (False, True):
+        d = fresh(f"incremental_{incremental}")
+        manager = tfckpt.CheckpointManager(d, model, keep_last=None, incremental=incremental)
+        seconds, passed, to_disk, changed = [], [], [], []
+        for i in range(saves):
+            before = [v.numpy() for v in variables]
+            model.train_on_batch(x, y)
+            after = [v.numpy() for v in variables]
+            changed.append(sum(b.nbytes for b, a in zip(before, after) if not np.array_equal(a, b)))
+            os.sync()
+            c0, t0 = io_counters(), time.perf_counter()
+            manager.save(i + 1, epoch=i + 1)
+            seconds.append(time.perf_counter() - t0)
+            c1 = io_counters()
+            passed.append(c1.get("wchar", 0) - c0.get("wchar", 0))
+            to_disk.append(
+                (c1.get("write_bytes", 0) - c1.get("cancelled_write_bytes", 0))
+                - (c0.get("write_bytes", 0) - c0.get("cancelled_write_bytes", 0))
+            )
+        manager.close()
+        # The first save writes everything: the figures are of the saves after it.
+        out["incremental" if incremental else "full"] = {
+            "seconds per save": statistics.median(seconds[1:]),
+            "bytes passed to write() per save": statistics.median(passed[1:]),
+            "bytes to disk per save": statistics.median(to_disk[1:]),
+            "changed bytes per save": statistics.median(changed[1:]),
+            "disk used": disk_used(d),
+        }
+    return out
+
+
+def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
+    """One point of the scale curve: save, async-blocked and restore times
+    against raw write+fsync and raw read of the same bytes."""
+    arrays = state_arrays(model)
+    nbytes = sum(a.nbytes for a in arrays)
+    raw = fresh("scale_raw")
+    seconds = {"raw write+fsync": median(raw_writer(arrays, raw), repeats)}
+    last = os.path.join(raw, f"state-{repeats + WARMUP - 1}.bin")
+    seconds["raw read"] = median(lambda i: open(last, "rb").read(), repeats)
+    del arrays
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    d = fresh("scale_tf")
+    tf_manager = tf.train.CheckpointManager(ckpt, d, max_to_keep=2)
+    seconds["tf save + fsync"] = median(lambda i: (tf_manager.save(), fsync_tree(d)), repeats)
+    seconds["tf restore"] = median(lambda i: ckpt.read(tf_manager.latest_checkpoint), repeats)
+    manager = tfckpt.CheckpointManager(fresh("scale_sync"), model, keep_last=2)
+    step = [0]
+
+    def save(i):
+        step[0] += 1
+        manager.save(step[0], epoch=step[0])
+
+    seconds["tfckpt sync save"] = median(save, repeats, lambda: perturb(model))
+    seconds["tfckpt restore"] = median(lambda i: manager.restore(), repeats)
+    manager.close()
+    manager = tfckpt.CheckpointManager(fresh("scale_async"), model, keep_last=2, async_save=True)
+    seconds["tfckpt async blocked"], _ = async_times(manager, repeats, lambda: perturb(model))
+    manager.close()
+    return {
+        "label": label,
+        "bytes": nbytes,
+        "variables": len(model.weights + model.optimizer.variables),
+        "seconds": seconds,
+        "ratios": {
+            "save / raw write+fsync": seconds["tfckpt sync save"] / seconds["raw write+fsync"],
+            "save / tf save+fsync": seconds["tfckpt sync save"] / seconds["tf save + fsync"],
+            "restore / raw read": seconds["tfckpt restore"] / seconds["raw read"],
+            "restore / tf restore": seconds["tfckpt restore"] / seconds["tf restore"],
+        },
+    }
+
+
+def bench_scale(sizes: list[float], repeats: int, fresh, many: int = 2000) -> list[dict]:
+    points = []
+    for size in sizes:
+        model = build_model(size)
+        points.append(measure_point(f"{size:g} MB", model, repeats, fresh))
+        del model
+        keras.backend.clear_session()
+        gc.collect()
+    model = many_variables_model(many)
+    points.append(measure_point(f"{many:,} small variables", model, repeats, fresh))
+    return points
+
+
+def plot_scale(points: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sized = [p for p in points if p["label"].endswith("MB")]
+    many = [p for p in points if not p["label"].endswith("MB")]
+    mib = [p["bytes"] / 2**20 for p in sized]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, style in [
+        ("raw write+fsync", "k--"),
+        ("tfckpt sync save", "C0-o"),
+        ("tf save + fsync", "C3-o"),
+        ("raw read", "k:"),
+        ("tfckpt restore", "C1-o"),
+        ("tfckpt async blocked", "C2-o"),
+    ]:
+        left.loglog(mib, [p["seconds"][key] for p in sized], style, label=key)
+        for p in many:
+            left.loglog([p["bytes"] / 2**20], [p["seconds"][key]], style[:2] + "*", ms=11)
+    left.set_xlabel("state (MiB of weights + Adam slots)")
+    left.set_ylabel("seconds")
+    left.set_title("time per operation (stars: 2,000 small variables)")
+    left.legend(fontsize=8)
+    for key, style in [
+        ("save / raw write+fsync", "C0-o"),
+        ("save / tf save+fsync", "C3-o"),
+        ("restore / raw read", "C1-o"),
+    ]:
+        right.semilogx(mib, [p["ratios"][key] for p in sized], style, label=key)
+        for p in many:
+            right.semilogx([p["bytes"] / 2**20], [p["ratios"][key]], style[:2] + "*", ms=11)
+    right.set_yscale("log")
+    right.axhline(1.0, color="k", lw=0.5)
+    right.set_xlabel("state (MiB)")
+    right.set_ylabel("ratio to the raw operation")
+    right.set_title("tfckpt / raw and / TensorFlow, same bytes, same disk")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def state_arrays(model) -> list[np.ndarray]:
     return [v.numpy() for v in model.weights + model.optimizer.variables]
 
@@ -59,27 +288,57 @@ def fsync_tree(path: str) -> None:
         _fs.fsync_dir(root)
 
 
-def median(fn, repeats: int) -> float:
+def perturb(model) -> None:
+    """Changes every float variable a little, as a train step would: a save of
+    an unchanged state would share every file with the previous one."""
+    for v in model.weights + model.optimizer.variables:
+        if "float" in str(v.dtype):
+            v.assign(v * 0.999 + 1e-6)
+
+
+# Saves not timed first: a directory reaches its steady state (the last 2
+# kept, the oldest deleted at each save) at the third save.
+WARMUP = 2
+
+
+def median(fn, repeats: int, before=None) -> float:
     times = []
-    for i in range(repeats):
+    for i in range(repeats + WARMUP):
+        if before is not None:
+            before()  # not timed
         # Dirty pages of the previous measurement (a save without fsync) would
         # otherwise be written back during this one.
         os.sync()
         t0 = time.perf_counter()
         fn(i)
-        times.append(time.perf_counter() - t0)
+        if i >= WARMUP:
+            times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size-mb", type=float, default=600)
+    p.add_argument("--size-mb", type=float, default=227)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--fit-steps", type=int, default=20, help="steps per epoch in the fit runs")
+    p.add_argument(
+        "--fit-steps", type=int, default=None,
+        help="steps per epoch in the fit runs (default: an epoch ~10x an async save's "
+        "background time, as the goal is stated)",
+    )
     p.add_argument("--fit-epochs", type=int, default=3)
+    p.add_argument("--incremental-saves", type=int, default=5)
+    p.add_argument("--scale", action="store_true", help="also measure the scale curve")
+    p.add_argument("--scale-sizes", default="8,64,512,2048", help="MB, comma-separated")
+    p.add_argument("--many-variables", type=int, default=2000, help="the scale curve's count")
     p.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     p.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results.json"))
+    p.add_argument("--plot", default=os.path.join(os.path.dirname(__file__), "scale.png"))
+    p.add_argument("--replot", action="store_true", help="only redraw the plot from --json")
     args = p.parse_args()
+    if args.replot:
+        with open(args.json) as f:
+            plot_scale(json.load(f)["scale"], args.plot)
+        return
 
     root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)
     model = build_model(args.size_mb)
@@ -95,113 +354,136 @@ def main() -> None:
         os.makedirs(d)
         return d
 
-    # -- the physical reference: the same bytes, same keep-last-2 pattern --
+    # Saves of every option, interleaved round by round (this VM's disk
+    # drifts between fast and slow phases; one option after another would
+    # compare phases, not options). The state changes before each round, as
+    # in training, so incremental saves share nothing here (they are
+    # measured on their own below). Each option keeps its last 2.
     raw = fresh("raw")
-
-    def raw_write(i):
-        path = os.path.join(raw, f"state-{i}.bin")
-        with open(path, "wb") as f:
-            for a in arrays:
-                f.write(memoryview(a).cast("B"))
-            f.flush()
-            os.fsync(f.fileno())
-        _fs.fsync_dir(raw)
-        old = os.path.join(raw, f"state-{i - 2}.bin")
-        if os.path.exists(old):
-            os.remove(old)
-
-    results["raw write+fsync"] = median(raw_write, r)
-    last_raw = os.path.join(raw, f"state-{r - 1}.bin")
-    results["raw read"] = median(lambda i: open(last_raw, "rb").read(), r)
-    results["host memcpy (np.copy)"] = median(lambda i: [a.copy() for a in arrays], r)
-
-    # -- TF's CheckpointManager --
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    d = fresh("tf")
-    tf_manager = tf.train.CheckpointManager(ckpt, d, max_to_keep=2)
-    results["tf CheckpointManager.save"] = median(lambda i: tf_manager.save(), r)
-    d = fresh("tf_fsync")
-    tf_manager_fsync = tf.train.CheckpointManager(ckpt, d, max_to_keep=2)
-    results["tf CheckpointManager.save + fsync"] = median(
-        lambda i: (tf_manager_fsync.save(), fsync_tree(d)), r
-    )
-    results["tf restore"] = median(lambda i: ckpt.read(tf_manager.latest_checkpoint), r)
+    tf_manager = tf.train.CheckpointManager(ckpt, fresh("tf"), max_to_keep=2)
+    tf_fsync_dir = fresh("tf_fsync")
+    tf_manager_fsync = tf.train.CheckpointManager(ckpt, tf_fsync_dir, max_to_keep=2)
 
-    # -- Keras callbacks, driven as fit drives them at an epoch end --
-    d = fresh("keras_mc")
-    mc = keras.callbacks.ModelCheckpoint(
-        os.path.join(d, "e{epoch}.weights.h5"), save_weights_only=True
-    )
-    mc.set_model(model)
-
-    def keras_mc(i):
-        mc.on_epoch_end(i, {"loss": 1.0})
-        old = os.path.join(d, f"e{i - 1}.weights.h5")  # keep the last 2, like the others
-        if os.path.exists(old):
-            os.remove(old)
-
-    results["keras ModelCheckpoint (.weights.h5)"] = median(keras_mc, r)
-    last_h5 = os.path.join(d, f"e{r}.weights.h5")
-    results["keras load_weights"] = median(lambda i: model.load_weights(last_h5), r)
-    d = fresh("keras_bar")
-    bar = keras.callbacks.BackupAndRestore(d)
-    bar.set_model(model)
-    results["keras BackupAndRestore"] = median(lambda i: bar.on_epoch_end(i, {}), r)
-    try:
-        import orbax.checkpoint  # noqa: F401
-
-        notes.append("orbax-checkpoint is installed but not benchmarked here yet")
-    except ImportError:
-        notes.append("Keras OrbaxCheckpoint skipped: orbax-checkpoint is not installed")
-
-    # -- tfckpt --
-    def tfckpt_saves(name, **kwargs):
-        manager = tfckpt.CheckpointManager(fresh(name), model, keep_last=2, **kwargs)
-        step = [0]
+    def keras_callback(name, pattern, **kwargs):
+        d = fresh(name)
+        callback = keras.callbacks.ModelCheckpoint(os.path.join(d, pattern), **kwargs)
+        callback.set_model(model)
 
         def save(i):
-            step[0] += 1
-            manager.save(step[0], epoch=step[0])
-            if manager.async_save:
-                manager.wait()
+            callback.on_epoch_end(i, {"loss": 1.0})
+            old = os.path.join(d, pattern.format(epoch=i - 1))  # keep the last 2
+            if os.path.exists(old):
+                os.remove(old)
 
-        return manager, save
+        return save, os.path.join(d, pattern)
 
-    manager, save = tfckpt_saves("tfckpt_sync")
-    results["tfckpt sync save (fsync, checksums, commit)"] = median(save, r)
-    results["tfckpt restore (checksums verified)"] = median(lambda i: manager.restore(), r)
+    mc, h5_pattern = keras_callback("keras_mc", "e{epoch}.weights.h5", save_weights_only=True)
+    mck, _ = keras_callback("keras_mc_keras", "e{epoch}.keras")
+    bar = keras.callbacks.BackupAndRestore(fresh("keras_bar"))
+    bar.set_model(model)
+    managers = {
+        "tfckpt sync save (fsync, checksums, commit)": {},
+        "tfckpt sync save, incremental=False": {"incremental": False},
+        "tfckpt sync save, fsync=False": {"fsync": False},
+    }
+    managers = {
+        name: tfckpt.CheckpointManager(fresh(f"tfckpt{i}"), model, keep_last=2, **kwargs)
+        for i, (name, kwargs) in enumerate(managers.items())
+    }
+    options = {
+        "raw write+fsync": raw_writer(arrays, raw),
+        "tf CheckpointManager.save": lambda i: tf_manager.save(),
+        "tf CheckpointManager.save + fsync": lambda i: (
+            tf_manager_fsync.save(), fsync_tree(tf_fsync_dir)
+        ),
+        "keras ModelCheckpoint (.weights.h5)": mc,
+        "keras ModelCheckpoint (.keras)": mck,
+        "keras BackupAndRestore": lambda i: bar.on_epoch_end(i, {}),
+        **{name: (lambda i, m=m: m.save(i + 1, epoch=i + 1)) for name, m in managers.items()},
+    }
+    times: dict[str, list[float]] = {name: [] for name in options}
+    for i in range(r + WARMUP):
+        perturb(model)
+        for name, save in options.items():
+            os.sync()
+            t0 = time.perf_counter()
+            save(i)
+            if i >= WARMUP:
+                times[name].append(time.perf_counter() - t0)
+    results.update({name: statistics.median(t) for name, t in times.items()})
+
+    last_raw = os.path.join(raw, f"state-{r + WARMUP - 1}.bin")
+    tfckpt_manager = managers["tfckpt sync save (fsync, checksums, commit)"]
+    reads = {
+        "raw read": lambda: open(last_raw, "rb").read(),
+        "host memcpy (np.copy)": lambda: [a.copy() for a in arrays],
+        "tf restore": lambda: ckpt.read(tf_manager.latest_checkpoint),
+        "keras load_weights": lambda: model.load_weights(h5_pattern.format(epoch=r + WARMUP)),
+        "tfckpt restore (checksums verified)": lambda: tfckpt_manager.restore(),
+    }
+    times = {name: [] for name in reads}
+    for _ in range(r):
+        for name, read in reads.items():
+            t0 = time.perf_counter()
+            read()
+            times[name].append(time.perf_counter() - t0)
+    results.update({name: statistics.median(t) for name, t in times.items()})
+    for manager in managers.values():
+        manager.close()
+
+    try:
+        for background in (False, True):
+            orbax = keras.callbacks.OrbaxCheckpoint(
+                fresh(f"orbax_{background}"), save_freq="epoch", max_to_keep=2,
+                save_on_background=background,
+            )
+            orbax.set_model(model)
+            blocked, done = [], []
+            for i in range(r + WARMUP):
+                os.sync()
+                t0 = time.perf_counter()
+                orbax.on_epoch_end(i, {"loss": 1.0})
+                t1 = time.perf_counter()
+                orbax.wait_until_finished()
+                if i >= WARMUP:
+                    blocked.append(t1 - t0)
+                    done.append(time.perf_counter() - t0)
+            orbax.on_train_end()
+            kind = "async" if background else "sync"
+            results[f"keras OrbaxCheckpoint {kind}: blocked"] = statistics.median(blocked)
+            results[f"keras OrbaxCheckpoint {kind}: until written"] = statistics.median(done)
+        notes.append(
+            "Keras OrbaxCheckpoint runs on the TensorFlow backend by converting the state "
+            "to NumPy arrays first; it writes without fsync of its own."
+        )
+    except ImportError as e:
+        notes.append(f"Keras OrbaxCheckpoint skipped: {e} (pip install -e '.[bench]')")
+
+    manager = tfckpt.CheckpointManager(fresh("tfckpt_async"), model, keep_last=2, async_save=True)
+    blocked, committed = async_times(manager, r, lambda: perturb(model))
     manager.close()
-    manager, save = tfckpt_saves("tfckpt_nofsync", fsync=False)
-    results["tfckpt sync save, fsync=False"] = median(save, r)
-    manager.close()
-    manager, _ = tfckpt_saves("tfckpt_async", async_save=True)
-    blocked, committed = [], []
-    for i in range(r):
-        manager.wait()
-        os.sync()
-        t0 = time.perf_counter()
-        manager.save(i + 1, epoch=i + 1)
-        t1 = time.perf_counter()
-        manager.wait()
-        t2 = time.perf_counter()
-        blocked.append(t1 - t0)
-        committed.append(t2 - t0)
-    manager.close()
-    results["tfckpt async: fit blocked per save"] = statistics.median(blocked)
-    results["tfckpt async: until committed"] = statistics.median(committed)
+    results["tfckpt async: fit blocked per save"] = blocked
+    results["tfckpt async: until committed"] = committed
 
     # -- throughput of a short fit, saving every epoch --
     batch = 32
-    x = np.random.rand(batch * args.fit_steps, model.input_shape[-1]).astype("float32")
-    y = np.random.rand(batch * args.fit_steps, 1).astype("float32")
+    x = np.random.rand(batch * 8, model.input_shape[-1]).astype("float32")
+    y = np.random.rand(batch * 8, 1).astype("float32")
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # trace once
+    t0 = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+    step_time = (time.perf_counter() - t0) / 8
+    fit_steps = args.fit_steps or max(4, round(10 * committed / step_time))
+    x = np.random.rand(batch * fit_steps, model.input_shape[-1]).astype("float32")
+    y = np.random.rand(batch * fit_steps, 1).astype("float32")
 
     def fit_time(callbacks) -> float:
         t0 = time.perf_counter()
         model.fit(x, y, batch_size=batch, epochs=args.fit_epochs, verbose=0, callbacks=callbacks)
         return time.perf_counter() - t0
 
-    steps = args.fit_steps * args.fit_epochs
+    steps = fit_steps * args.fit_epochs
     fits = {
         "no checkpointing": lambda: [],
         "keras ModelCheckpoint": lambda: [
@@ -225,15 +507,26 @@ def main() -> None:
         for name in order:
             times[name].append(fit_time(fits[name]()))
     throughput = {name: steps / min(t) for name, t in times.items()}
+    arrays = model = ckpt = tf_manager = tf_manager_fsync = bar = tfckpt_manager = None
+    keras.backend.clear_session()
+    gc.collect()
+
+    incremental = bench_incremental(args.size_mb, args.incremental_saves, fresh)
+    scale = None
+    if args.scale:
+        sizes = [float(v) for v in args.scale_sizes.split(",")]
+        scale = bench_scale(sizes, max(2, min(r, 3)), fresh, args.many_variables)
+        plot_scale(scale, args.plot)
     shutil.rmtree(root, ignore_errors=True)
 
     ref = results["raw write+fsync"]
     memcpy = results["host memcpy (np.copy)"]
     mc_save = results["keras ModelCheckpoint (.weights.h5)"]
     sync = results["tfckpt sync save (fsync, checksums, commit)"]
-    blocked = results["tfckpt async: fit blocked per save"]
+    inc, full = incremental["incremental"], incremental["full"]
     ratios = {
         "tfckpt sync / raw write+fsync": sync / ref,
+        "tf save + fsync / raw write+fsync": results["tf CheckpointManager.save + fsync"] / ref,
         "tfckpt async blocked / memcpy": blocked / memcpy,
         "tfckpt async blocked / keras ModelCheckpoint": blocked / mc_save,
         "tfckpt sync / keras ModelCheckpoint": sync / mc_save,
@@ -243,37 +536,34 @@ def main() -> None:
         / results["raw read"],
         "fit throughput async / none": throughput["tfckpt async"] / throughput["no checkpointing"],
         "fit throughput sync / none": throughput["tfckpt sync"] / throughput["no checkpointing"],
+        "incremental: bytes to disk / changed bytes": inc["bytes to disk per save"]
+        / inc["changed bytes per save"],
+        "incremental: disk used / (full state + N x changed)": inc["disk used"]
+        / (incremental["state bytes"] + (incremental["saves"] - 1) * inc["changed bytes per save"]),
+        "incremental: save time / full save time": inc["seconds per save"]
+        / full["seconds per save"],
     }
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"TF {tf.__version__}, Keras {keras.__version__}"
     )
-    print(f"\n{nbytes / 2**20:.0f} MiB of weights + Adam state; median of {r}; {machine}\n")
-    print("| operation | seconds |\n|---|---:|")
-    for name, value in results.items():
-        print(f"| {name} | {value:.3f} |")
-    print("\n| fit, saving every epoch | steps/s |\n|---|---:|")
-    for name, value in throughput.items():
-        print(f"| {name} | {value:.2f} |")
-    print("\n| ratio | value |\n|---|---:|")
-    for name, value in ratios.items():
-        print(f"| {name} | {value:.2f}x |")
-    for note in notes:
-        print(f"\nNote: {note}")
+    report = {
+        "bytes": nbytes,
+        "repeats": r,
+        "machine": machine,
+        "fit_steps_per_epoch": fit_steps,
+        "seconds": results,
+        "fit_steps_per_second": throughput,
+        "incremental": incremental,
+        "scale": scale,
+        "ratios": ratios,
+        "notes": notes,
+    }
     with open(args.json, "w") as f:
-        json.dump(
-            {
-                "bytes": nbytes,
-                "repeats": r,
-                "machine": machine,
-                "seconds": results,
-                "fit_steps_per_second": throughput,
-                "ratios": ratios,
-                "notes": notes,
-            },
-            f,
-            indent=1,
-        )
+        json.dump(report, f, indent=1)
+    from report import render  # benchmarks/report.py
+
+    print(render(report))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,17 @@ import tfckpt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+@pytest.fixture(scope="session")
+def inject_so(tmp_path_factory):
+    """The fault-injection shim (tests/faults/inject.c), built for this session."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "the fault-injection tests build tests/faults/inject.c: install a C compiler (cc)"
+    out = tmp_path_factory.mktemp("inject") / "inject.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(out),
+                    str(ROOT / "tests" / "faults" / "inject.c"), "-ldl"], check=True)
+    return out
 
 
 def script_env(**extra):

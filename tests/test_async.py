@@ -1,6 +1,7 @@
 """Asynchronous saving: same checkpoints as synchronous ones, errors surface."""
 
 import json
+import sys
 
 import keras
 import numpy as np
@@ -196,3 +197,43 @@ def test_one_failed_async_write_costs_one_checkpoint(tmp_path, mode):
     for v, value in zip(model.weights + model.optimizer.variables, result["expected"]):
         np.testing.assert_array_equal(v.numpy(), np.asarray(value, dtype=v.dtype), err_msg=v.path)
     assert "Traceback" not in proc.stderr  # no error left for TF to raise at exit
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+@pytest.mark.parametrize("incremental", [True, False])
+def test_background_writes_yield_to_training(tmp_path, incremental, monkeypatch):
+    # The threads that write, commit and delete in the background run at a
+    # higher nice value; the training (main) thread keeps its own.
+    import os
+    import threading
+
+    model = make_model()
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = {"seal": []}
+    real_finish = tfckpt.store.CheckpointStore.finish
+
+    def finish(self, *args, **kwargs):
+        # The commit thread, and the TF writer thread it waited for.
+        seen["commit"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        seen["writers"] = [
+            os.getpriority(os.PRIO_PROCESS, t.native_id) for t in threading.enumerate()
+            if t is not threading.main_thread() and t.native_id
+            and t.name.startswith("Thread-")
+        ]
+        seen["seal"] = [
+            os.getpriority(os.PRIO_PROCESS, t.native_id) for t in threading.enumerate()
+            if t.name.startswith("tfckpt-seal")
+        ]
+        return real_finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(tfckpt.store.CheckpointStore, "finish", finish)  # observes only
+    with tfckpt.CheckpointManager(tmp_path, model, async_save=True, keep_last=1,
+                                  incremental=incremental) as manager:
+        for epoch in (1, 2, 3):
+            manager.save(epoch=epoch)
+            manager.wait()
+    assert seen["commit"] == 10
+    assert 10 in seen["writers"]  # TF's async writer thread
+    assert set(seen["seal"]) <= {10}  # (none yet at the first commit)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice
+    assert [r.epoch for r in tfckpt.open(tmp_path).checkpoints] == [3]

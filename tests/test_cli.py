@@ -108,7 +108,7 @@ def test_ls_lists_the_run(processes, run_dir):
     proc = processes["ls"]
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].split()[:6] == ["name", "step", "epoch", "batch", "size", "val_loss"]
+    assert lines[0].split()[:7] == ["name", "step", "epoch", "batch", "size", "shared", "val_loss"]
     run = tfckpt.open(run_dir)
     assert [line.split()[0] for line in lines[1:]] == [r.name for r in run.checkpoints]
     best_line = next(line for line in lines if line.startswith(run.best.name))

@@ -219,7 +219,7 @@ def test_ctrl_c_anywhere_in_fit_puts_everything_back(tmp_path, data, hook, async
         model.fit(*data, validation_split=0.25, epochs=3, verbose=0,
                   callbacks=[cb, RaiseIn(hook)])
     assert signal.getsignal(signal.SIGTERM) is handler
-    assert not [t for t in threading.enumerate() if t.name.startswith(("tfckpt-save", "tfckpt-reap"))]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("tfckpt-save", "tfckpt-reap", "tfckpt-seal"))]
     DirectoryLock(str(tmp_path), exclusive=True).release()  # nobody holds the directory
     assert model.train_function is train_function
     assert not {"evaluate", "reset_metrics", "finalize_variable_values"} & (

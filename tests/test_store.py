@@ -14,7 +14,7 @@ import tfckpt
 from tfckpt.store import CheckpointStore
 
 # Every step of a save, in order; the script crashes right after the named one.
-STEPS = ["write", "fsync_files", "manifest", "fsync_tmpdir", "rename", "fsync_dir",
+STEPS = ["write", "link", "fsync_files", "manifest", "fsync_tmpdir", "rename", "fsync_dir",
          "state_file", "delete"]
 COMMITTED_FROM = STEPS.index("rename")
 

@@ -146,6 +146,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         fsync: fsync each checkpoint before it counts (default). `False` is
             faster; a killed process still never leaves a torn checkpoint,
             but a power loss may lose the newest ones.
+        incremental: a data file whose bytes did not change since the newest
+            checkpoint (frozen layers) is hard-linked, not stored again
+            (default; local disks only). Every checkpoint stays complete.
         init_from: start a new run from another run's checkpoint (a fork,
             or a warm start): `"runs/exp1@best"`, `"runs/exp1"` (its latest),
             `"DIR@STEP"`, `"DIR@epoch=N"`, `"DIR@ckpt-NNNNNN"` or a
@@ -190,6 +193,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         restore_random_state: bool = True,
         async_save: bool = False,
         fsync: bool = True,
+        incremental: bool = True,
         verbose: int = 1,
         preemption_signals: Any = (signal.SIGTERM,),
         preemption_exit_code: int | None = PREEMPTION_EXIT_CODE,
@@ -247,6 +251,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.restore_random_state = bool(restore_random_state)
         self.async_save = bool(async_save)
         self.fsync = bool(fsync)
+        if not isinstance(incremental, bool):
+            raise TypeError(f"`incremental` must be True or False. Received: {incremental!r}")
+        self.incremental = incremental
         self.verbose = verbose
         self.preemption_signals = validate_signals("preemption_signals", preemption_signals)
         self.preemption_exit_code = validate_exit_code("preemption_exit_code", preemption_exit_code)
@@ -510,6 +517,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             retention=self.retention,
             async_save=self.async_save,
             fsync=self.fsync,
+            incremental=self.incremental,
             preemption_signals=self.preemption_signals,  # handlers back at close()
             observers=[_Report(self), *self.observers],
         )

@@ -53,8 +53,8 @@ def _which(text: str | None) -> Any:
     return int(text) if text.isdigit() else text
 
 
-def _row(record: Any) -> dict[str, Any]:
-    return {
+def _row(record: Any, shared: int | None = None) -> dict[str, Any]:
+    row = {
         "name": record.name,
         "step": record.step,
         "epoch": record.epoch,
@@ -65,6 +65,9 @@ def _row(record: Any) -> dict[str, Any]:
         "path": record.path,
         "kept": record.kept,
     }
+    if shared is not None:
+        row["shared"] = shared  # bytes hard-linked with other checkpoints
+    return row
 
 
 def _is(record: Any, other: Any) -> bool:
@@ -80,7 +83,7 @@ def _ls(args: argparse.Namespace) -> int:
     records, problems = run.checkpoints, run.problems
     best = run.best
     if args.json:
-        rows = [{**_row(r), "best": _is(r, best)} for r in records]
+        rows = [{**_row(r, run.shared_bytes(r)), "best": _is(r, best)} for r in records]
         rows += [{"name": p.name, "problem": p.reason} for p in problems]
         print(json.dumps(rows, indent=1))
         return 0
@@ -89,7 +92,7 @@ def _ls(args: argparse.Namespace) -> int:
         return 0
     monitor = run.monitor[0] if run.monitor else None
     print(
-        f"{'name':<12} {'step':>8} {'epoch':>6} {'batch':>6} {'size':>10}  "
+        f"{'name':<12} {'step':>8} {'epoch':>6} {'batch':>6} {'size':>10} {'shared':>10}  "
         f"{(monitor or ''):<12} {'saved':<19}  kept because"
     )
     for r in records:
@@ -97,7 +100,8 @@ def _ls(args: argparse.Namespace) -> int:
         shown = f"{value:.6g}" if isinstance(value, (int, float)) else ""
         mark = " *" if _is(r, best) else ""
         print(
-            f"{r.name:<12} {r.step:>8} {r.epoch:>6} {r.batch:>6} {r.size:>10}  "
+            f"{r.name:<12} {r.step:>8} {r.epoch:>6} {r.batch:>6} {r.size:>10} "
+            f"{run.shared_bytes(r):>10}  "
             f"{shown + mark:<12} {_saved(r):<19}  {r.kept or ''}"
         )
     for p in problems:
@@ -128,8 +132,9 @@ def _info(args: argparse.Namespace) -> int:
         if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
     ]
     files = {f: dict(entry) for f, entry in sorted(record.manifest["files"].items())}
+    shared = run.shared_bytes(record)
     if args.json:
-        info = {**_row(record), "best": _is(record, best), "latest": _is(record, latest)}
+        info = {**_row(record, shared), "best": _is(record, best), "latest": _is(record, latest)}
         info.update(files=files, variables=variables)
         print(json.dumps(info, indent=1))
         return 0
@@ -144,6 +149,11 @@ def _info(args: argparse.Namespace) -> int:
         ("batch", record.batch),
         ("saved", _saved(record)),
         ("size", f"{_human_size(record.size)} ({record.size} bytes)"),
+        (
+            "disk",
+            f"{_human_size(record.size - shared)} own, {_human_size(shared)} shared "
+            "with other checkpoints (hard links)",
+        ),
         ("kept", record.kept or ""),
         ("metrics", metrics),
         ("files", ", ".join(f"{f} ({_human_size(e['size'])})" for f, e in files.items())),

@@ -18,8 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfckpt import _async_fix, _contents, _fs, _state
+from tfckpt import _async_fix, _contents, _fs, _shards, _state
 from tfckpt import retention as _retention
+from tfckpt._background import lower_thread_priority
 from tfckpt._lock import DirectoryLock
 from tfckpt._preemption import (
     PREEMPTION_EXIT_CODE,
@@ -40,7 +41,7 @@ from tfckpt.run import Run, Which
 from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
 
 _MODES = ("min", "max")
-_ASYNC = tf.train.CheckpointOptions(enable_async=True)
+_told_full: set[str] = set()  # directories told once that saves are full
 
 
 def check_backend() -> None:
@@ -220,6 +221,12 @@ class CheckpointManager:
             and directories). `False` is faster; a crashed process still
             never leaves a torn checkpoint, but a power loss may lose the
             newest ones.
+        incremental: store large tensors in data files of their own, and
+            hard-link a file whose bytes did not change since the newest
+            checkpoint instead of keeping a new copy (frozen layers cost disk
+            space once). Each checkpoint stays a complete TF checkpoint, and
+            deleting one never affects another. Local disks only; elsewhere
+            (object stores, `ram://`) checkpoints are saved in full.
         observers: `tfckpt.CheckpointObserver`s called after each commit and
             each deletion (also `manager.observers`, a list you may append to).
         preemption_signals: signals that announce a preemption (e.g.
@@ -255,6 +262,7 @@ class CheckpointManager:
         verify: bool = True,
         async_save: bool = False,
         fsync: bool = True,
+        incremental: bool = True,
         preemption_signals: Any = None,
         preemption_exit_code: int | None = PREEMPTION_EXIT_CODE,
         observers: Sequence[CheckpointObserver] | None = None,
@@ -296,7 +304,20 @@ class CheckpointManager:
             "custom": repr(retention) if retention is not None else None,
         }
         self.directory_key = os.path.realpath(directory) if _fs.is_local(directory) else directory
-        self._store = CheckpointStore(directory, fsync=fsync)
+        if not isinstance(incremental, bool):
+            raise TypeError(f"`incremental` must be True or False. Received: {incremental!r}")
+        self.incremental = incremental and _fs.is_local(directory)
+        if incremental and not self.incremental and directory not in _told_full:
+            _told_full.add(directory)
+            warnings.warn(
+                f"tfckpt: {directory!r} is not on a local disk, where incremental "
+                "checkpoints hard-link unchanged files: saving full checkpoints. Pass "
+                "incremental=False to say so.",
+                stacklevel=2,
+            )
+        self._store = CheckpointStore(
+            directory, fsync=fsync, share_files=self.incremental, background=bool(async_save)
+        )
         self._run = Run(directory)
         self._strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
         self._multi_worker = _in_multi_worker_mode(self._strategy)
@@ -350,7 +371,9 @@ class CheckpointManager:
         if self.async_save:
             _async_fix.enable()
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="tfckpt-save"
+                max_workers=1,
+                thread_name_prefix="tfckpt-save",
+                initializer=lower_thread_priority,  # yields to training
             )
 
     # ---- state ---------------------------------------------------------
@@ -470,7 +493,10 @@ class CheckpointManager:
         with self._store.guard(pending):
             if self.async_save:
                 # Blocks only while TF copies the variables to host memory.
-                self._checkpoint.write(pending.prefix, options=_ASYNC)
+                options = _shards.ASYNC_OPTIONS if self.incremental else _shards.ASYNC_FULL_OPTIONS
+                self._checkpoint.write(pending.prefix, options=options)
+            elif self.incremental:
+                self._checkpoint.write(pending.prefix, options=_shards.OPTIONS)
             else:
                 self._checkpoint.write(pending.prefix)
         if self.async_save:
@@ -581,10 +607,14 @@ class CheckpointManager:
         """Bytes of the variables a save writes (for the free-space check)."""
         if variables is None:
             variables = self._variables()
-        return sum(
-            int(np.prod(v.shape)) * np.dtype(getattr(v.dtype, "name", v.dtype)).itemsize
-            for v in variables
-        )
+        sizes: dict[Any, int] = {}  # itemsize by dtype: one lookup per dtype, not per variable
+        total = 0
+        for v in variables:
+            dtype = v.dtype
+            if dtype not in sizes:
+                sizes[dtype] = np.dtype(getattr(dtype, "name", dtype)).itemsize
+            total += math.prod(v.shape) * sizes[dtype]
+        return total
 
     def _apply_retention(
         self, newest: CheckpointRecord, superseded: Sequence[CheckpointRecord] = ()

@@ -120,6 +120,12 @@ class Run:
         """Checkpoint directories that are not intact (sizes checked)."""
         return self._scan()[1]
 
+    def shared_bytes(self, record: CheckpointRecord) -> int:
+        """Bytes of `record` shared with other checkpoints (incremental
+        checkpoints hard-link data files that did not change); the rest,
+        `record.size - shared_bytes`, is its own and freed when it is deleted."""
+        return self._store.shared_bytes(record)
+
     @property
     def latest(self) -> CheckpointRecord | None:
         records = self.checkpoints
@@ -700,6 +706,7 @@ class Run:
             damaged.append(Problem(record.name, reason))
             if not dry_run:
                 self._store.mark_damaged(record.name, reason)
+        freed = self._store.freed_bytes(deleted)
         if not dry_run and deleted:
             self._store.write_pointer(kept)
             try:
@@ -707,7 +714,7 @@ class Run:
                     self._store.delete(record)
             finally:
                 self._store.close()  # the space is free when prune returns
-        return PruneReport(self.directory, dry_run, deleted, kept, damaged)
+        return PruneReport(self.directory, dry_run, deleted, kept, damaged, freed)
 
     def plot(self, metric: str = "val_loss", *, ax: Any = None, label: str | None = None) -> Any:
         """Draws `metric` over the whole run, with the retained checkpoints
@@ -808,11 +815,13 @@ class PruneReport:
     deleted: list[CheckpointRecord]
     kept: list[CheckpointRecord]
     damaged: list[Problem]
+    freed: int | None = None
 
     @property
     def bytes_freed(self) -> int:
-        """Bytes of the deleted checkpoints' files (as `record.size` counts them)."""
-        return sum(r.size for r in self.deleted)
+        """Bytes the deletion frees: the deleted checkpoints' files that no
+        kept checkpoint shares (see incremental checkpoints)."""
+        return self.freed if self.freed is not None else sum(r.size for r in self.deleted)
 
     def __repr__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"

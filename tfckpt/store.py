@@ -5,8 +5,9 @@ runs/exp1/
   checkpoint                 TF's state file: `tf.train.latest_checkpoint` reads it
   ckpt-000007/
     ckpt.index               written by tf.train.Checkpoint.write
-    ckpt.data-00000-of-00001
-    manifest.json            metadata + size and CRC-32 of every file above
+    ckpt.data-0000i-of-0000N one per large tensor (see `_shards`); a file equal
+                             to the newest checkpoint's is a hard link to it
+    manifest.json            metadata + size and checksum of every file above
   ckpt-000008/ ...
   .tmp-ckpt-000009-<id>/     a save in progress (or left by a crash)
   .lock                      held by the process that writes (see `_lock`)
@@ -17,7 +18,9 @@ manifest whose files are all present with the recorded sizes. The commit
 protocol makes that all-or-nothing: write into a temporary directory, fsync the
 files, write and fsync the manifest, fsync the temporary directory, rename it
 to its final name (the commit point), fsync the run directory, and only then
-point TF's state file at it. Deletion renames the checkpoint out of the way
+point TF's state file at it. Files shared with earlier checkpoints are linked
+into the temporary directory before the commit, so a crash at any point leaves
+the earlier checkpoints as they were. Deletion renames the checkpoint out of the way
 first, so a crash mid-delete never leaves a half-deleted checkpoint that looks
 committed. Leftover temporaries are removed by the next writer.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -34,6 +38,7 @@ import re
 import sys
 import time
 import uuid
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -41,6 +46,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfckpt import _fs
+from tfckpt._background import lower_thread_priority
 from tfckpt.errors import CheckpointReadError, CheckpointWriteError, CommittedWithError
 
 # tfckpt/2: data shards carry no CRC-32 of our own (TF's index holds a CRC32C
@@ -59,6 +65,7 @@ _DAMAGED = ".damaged-"
 # appends ".tmp" and a uuid4 hex), also used by `write_pointer`.
 _STATE_TMP = re.compile(r"^checkpoint\.tmp[0-9a-f]{32}$")
 _RESCANS = 5  # listings a scan takes at most while the writer deletes under it
+_SEAL_THREADS = 4  # files hashed, linked or fsynced at once by a commit
 
 
 def _commit_step(name: str) -> None:
@@ -156,8 +163,23 @@ def versions() -> dict[str, str]:
 class CheckpointStore:
     """A run directory: listing, verification, commit and deletion."""
 
-    def __init__(self, directory: str, *, fsync: bool = True):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        fsync: bool = True,
+        share_files: bool = False,
+        background: bool = False,
+    ):
         self.directory = directory
+        # background: commits run beside training (async saves), so their
+        # threads yield the CPU to it.
+        self._background = background
+        # share_files: a data shard with the same name, size and hash as the
+        # newest checkpoint's is hard-linked to it instead of kept as a copy.
+        self.share_files = share_files and _fs.is_local(directory)
+        self._newest: CheckpointRecord | None = None  # the one to share files with
+        self._newest_known = False
         # fsync=False: a process crash is still safe (rename is atomic), but
         # a power loss may lose or tear the newest checkpoints.
         self._fsync_file = _fs.fsync_file if fsync else _no_op
@@ -166,6 +188,7 @@ class CheckpointStore:
         # Removes deleted checkpoints' files off the save's critical path.
         self._reaper: concurrent.futures.ThreadPoolExecutor | None = None
         self._reaping: list[concurrent.futures.Future] = []
+        self._sealer: concurrent.futures.ThreadPoolExecutor | None = None
 
     # ---- reading -------------------------------------------------------
 
@@ -283,6 +306,36 @@ class CheckpointStore:
                 return f"{fname} has {actual} bytes, manifest says {entry['size']}"
         return None
 
+    def shared_bytes(self, record: CheckpointRecord) -> int:
+        """Bytes of `record`'s files that are hard-linked (shared with other
+        checkpoints, see `share_files`): deleting `record` does not free them
+        while another checkpoint links them."""
+        shared = 0
+        for fname, entry in record.manifest["files"].items():
+            links = _fs.link_count(self._path(record.name, fname))
+            if links is not None and links > 1:
+                shared += int(entry["size"])
+        return shared
+
+    def freed_bytes(self, records: list[CheckpointRecord]) -> int:
+        """Bytes that deleting all of `records` frees: their files that no
+        other checkpoint links (hard links counted by inode)."""
+        links: dict[tuple[int, int], list[int]] = {}  # inode -> [size, links among records]
+        total = 0
+        for record in records:
+            for fname, entry in record.manifest["files"].items():
+                count = _fs.link_count(self._path(record.name, fname))
+                if count is None or count == 1:
+                    total += int(entry["size"])
+                    continue
+                try:
+                    st = os.stat(self._path(record.name, fname))
+                except OSError:
+                    continue
+                seen = links.setdefault((st.st_dev, st.st_ino), [int(entry["size"]), 0, count])
+                seen[1] += 1
+        return total + sum(size for size, found, count in links.values() if found >= count)
+
     def _damage_reason(self, name: str) -> str:
         try:
             reason = _fs.read_bytes(self._path(_DAMAGED + name)).decode(errors="replace")
@@ -325,7 +378,41 @@ class CheckpointStore:
                 raise self.read_error(e) from e
             if crc != entry["crc32"]:
                 return f"{fname} does not match its checksum (corrupted)"
-        return self._check_tensors(record) if tensors_to_check else None
+        if not tensors_to_check:
+            return None
+        reason = self._check_tensors(record)
+        return reason and reason + self._shared_damage(record)
+
+    def _shared_damage(self, record: CheckpointRecord) -> str:
+        """Which hashed data shards of `record` are damaged, and which other
+        checkpoints share them (the same file, so the same damage)."""
+        notes = []
+        for fname, entry in sorted(record.manifest["files"].items()):
+            path = self._path(record.name, fname)
+            try:
+                if "xxh3" not in entry or _fs.content_hash(path) == entry["xxh3"]:
+                    continue
+                inode = os.stat(path)
+            except (OSError, tf.errors.OpError):
+                continue
+            sharers = []
+            for other in self._entries():
+                if other == record.name or not _NAME.match(other):
+                    continue
+                try:
+                    st = os.stat(self._path(other, fname))
+                except OSError:
+                    continue
+                if (st.st_ino, st.st_dev) == (inode.st_ino, inode.st_dev):
+                    sharers.append(other)
+            note = f"{fname} does not match its hash"
+            if sharers:
+                note += (
+                    f"; it is shared (hard-linked) with {', '.join(sorted(sharers))}, "
+                    "damaged by the same file"
+                )
+            notes.append(note)
+        return f" ({'; '.join(notes)})" if notes else ""
 
     def _check_tensors(self, record: CheckpointRecord) -> str | None:
         """Reads every tensor of `record` through TF (CRC32C per tensor)."""
@@ -446,9 +533,11 @@ class CheckpointStore:
             manifest = self._write_and_publish(
                 metadata, files or {}, pending.seq, pending.tmp, pending.name
             )
+        self._newest, self._newest_known = None, False
         # Committed. Built from what was just written: reading it back needs
         # the file descriptors or I/O that may be what is failing.
         record = _record(pending.name, pending.seq, self._path(pending.name, PREFIX), manifest)
+        self._newest, self._newest_known = record, True
         try:
             self._fsync_dir(self.directory)
         except OSError as e:
@@ -475,15 +564,15 @@ class CheckpointStore:
         _commit_step("write")
         files = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(tmp))
         files = _check_tf_files(tmp, files)
-        for fname in files:
-            self._fsync_file(_fs.join(tmp, fname))
+        entries = self._seal(tmp, files)
+        _commit_step("link")
         _commit_step("fsync_files")
         manifest = {
             **jsonable(dict(metadata)),
             "format": FORMAT,
             "seq": seq,
             "prefix": PREFIX,
-            "files": {f: self._file_entry(_fs.join(tmp, f)) for f in files},
+            "files": entries,
         }
         manifest["checksum"] = _manifest_checksum(manifest)
         with tf.io.gfile.GFile(_fs.join(tmp, MANIFEST), "wb") as f:
@@ -496,11 +585,84 @@ class CheckpointStore:
         _commit_step("rename")
         return manifest
 
-    @staticmethod
-    def _file_entry(path: str) -> dict[str, int]:
-        if _SHARD.match(os.path.basename(path)):
-            return {"size": _fs.size(path)}  # TF's per-tensor CRC32C covers it
-        return {"size": _fs.size(path), "crc32": _fs.crc32(path)}
+    def _file_entry(self, path: str) -> dict[str, Any]:
+        if not _SHARD.match(os.path.basename(path)):
+            return {"size": _fs.size(path), "crc32": _fs.crc32(path)}
+        # TF's per-tensor CRC32C covers a data shard; the hash is what a later
+        # save compares its own shard with, to share the file.
+        if self.share_files:
+            return {"size": _fs.size(path), "xxh3": _fs.content_hash(path)}
+        return {"size": _fs.size(path)}
+
+    def _seal(self, tmp: str, files: list[str]) -> dict[str, dict[str, Any]]:
+        """The manifest entries of `files` in `tmp`, each file made durable:
+        hard-linked to the newest checkpoint's equal file (see `share_files`),
+        or fsynced. Files are handled in parallel threads: one file's fsync
+        waits for the disk while another is hashed, and the filesystem can
+        commit several fsyncs at once."""
+        source = None
+        if self.share_files:
+            try:
+                source = self._share_source()
+            except (CheckpointReadError, tf.errors.OpError):
+                source = None  # cannot tell what to share with: keep every copy
+        if self._sealer is None:
+            self._sealer = concurrent.futures.ThreadPoolExecutor(
+                max_workers=_SEAL_THREADS,
+                thread_name_prefix="tfckpt-seal",
+                initializer=lower_thread_priority if self._background else None,
+            )
+        futures = {f: self._sealer.submit(self._seal_one, tmp, f, source) for f in files}
+        concurrent.futures.wait(futures.values())  # none still runs when tmp is removed
+        return {f: future.result() for f, future in futures.items()}
+
+    def _seal_one(
+        self, tmp: str, fname: str, source: CheckpointRecord | None
+    ) -> dict[str, Any]:
+        path = _fs.join(tmp, fname)
+        entry = self._file_entry(path)
+        if source is not None and self._link_to(source, fname, entry, path):
+            return entry  # synced when it was first committed
+        self._fsync_file(path)
+        return entry
+
+    def _link_to(
+        self, source: CheckpointRecord, fname: str, entry: dict[str, Any], path: str
+    ) -> bool:
+        """Replaces the data shard at `path` by a hard link to `source`'s file
+        of the same name when that has the same size and hash."""
+        earlier = source.manifest["files"].get(fname)
+        if not earlier or "xxh3" not in entry or earlier.get("xxh3") != entry["xxh3"]:
+            return False
+        if earlier["size"] != entry["size"] or not self.share_files:
+            return False
+        try:
+            _fs.replace_with_link(self._path(source.name, fname), path)
+        except OSError as e:
+            # The copy just written is complete: a link that cannot be made
+            # (source deleted meanwhile, too many links, an I/O error) only
+            # costs the disk space sharing would have saved.
+            if e.errno in _NO_LINKS and self.share_files:
+                self.share_files = False
+                warnings.warn(
+                    f"tfckpt: the filesystem of {self.directory!r} has no hard links "
+                    f"({os.strerror(e.errno)}): saving full checkpoints, with no "
+                    "files shared between them.",
+                    stacklevel=2,
+                )
+            return False
+        entry["shared"] = source.name
+        return True
+
+    def _share_source(self) -> CheckpointRecord | None:
+        if not self._newest_known:
+            records = self.scan()[0]
+            self._newest, self._newest_known = (records[-1] if records else None), True
+        newest = self._newest
+        if newest is not None and tf.io.gfile.exists(self._path(_DAMAGED + newest.name)):
+            # Found damaged since: its files are not to be shared into new checkpoints.
+            self._newest, self._newest_known = None, False
+        return self._newest
 
     @staticmethod
     def _publish(tmp: str, final: str, files: list[str]) -> None:
@@ -564,6 +726,8 @@ class CheckpointStore:
         whether the checkpoint is still there.
         """
         trash = self._path(f"{_TRASH}{record.name}-{uuid.uuid4().hex[:8]}")
+        if self._newest is not None and self._newest.name == record.name:
+            self._newest, self._newest_known = None, False
         try:
             if not _fs.is_local(trash):
                 # No directory rename there: the manifest goes first, so a crash
@@ -591,7 +755,7 @@ class CheckpointStore:
         # in the background; the next save waits for them (`drain`).
         if self._reaper is None:
             self._reaper = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="tfckpt-reap"
+                max_workers=1, thread_name_prefix="tfckpt-reap", initializer=lower_thread_priority
             )
         self._reaping.append(self._reaper.submit(_remove_quietly, trash))
 
@@ -601,11 +765,14 @@ class CheckpointStore:
         concurrent.futures.wait(reaping)
 
     def close(self) -> None:
-        """Drains, and stops the background remover."""
+        """Drains, and stops the background threads."""
         self.drain()
         if self._reaper is not None:
             self._reaper.shutdown(wait=True)
             self._reaper = None
+        if self._sealer is not None:
+            self._sealer.shutdown(wait=True)
+            self._sealer = None
 
     def is_committed(self, record: CheckpointRecord) -> bool:
         """Whether `record` is still in place (has its manifest); `True` when
@@ -655,6 +822,8 @@ def _record(name: str, seq: int, path: str, manifest: Mapping[str, Any]) -> Chec
 
 
 _SHARD = re.compile(rf"^{PREFIX}\.data-(\d+)-of-(\d+)$")
+# errnos of a filesystem without hard links (or across devices)
+_NO_LINKS = {errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 def _check_tf_files(tmp: str, files: list[str]) -> list[str]:

@@ -15,7 +15,8 @@
  * pwrite, fwrite, fflush), 2 fsync (fsync, fdatasync), 3 rename (rename,
  * renameat, renameat2), 4 remove (unlink, unlinkat, rmdir, remove), 5 listdir
  * (opendir), 6 stat (stat, lstat, fstatat, statx, access and glibc's __xstat
- * forms), 7 mkdir, 8 close (close, fclose), 9 read (read, pread). Not
+ * forms), 7 mkdir, 8 close (close, fclose), 9 read (read, pread), 10 link
+ * (link, linkat). Not
  * wrapped: mmap, fread, fstat, statfs, ftruncate, readdir. A failed call does nothing and returns the error, as the
  * kernel does for ENOSPC/EIO/EACCES before any byte moves.
  */
@@ -34,7 +35,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define NOPS 10
+#define NOPS 11
 #define MAXFD 65536
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -241,6 +242,16 @@ int renameat2(int da, const char *a, int db, const char *b, unsigned int flags) 
   REAL(renameat2);
   if ((under(a) || under(b)) && hit(3)) return -1;
   return real_renameat2(da, a, db, b, flags);
+}
+int link(const char *a, const char *b) {
+  REAL(link);
+  if ((under(a) || under(b)) && hit(10)) return -1;
+  return real_link(a, b);
+}
+int linkat(int da, const char *a, int db, const char *b, int flags) {
+  REAL(linkat);
+  if ((under(a) || under(b)) && hit(10)) return -1;
+  return real_linkat(da, a, db, b, flags);
 }
 int unlink(const char *p) {
   REAL(unlink);

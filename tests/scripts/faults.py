@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 import tfckpt  # noqa: E402
 
-OPS = ["open", "write", "fsync", "rename", "remove", "listdir", "stat", "mkdir", "close", "read"]
+OPS = ["open", "write", "fsync", "rename", "remove", "listdir", "stat", "mkdir", "close", "read", "link"]
 # The errnos each call can really return (a stat never says the disk is full).
 REAL_ERRNOS = {
     "open": ("ENOSPC", "EIO", "EACCES"),
@@ -52,6 +52,7 @@ REAL_ERRNOS = {
     "mkdir": ("ENOSPC", "EIO", "EACCES"),
     "close": ("ENOSPC", "EIO"),
     "read": ("EIO",),
+    "link": ("ENOSPC", "EIO", "EACCES"),
 }
 
 p = argparse.ArgumentParser()
@@ -91,8 +92,18 @@ def counts():
     return {op: lib.fault_count(i) for i, op in enumerate(OPS)}
 
 
+def build():
+    # The frozen 1024x1024 kernels (4 MiB) have data files of their own, which
+    # incremental saves hard-link: every scenario shares files.
+    return keras.Sequential([
+        keras.Input((8,)), keras.layers.Dense(1024, trainable=False),
+        keras.layers.Dense(1024, trainable=False), keras.layers.Dense(1024, trainable=False),
+        keras.layers.Dense(16), keras.layers.Dense(1),
+    ])
+
+
 keras.utils.set_random_seed(0)
-model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
+model = build()
 model.compile(keras.optimizers.Adam(1e-2), "mse")
 x, y = np.ones((16, 8), "float32"), np.zeros((16, 1), "float32")
 
@@ -117,7 +128,7 @@ def manager(**kwargs):
 
 def state_of(record):
     """The digest a fresh model has after restoring `record`."""
-    fresh = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
+    fresh = build()
     fresh.compile(keras.optimizers.Adam(1e-2), "mse")
     tfckpt.open(run_dir).restore(fresh, record, optimizer=fresh.optimizer)
     return digest(fresh)

@@ -1,0 +1,92 @@
+"""How a checkpoint's tensors are split into data files, so later saves can
+share the files whose bytes did not change.
+
+TF writes one data file per shard its sharding callback returns, in that
+order, as `ckpt.data-0000i-of-0000N`. With the same variables and the same
+split, a tensor whose bytes did not change lands in a file identical to the
+previous checkpoint's file of the same name, which the store then hard-links
+instead of keeping the new copy (`store.CheckpointStore`). Which files are
+identical is decided by a hash of their bytes, never by `trainable`:
+BatchNorm statistics are not trainable and change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from tfckpt._background import lower_thread_priority
+
+# A tensor this large gets a data file of its own; smaller ones are packed, in
+# checkpoint-key order (a layer's variables are neighbours), into files of
+# about this size. Small enough that a changing scalar rewrites little beside
+# it, large enough that a model with thousands of variables has few files.
+PACK_BYTES = 4 * 2**20
+
+
+class ShareableShards(tf.train.experimental.ShardingCallback):
+    """One data file per large tensor; small tensors packed in key order.
+
+    The split depends only on the checkpoint keys, shapes and dtypes, so it is
+    the same at every save of the same model and optimizer.
+    """
+
+    @property
+    def description(self) -> str:
+        return f"tfckpt: one file per tensor of {PACK_BYTES} bytes or more, smaller ones packed"
+
+    def __call__(self, shardable_tensors: Sequence[tf.train.experimental.ShardableTensor]):
+        ordered = sorted(shardable_tensors, key=lambda t: (t.checkpoint_key, str(t.slice_spec)))
+        shards: list[dict] = []
+        pack: dict = {}
+        pack_bytes = 0
+        for t in ordered:
+            size = _nbytes(t)
+            if size >= PACK_BYTES:
+                shards.append({t.checkpoint_key: {t.slice_spec: t.tensor}})
+                continue
+            pack.setdefault(t.checkpoint_key, {})[t.slice_spec] = t.tensor
+            pack_bytes += size
+            if pack_bytes >= PACK_BYTES:
+                shards.append(pack)
+                pack, pack_bytes = {}, 0
+        if pack or not shards:
+            shards.append(pack)
+        return shards
+
+
+def _nbytes(t: tf.train.experimental.ShardableTensor) -> int:
+    if t.dtype == tf.string or t.shape.num_elements() is None:
+        return 0  # the object graph and other strings: small, packed
+    return t.shape.num_elements() * t.dtype.size
+
+
+class InBackground(tf.train.experimental.ShardingCallback):
+    """Wraps a split for TF's background writer thread (async saves): the first
+    call lowers that thread's CPU priority, so the write yields to training."""
+
+    def __init__(self, split: tf.train.experimental.ShardingCallback | None = None):
+        self.split = split
+
+    @property
+    def description(self) -> str:
+        return f"tfckpt background write ({self.split.description if self.split else 'one file'})"
+
+    def __call__(self, shardable_tensors):
+        lower_thread_priority()
+        if self.split is not None:
+            return self.split(shardable_tensors)
+        shard: dict = {}
+        for t in shardable_tensors:
+            shard.setdefault(t.checkpoint_key, {})[t.slice_spec] = t.tensor
+        return [shard]
+
+
+OPTIONS = tf.train.CheckpointOptions(experimental_sharding_callback=ShareableShards())
+ASYNC_OPTIONS = tf.train.CheckpointOptions(
+    experimental_sharding_callback=InBackground(ShareableShards()), enable_async=True
+)
+ASYNC_FULL_OPTIONS = tf.train.CheckpointOptions(
+    experimental_sharding_callback=InBackground(), enable_async=True
+)
