@@ -29,12 +29,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import tfckpt  # noqa: E402
-from tfckpt import _fs  # noqa: E402
+import tfckpt
+from tfckpt import _fs
 
 
 def build_model(size_mb: float) -> keras.Model:
@@ -321,7 +321,9 @@ def main() -> None:
     p.add_argument("--size-mb", type=float, default=227)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument(
-        "--fit-steps", type=int, default=None,
+        "--fit-steps",
+        type=int,
+        default=None,
         help="steps per epoch in the fit runs (default: an epoch ~10x an async save's "
         "background time, as the goal is stated)",
     )
@@ -395,7 +397,8 @@ def main() -> None:
         "raw write+fsync": raw_writer(arrays, raw),
         "tf CheckpointManager.save": lambda i: tf_manager.save(),
         "tf CheckpointManager.save + fsync": lambda i: (
-            tf_manager_fsync.save(), fsync_tree(tf_fsync_dir)
+            tf_manager_fsync.save(),
+            fsync_tree(tf_fsync_dir),
         ),
         "keras ModelCheckpoint (.weights.h5)": mc,
         "keras ModelCheckpoint (.keras)": mck,
@@ -435,7 +438,9 @@ def main() -> None:
     try:
         for background in (False, True):
             orbax = keras.callbacks.OrbaxCheckpoint(
-                fresh(f"orbax_{background}"), save_freq="epoch", max_to_keep=2,
+                fresh(f"orbax_{background}"),
+                save_freq="epoch",
+                max_to_keep=2,
                 save_on_background=background,
             )
             orbax.set_model(model)

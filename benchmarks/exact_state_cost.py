@@ -15,19 +15,26 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import tfckpt  # noqa: E402
-from tfckpt import _exact, _state  # noqa: E402
+import tfckpt
+from tfckpt import _exact, _state
 
 p = argparse.ArgumentParser()
 p.add_argument("--repeats", type=int, default=50)
 args = p.parse_args()
 
-model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(512, activation="relu"),
-                          keras.layers.Dropout(0.2), keras.layers.Dense(512, activation="relu"),
-                          keras.layers.Dropout(0.2), keras.layers.Dense(10)])
+model = keras.Sequential(
+    [
+        keras.Input((256,)),
+        keras.layers.Dense(512, activation="relu"),
+        keras.layers.Dropout(0.2),
+        keras.layers.Dense(512, activation="relu"),
+        keras.layers.Dropout(0.2),
+        keras.layers.Dense(10),
+    ]
+)
 model.compile("adam", "mse", metrics=["mae"])
 model.fit(np.zeros((64, 256)), np.zeros((64, 10)), epochs=1, verbose=0)
 stoppers = [keras.callbacks.EarlyStopping(), keras.callbacks.ReduceLROnPlateau()]
@@ -39,8 +46,11 @@ extra, whole = [], []
 with tempfile.TemporaryDirectory() as d, tfckpt.CheckpointManager(d, model) as manager:
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        state = {"rng": _exact.random_state(model), "callbacks": _exact.callback_states(stoppers),
-                 "metrics_variables": _exact.metric_values(model)}
+        state = {
+            "rng": _exact.random_state(model),
+            "callbacks": _exact.callback_states(stoppers),
+            "metrics_variables": _exact.metric_values(model),
+        }
         _state.encode(state)
         t1 = time.perf_counter()
         manager.save(epoch=1, state=state)

@@ -1,9 +1,9 @@
 """Markdown tables from benchmarks/results.json, for the terminal and README.
 
     python benchmarks/report.py              # print the tables
-    python benchmarks/report.py --readme     # replace README's benchmark section
+    python benchmarks/report.py --docs       # replace the section in docs/performance.md
 
-README's section lies between `<!-- benchmark:start -->` and
+That section lies between `<!-- benchmark:start -->` and
 `<!-- benchmark:end -->`; nothing in it is written by hand.
 """
 
@@ -50,7 +50,7 @@ def goals(report: dict) -> list[tuple[str, str, bool]]:
             f"({report['fit_steps_per_epoch']} steps per epoch, ~10x a save's background time)",
             f"{ratio['fit throughput async / none']:.2f}x (sync saves: "
             f"{ratio['fit throughput sync / none']:.2f}x). Not met: see the stalls after "
-            "background checkpoint writes under \"Current limits\" "
+            'background checkpoint writes under "Current limits" '
             "(`benchmarks/tf_write_stall.py`)",
             ratio["fit throughput async / none"] >= 0.97,
         ),
@@ -143,26 +143,26 @@ def render(report: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def update_readme(readme: str, text: str) -> None:
-    with open(readme) as f:
+def update_page(page: str, text: str) -> None:
+    with open(page) as f:
         content = f.read()
     if START not in content or END not in content:
-        raise SystemExit(f"{readme} has no {START} ... {END} section")
+        raise SystemExit(f"{page} has no {START} ... {END} section")
     head, rest = content.split(START, 1)
     _, tail = rest.split(END, 1)
-    with open(readme, "w") as f:
+    with open(page, "w") as f:
         f.write(f"{head}{START}\n{text}{END}{tail}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default=os.path.join(HERE, "results.json"))
-    p.add_argument("--readme", nargs="?", const=os.path.join(HERE, "..", "README.md"))
+    p.add_argument("--docs", nargs="?", const=os.path.join(HERE, "..", "docs", "performance.md"))
     args = p.parse_args()
     with open(args.json) as f:
         text = render(json.load(f))
-    if args.readme:
-        update_readme(args.readme, text)
+    if args.docs:
+        update_page(args.docs, text)
     else:
         print(text)
 

@@ -27,10 +27,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from compare import build_model  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from compare import build_model
 
 
 def process_cpu_ticks() -> int:

@@ -7,11 +7,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
-import tfckpt  # noqa: E402
+import tfckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -23,8 +23,19 @@ def inject_so(tmp_path_factory):
     cc = shutil.which("cc") or shutil.which("gcc")
     assert cc, "the fault-injection tests build tests/faults/inject.c: install a C compiler (cc)"
     out = tmp_path_factory.mktemp("inject") / "inject.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(out),
-                    str(ROOT / "tests" / "faults" / "inject.c"), "-ldl"], check=True)
+    subprocess.run(
+        [
+            cc,
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-o",
+            str(out),
+            str(ROOT / "tests" / "faults" / "inject.c"),
+            "-ldl",
+        ],
+        check=True,
+    )
     return out
 
 
@@ -66,8 +77,9 @@ def make_model(features=8, units=16, optimizer=None, metrics=("accuracy",), seed
             keras.layers.Dense(1, activation="sigmoid"),
         ]
     )
-    model.compile(optimizer or keras.optimizers.Adam(1e-2), "binary_crossentropy",
-                  metrics=list(metrics))
+    model.compile(
+        optimizer or keras.optimizers.Adam(1e-2), "binary_crossentropy", metrics=list(metrics)
+    )
     return model
 
 
@@ -75,8 +87,12 @@ def all_variables(model):
     """Model weights and optimizer variables as NumPy arrays, by position and name."""
     out = {f"model/{i}/{v.name}": v.numpy() for i, v in enumerate(model.weights)}
     if model.optimizer is not None:
-        out.update({f"opt/{i}/{v.name.split('_')[-1]}": v.numpy()
-                    for i, v in enumerate(model.optimizer.variables)})
+        out.update(
+            {
+                f"opt/{i}/{v.name.split('_')[-1]}": v.numpy()
+                for i, v in enumerate(model.optimizer.variables)
+            }
+        )
     return out
 
 

@@ -14,16 +14,21 @@ import tfckpt
 
 def tensors(path):
     reader = tf.train.load_checkpoint(path)
-    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
-            if not name.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"))}
+    return {
+        name: reader.get_tensor(name)
+        for name, _ in tf.train.list_variables(path)
+        if not name.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"))
+    }
 
 
 def run(directory, data, async_save):
     model = make_model()
-    cb = tfckpt.CheckpointCallback(str(directory), save_freq=2, keep_last=None, verbose=0,
-                                   async_save=async_save)
-    history = model.fit(*data, validation_split=0.25, epochs=3, batch_size=32, verbose=0,
-                        callbacks=[cb])
+    cb = tfckpt.CheckpointCallback(
+        str(directory), save_freq=2, keep_last=None, verbose=0, async_save=async_save
+    )
+    history = model.fit(
+        *data, validation_split=0.25, epochs=3, batch_size=32, verbose=0, callbacks=[cb]
+    )
     return model, history
 
 
@@ -49,8 +54,9 @@ def test_async_resume(tmp_path, data):
     run(tmp_path, data, async_save=True)
     model = make_model(seed=5)
     cb = tfckpt.CheckpointCallback(str(tmp_path), async_save=True, verbose=0)
-    history = model.fit(*data, validation_split=0.25, epochs=4, batch_size=32, verbose=0,
-                        callbacks=[cb])
+    history = model.fit(
+        *data, validation_split=0.25, epochs=4, batch_size=32, verbose=0, callbacks=[cb]
+    )
     assert cb.restored.epoch == 3 and history.epoch == [3]
 
 
@@ -103,8 +109,11 @@ def snapshot(model, optimizer):
 
 def assert_holds(record, expected, twin, twin_optimizer):
     """`record`, read back with plain tf.train.Checkpoint, holds exactly `expected`."""
-    stored = [n for n, _ in tf.train.list_variables(record.path)
-              if not n.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"))]
+    stored = [
+        n
+        for n, _ in tf.train.list_variables(record.path)
+        if not n.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"))
+    ]
     assert len(stored) == len(expected), record.name
     tf.train.Checkpoint(model=twin, optimizer=twin_optimizer).read(record.path).expect_partial()
     actual = snapshot(twin, twin_optimizer)
@@ -130,12 +139,13 @@ def test_async_checkpoints_hold_the_state_at_the_save_call(tmp_path):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
 
     expected = {}
-    with tfckpt.CheckpointManager(str(tmp_path), model, optimizer, async_save=True,
-                                  keep_last=None) as manager:
+    with tfckpt.CheckpointManager(
+        str(tmp_path), model, optimizer, async_save=True, keep_last=None
+    ) as manager:
         manager.save(0)
         expected[0] = snapshot(model, optimizer)
         for step in range(1, 41):
-            train_step(x[step % 8 * 32:][:32], y[step % 8 * 32:][:32])
+            train_step(x[step % 8 * 32 :][:32], y[step % 8 * 32 :][:32])
             if step % 8 == 0:
                 manager.save(step)
                 expected[step] = snapshot(model, optimizer)
@@ -154,8 +164,12 @@ def test_async_fit_checkpoints_hold_the_state_at_the_save_call(tmp_path, monkeyp
 
     class Recording(tfckpt.CheckpointManager):
         def save(self, step=None, **kwargs):
-            calls.append(((step, kwargs.get("epoch", 0), kwargs.get("batch", 0)),
-                          snapshot(self.model, self.optimizer)))
+            calls.append(
+                (
+                    (step, kwargs.get("epoch", 0), kwargs.get("batch", 0)),
+                    snapshot(self.model, self.optimizer),
+                )
+            )
             return super().save(step, **kwargs)
 
     monkeypatch.setattr(tfckpt.callback, "CheckpointManager", Recording)
@@ -164,8 +178,9 @@ def test_async_fit_checkpoints_hold_the_state_at_the_save_call(tmp_path, monkeyp
     y = rng.normal(size=(256, 1)).astype("float32")
     model = deep_model()
     model.compile(keras.optimizers.Adam(1e-2, name="adam"), "mse")
-    cb = tfckpt.CheckpointCallback(str(tmp_path), monitor=None, save_freq=2, keep_last=None,
-                                   async_save=True, verbose=0)
+    cb = tfckpt.CheckpointCallback(
+        str(tmp_path), monitor=None, save_freq=2, keep_last=None, async_save=True, verbose=0
+    )
     model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[cb])
     records = tfckpt.open(str(tmp_path)).checkpoints
     assert len(records) >= 12
@@ -193,7 +208,9 @@ def test_one_failed_async_write_costs_one_checkpoint(tmp_path, mode):
     model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(1024), keras.layers.Dense(1)])
     model.compile(keras.optimizers.Adam(), "mse")
     model.optimizer.build(model.trainable_variables)
-    tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(newest["path"]).expect_partial()
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(
+        newest["path"]
+    ).expect_partial()
     for v, value in zip(model.weights + model.optimizer.variables, result["expected"]):
         np.testing.assert_array_equal(v.numpy(), np.asarray(value, dtype=v.dtype), err_msg=v.path)
     assert "Traceback" not in proc.stderr  # no error left for TF to raise at exit
@@ -216,19 +233,21 @@ def test_background_writes_yield_to_training(tmp_path, incremental, monkeypatch)
         # The commit thread, and the TF writer thread it waited for.
         seen["commit"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         seen["writers"] = [
-            os.getpriority(os.PRIO_PROCESS, t.native_id) for t in threading.enumerate()
-            if t is not threading.main_thread() and t.native_id
-            and t.name.startswith("Thread-")
+            os.getpriority(os.PRIO_PROCESS, t.native_id)
+            for t in threading.enumerate()
+            if t is not threading.main_thread() and t.native_id and t.name.startswith("Thread-")
         ]
         seen["seal"] = [
-            os.getpriority(os.PRIO_PROCESS, t.native_id) for t in threading.enumerate()
+            os.getpriority(os.PRIO_PROCESS, t.native_id)
+            for t in threading.enumerate()
             if t.name.startswith("tfckpt-seal")
         ]
         return real_finish(self, *args, **kwargs)
 
     monkeypatch.setattr(tfckpt.store.CheckpointStore, "finish", finish)  # observes only
-    with tfckpt.CheckpointManager(tmp_path, model, async_save=True, keep_last=1,
-                                  incremental=incremental) as manager:
+    with tfckpt.CheckpointManager(
+        tmp_path, model, async_save=True, keep_last=1, incremental=incremental
+    ) as manager:
         for epoch in (1, 2, 3):
             manager.save(epoch=epoch)
             manager.wait()

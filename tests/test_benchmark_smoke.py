@@ -10,22 +10,54 @@ from conftest import ROOT, script_env
 def test_compare_benchmark_runs_at_a_tiny_size(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--size-mb", "2",
-         "--repeats", "1", "--fit-steps", "2", "--fit-epochs", "1", "--dir", str(tmp_path),
-         "--json", str(out), "--incremental-saves", "3", "--scale", "--scale-sizes", "1,2",
-         "--many-variables", "20", "--plot", str(tmp_path / "scale.png")],
-        capture_output=True, text=True, env=script_env(), timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "compare.py"),
+            "--size-mb",
+            "2",
+            "--repeats",
+            "1",
+            "--fit-steps",
+            "2",
+            "--fit-epochs",
+            "1",
+            "--dir",
+            str(tmp_path),
+            "--json",
+            str(out),
+            "--incremental-saves",
+            "3",
+            "--scale",
+            "--scale-sizes",
+            "1,2",
+            "--many-variables",
+            "20",
+            "--plot",
+            str(tmp_path / "scale.png"),
+        ],
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert results["bytes"] > 0
-    for key in ["raw write+fsync", "tfckpt sync save (fsync, checksums, commit)",
-                "tfckpt async: fit blocked per save", "keras ModelCheckpoint (.weights.h5)"]:
+    for key in [
+        "raw write+fsync",
+        "tfckpt sync save (fsync, checksums, commit)",
+        "tfckpt async: fit blocked per save",
+        "keras ModelCheckpoint (.weights.h5)",
+    ]:
         assert results["seconds"][key] > 0, key
     assert set(results["fit_steps_per_second"]) == {
-        "no checkpointing", "keras ModelCheckpoint", "tfckpt sync", "tfckpt async"}
+        "no checkpointing",
+        "keras ModelCheckpoint",
+        "tfckpt sync",
+        "tfckpt async",
+    }
     assert results["incremental"]["incremental"]["disk used"] > 0
     assert [p["label"] for p in results["scale"]] == ["1 MB", "2 MB", "20 small variables"]
     assert (tmp_path / "scale.png").stat().st_size > 0
-    # The tables README shows, generated from the same figures.
+    # The tables docs/performance.md shows, generated from the same figures.
     assert "| durable sync save within 1.1x of raw write+fsync" in proc.stdout

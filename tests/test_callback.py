@@ -26,8 +26,15 @@ def fit(model, directory, epochs, data, callbacks=(), **cb_kwargs):
     x, y = data
     cb_kwargs.setdefault("verbose", 0)
     cb = tfckpt.CheckpointCallback(str(directory), **cb_kwargs)
-    history = model.fit(x, y, validation_split=0.25, epochs=epochs, batch_size=32, verbose=0,
-                        callbacks=[cb, *callbacks])
+    history = model.fit(
+        x,
+        y,
+        validation_split=0.25,
+        epochs=epochs,
+        batch_size=32,
+        verbose=0,
+        callbacks=[cb, *callbacks],
+    )
     return cb, history
 
 
@@ -60,10 +67,12 @@ def test_kill_9_and_rerun_continues_where_it_stopped(tmp_path):
     assert tf.train.latest_checkpoint(str(d)) == run.latest.path
     model = make_model(features=16, units=32)
     tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(
-        run.latest.path).assert_existing_objects_matched()
+        run.latest.path
+    ).assert_existing_objects_matched()
     assert int(model.optimizer.iterations) == result["iterations"]
     assert sum(float(np.sum(w)) for w in model.get_weights()) == pytest.approx(
-        result["weights_sum"], rel=1e-6)
+        result["weights_sum"], rel=1e-6
+    )
 
     # Rerunning a finished script trains nothing more.
     third = run_script("train.py", d, "--epochs", 6, check=True)
@@ -101,8 +110,7 @@ def test_second_fit_in_same_process_trains_on(tmp_path, data):
     cb, h1 = fit(model, tmp_path, 2, data)
     assert h1.epoch == [0, 1]
     step = int(model.optimizer.iterations)
-    h2 = model.fit(*data, validation_split=0.25, epochs=2, batch_size=32, verbose=0,
-                   callbacks=[cb])
+    h2 = model.fit(*data, validation_split=0.25, epochs=2, batch_size=32, verbose=0, callbacks=[cb])
     assert h2.epoch == [0, 1]  # Keras semantics: two more epochs
     assert int(model.optimizer.iterations) == 2 * step
     assert model._initial_epoch is None
@@ -132,8 +140,10 @@ def test_restore_best_step_and_false(tmp_path, data):
     assert cb.restored.step == second.step
     ref = make_model(seed=4)
     tfckpt.restore(ref, str(tmp_path), which=second.step)
-    assert_same_variables({i: v.numpy() for i, v in enumerate(m.weights)},
-                          {i: v.numpy() for i, v in enumerate(ref.weights)})
+    assert_same_variables(
+        {i: v.numpy() for i, v in enumerate(m.weights)},
+        {i: v.numpy() for i, v in enumerate(ref.weights)},
+    )
 
     m = make_model(seed=3)
     initial = all_variables(m)
@@ -146,8 +156,12 @@ def test_restore_best_step_and_false(tmp_path, data):
 def test_step_level_saves_with_best_tracking_and_steps_per_execution(tmp_path, data):
     x, y = data  # 192 training samples / 32 = 6 batches per epoch
     model = make_model()
-    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy", metrics=["accuracy"],
-                  steps_per_execution=2)
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        "binary_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=2,
+    )
     cb, _ = fit(model, tmp_path, 3, data, save_freq=5, keep_last=None)
     records = tfckpt.open(str(tmp_path)).checkpoints
     step_saves = [(r.epoch, r.batch) for r in records if r.batch]
@@ -163,7 +177,9 @@ def test_step_level_saves_with_best_tracking_and_steps_per_execution(tmp_path, d
 
 def test_monitor_typo_names_existing_metrics(tmp_path, data):
     model = make_model()
-    with pytest.raises(ValueError, match=r"monitor='val_los'.*\['accuracy', 'loss', 'val_accuracy', 'val_loss'\]"):
+    with pytest.raises(
+        ValueError, match=r"monitor='val_los'.*\['accuracy', 'loss', 'val_accuracy', 'val_loss'\]"
+    ):
         fit(model, tmp_path, 1, data, monitor="val_los", mode="min")
     with pytest.raises(ValueError, match="monitor='acuracy'"):
         fit(make_model(), tmp_path / "b", 1, data, monitor="acuracy", mode="max")
@@ -175,8 +191,15 @@ def test_missing_validation_warns_once_and_records_no_metric(tmp_path, data):
     cb = tfckpt.CheckpointCallback(str(tmp_path), verbose=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(x, y, validation_data=(x[:32], y[:32]), validation_freq=2, epochs=4,
-                  verbose=0, callbacks=[cb])
+        model.fit(
+            x,
+            y,
+            validation_data=(x[:32], y[:32]),
+            validation_freq=2,
+            epochs=4,
+            verbose=0,
+            callbacks=[cb],
+        )
     ours = [w for w in caught if "no validation ran" in str(w.message)]
     assert len(ours) == 1
     records = tfckpt.open(str(tmp_path)).checkpoints
@@ -222,10 +245,13 @@ def test_different_architecture_fails_naming_variables(tmp_path, data):
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(tfckpt.IncompatibleCheckpointError, match="does not match"):
         fit(make_model(units=24), tmp_path, 2, data)
-    other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1),
-                              keras.layers.Dense(1)])
+    other = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1), keras.layers.Dense(1)]
+    )
     other.compile("adam", "mse")
-    with pytest.raises(tfckpt.IncompatibleCheckpointError, match=r"not bound to checkpointed values.*dense"):
+    with pytest.raises(
+        tfckpt.IncompatibleCheckpointError, match=r"not bound to checkpointed values.*dense"
+    ):
         fit(other, tmp_path, 2, data)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing lost
 
@@ -246,14 +272,16 @@ def test_nonfinite_loss_is_not_saved(tmp_path, data):
 def test_inference_restore_into_unbuilt_model(tmp_path, data):
     model = make_model()
     fit(model, tmp_path, 2, data)
-    plain = keras.Sequential([keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(1, activation="sigmoid")])  # no Input: unbuilt
+    plain = keras.Sequential(
+        [keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1, activation="sigmoid")]
+    )  # no Input: unbuilt
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "unused optimizer value" warnings
         record = tfckpt.restore(plain, str(tmp_path))
     assert record.epoch == 2
-    np.testing.assert_allclose(plain.predict(data[0][:8], verbose=0),
-                               model.predict(data[0][:8], verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        plain.predict(data[0][:8], verbose=0), model.predict(data[0][:8], verbose=0), rtol=1e-6
+    )
 
 
 def test_recompiled_model_trains_on_instead_of_restoring(tmp_path, data):
@@ -280,8 +308,13 @@ def test_early_stopping_with_ema_saves_the_trained_weights(tmp_path, data):
 
     model = make_model(optimizer=keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.5))
     stop = keras.callbacks.EarlyStopping("loss", patience=0, min_delta=100.0)
-    fit(model, tmp_path, 10, data, callbacks=[stop, keras.callbacks.LambdaCallback(
-        on_epoch_end=snap)])
+    fit(
+        model,
+        tmp_path,
+        10,
+        data,
+        callbacks=[stop, keras.callbacks.LambdaCallback(on_epoch_end=snap)],
+    )
     record = tfckpt.open(str(tmp_path)).latest
     assert record.epoch == 2 and model.stop_training
     fresh = make_model(seed=3)
@@ -313,9 +346,13 @@ def test_a_fit_that_raises_does_not_keep_the_directory_locked(tmp_path, data):
         model.fit(*data, validation_split=0.25, epochs=3, verbose=0, callbacks=[cb, Boom()])
     model.fit(*data, validation_split=0.25, epochs=1, verbose=0, callbacks=[cb])
     # Nothing of this process holds the lock now: another process may take it.
-    holder = subprocess.Popen([sys.executable, str(SCRIPTS / "hold_lock.py"), str(tmp_path)],
-                              env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "hold_lock.py"), str(tmp_path)],
+        env=script_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = holder.stdout.readline()
         assert line.startswith("locked"), holder.stderr.read() if not line else line

@@ -48,11 +48,17 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     d = root / "run"
     cb = tfckpt.CheckpointCallback(str(d), monitor="val_loss", keep_last=None, verbose=0)
-    make_model().fit(*make_data(), validation_split=0.25, epochs=4, batch_size=32, verbose=0,
-                     callbacks=[cb])
+    make_model().fit(
+        *make_data(), validation_split=0.25, epochs=4, batch_size=32, verbose=0, callbacks=[cb]
+    )
     (root / "model_def.py").write_text(MODEL_DEF)
-    keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                      keras.layers.Dense(1, activation="sigmoid")]).save(root / "arch.keras")
+    keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    ).save(root / "arch.keras")
     (root / "not_a_run").mkdir()
     (root / "not_a_run" / "notes.txt").write_text("hello")
     return d
@@ -72,8 +78,13 @@ def processes(run_dir):
     lock = DirectoryLock(str(root / "locked"))  # this process is the live writer
     try:
         started = {
-            name: subprocess.Popen([str(c) for c in command], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env=script_env())
+            name: subprocess.Popen(
+                [str(c) for c in command],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=script_env(),
+            )
             for name, command in commands.items()
         }
         done = {}
@@ -116,19 +127,28 @@ def test_ls_lists_the_run(processes, run_dir):
 
 
 def test_a_selection_that_matches_nothing_exits_1(processes):
-    assert_one_line_error(processes["info_missing_step"], 1, "which=999",
-                          "Available: ckpt-000001 (step 6)",
-                          "epochs with an epoch-end checkpoint: 1, 2, 3, 4.")
+    assert_one_line_error(
+        processes["info_missing_step"],
+        1,
+        "which=999",
+        "Available: ckpt-000001 (step 6)",
+        "epochs with an epoch-end checkpoint: 1, 2, 3, 4.",
+    )
 
 
 def test_a_missing_directory_exits_2(processes, run_dir):
-    assert_one_line_error(processes["ls_missing_dir"], 2, "No checkpoint directory at",
-                          str(run_dir.parent / "nope"))
+    assert_one_line_error(
+        processes["ls_missing_dir"], 2, "No checkpoint directory at", str(run_dir.parent / "nope")
+    )
 
 
 def test_prune_on_a_live_run_fails_clearly_and_deletes_nothing(processes, run_dir):
-    assert_one_line_error(processes["prune_locked"], 1, "Cannot prune while a writer is active",
-                          f"pid {os.getpid()} on host")
+    assert_one_line_error(
+        processes["prune_locked"],
+        1,
+        "Cannot prune while a writer is active",
+        f"pid {os.getpid()} on host",
+    )
     assert len(tfckpt.open(run_dir.parent / "locked").checkpoints) == 4
 
 
@@ -142,31 +162,41 @@ def test_info_json_has_metadata_files_and_variables(run_dir, capsys):
     run = tfckpt.open(run_dir)
     best = run.best
     assert (info["name"], info["step"], info["epoch"], info["batch"]) == (
-        best.name, best.step, best.epoch, best.batch)
+        best.name,
+        best.step,
+        best.epoch,
+        best.batch,
+    )
     assert info["metrics"] == dict(best.metrics) and info["path"] == best.path
     assert info["size"] == best.size and info["kept"] == best.kept and info["best"] is True
     assert info["latest"] is (best.name == run.latest.name)
     assert info["files"] == dict(best.manifest["files"])
     shapes = {name: shape for name, shape in tf.train.list_variables(best.path)}
     listed = {v["name"]: (v["shape"], v["dtype"]) for v in info["variables"]}
-    assert listed == {n: (s, "int64" if n.startswith(("save_counter", "optimizer/_iterations"))
-                          else "float32")
-                      for n, s in shapes.items() if n != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    assert listed == {
+        n: (s, "int64" if n.startswith(("save_counter", "optimizer/_iterations")) else "float32")
+        for n, s in shapes.items()
+        if n != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    }
     assert [8, 16] in [shape for shape, _ in listed.values()]
 
 
 def test_prune_json(run_dir, tmp_path, capsys):
     shutil.copytree(run_dir, tmp_path / "to_prune")
-    status, out, _ = run_main(capsys, "prune", tmp_path / "to_prune", "--keep-last", 1,
-                              "--keep-best", 1, "--json")
+    status, out, _ = run_main(
+        capsys, "prune", tmp_path / "to_prune", "--keep-last", 1, "--keep-best", 1, "--json"
+    )
     assert status == 0
     report = json.loads(out)
     run = tfckpt.open(run_dir)
     kept = {run.latest.name, run.best.name}
     assert report["dry_run"] is False
-    assert [r["name"] for r in report["kept"]] == [r.name for r in run.checkpoints if r.name in kept]
+    assert [r["name"] for r in report["kept"]] == [
+        r.name for r in run.checkpoints if r.name in kept
+    ]
     assert [r["name"] for r in report["deleted"]] == [
-        r.name for r in run.checkpoints if r.name not in kept]
+        r.name for r in run.checkpoints if r.name not in kept
+    ]
     assert report["bytes_freed"] == sum(r["size"] for r in report["deleted"])
     assert report["damaged"] == []
     pruned = tfckpt.open(tmp_path / "to_prune")
@@ -175,8 +205,9 @@ def test_prune_json(run_dir, tmp_path, capsys):
 
 def test_export_saved_model_from_a_keras_architecture(run_dir, tmp_path, capsys):
     out = tmp_path / "serving"
-    status, stdout, _ = run_main(capsys, "export", run_dir, out, "--model-from",
-                                 run_dir.parent / "arch.keras", "--epoch", 2)
+    status, stdout, _ = run_main(
+        capsys, "export", run_dir, out, "--model-from", run_dir.parent / "arch.keras", "--epoch", 2
+    )
     record = tfckpt.open(run_dir).select(epoch=2)[0]
     assert status == 0
     assert f"exported {record.name} (step {record.step}, epoch 2) to {out}" in stdout
@@ -193,7 +224,11 @@ def test_info_text(run_dir, capsys):
     record = run.select(epoch=2)[0]
     lines = out.splitlines()
     assert status == 0 and lines[0].startswith(record.name)
-    fields = {line.split()[0]: line.split(None, 1)[1] for line in lines[1:] if line.startswith("  ") and not line.startswith("   ")}
+    fields = {
+        line.split()[0]: line.split(None, 1)[1]
+        for line in lines[1:]
+        if line.startswith("  ") and not line.startswith("   ")
+    }
     assert fields["step"] == str(record.step) and fields["epoch"] == "2" and fields["batch"] == "0"
     assert fields["path"] == record.path and fields["kept"] == record.kept
     assert f"({record.size} bytes)" in fields["size"] and "KiB" in fields["size"]
@@ -224,9 +259,13 @@ def test_prune_dry_run_text(run_dir, tmp_path, capsys):
     assert status == 0
     lines = out.strip().splitlines()
     assert [line.split()[2] for line in lines[:-1] if line.startswith("would delete")] == [
-        "ckpt-000001", "ckpt-000002"]
+        "ckpt-000001",
+        "ckpt-000002",
+    ]
     assert [line.split()[1] for line in lines if line.startswith("keep ")] == [
-        "ckpt-000003", "ckpt-000004"]
+        "ckpt-000003",
+        "ckpt-000004",
+    ]
     assert lines[-1].startswith("would delete 2, keep 2: ") and lines[-1].endswith("would be freed")
     assert len(tfckpt.open(d).checkpoints) == 4
     status, out, _ = run_main(capsys, "prune", d, "--keep-last", 2)
@@ -237,8 +276,9 @@ def test_prune_dry_run_text(run_dir, tmp_path, capsys):
 def test_export_from_a_python_function(run_dir, capsys):
     root = run_dir.parent
     out = root / "best.keras"
-    status, stdout, _ = run_main(capsys, "export", run_dir, out, "--model-from",
-                                 f"{root / 'model_def.py'}:build")
+    status, stdout, _ = run_main(
+        capsys, "export", run_dir, out, "--model-from", f"{root / 'model_def.py'}:build"
+    )
     best = tfckpt.open(run_dir).best
     assert status == 0 and stdout.startswith(f"exported {best.name}")
     loaded = keras.saving.load_model(out)
@@ -246,11 +286,27 @@ def test_export_from_a_python_function(run_dir, capsys):
     tfckpt.restore(reference, str(run_dir), "best")
     for a, b in zip(loaded.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(a, b)
-    status, _, err = run_main(capsys, "export", run_dir, out, "--model-from",
-                              f"{root / 'model_def.py'}:build", "--which", "latest")
+    status, _, err = run_main(
+        capsys,
+        "export",
+        run_dir,
+        out,
+        "--model-from",
+        f"{root / 'model_def.py'}:build",
+        "--which",
+        "latest",
+    )
     assert status == 2 and "already exists. Pass --overwrite" in err
-    status, _, _ = run_main(capsys, "export", run_dir, root / "step18.weights.h5",
-                            "--model-from", f"{root / 'model_def.py'}:build", "--which", "18")
+    status, _, _ = run_main(
+        capsys,
+        "export",
+        run_dir,
+        root / "step18.weights.h5",
+        "--model-from",
+        f"{root / 'model_def.py'}:build",
+        "--which",
+        "18",
+    )
     assert status == 0
     model, reference = keras.saving.load_model(root / "arch.keras"), make_model(seed=5)
     model.load_weights(root / "step18.weights.h5")
@@ -265,15 +321,35 @@ def test_export_from_a_python_function(run_dir, capsys):
         (["ls", "{root}/not_a_run"], 2, "is not a tfckpt run directory"),
         (["prune", "{run}"], 2, "prune needs at least one rule"),
         (["prune", "{run}", "--keep-last", "-1"], 2, "`keep_last` must be an integer >= 0"),
-        (["export", "{run}", "{root}/x.keras", "--model-from", "{root}/model_def.py"], 2,
-         "--model-from must be PATH.keras or PATH.py:FUNCTION"),
-        (["export", "{run}", "{root}/x.keras", "--model-from", "{root}/model_def.py:nope"], 2,
-         "has no function 'nope'"),
-        (["export", "{run}", "{root}/x.keras", "--model-from", "{root}/arch.keras", "--which",
-          "ckpt-000099"], 1, "No checkpoint matches which='ckpt-000099'"),
+        (
+            ["export", "{run}", "{root}/x.keras", "--model-from", "{root}/model_def.py"],
+            2,
+            "--model-from must be PATH.keras or PATH.py:FUNCTION",
+        ),
+        (
+            ["export", "{run}", "{root}/x.keras", "--model-from", "{root}/model_def.py:nope"],
+            2,
+            "has no function 'nope'",
+        ),
+        (
+            [
+                "export",
+                "{run}",
+                "{root}/x.keras",
+                "--model-from",
+                "{root}/arch.keras",
+                "--which",
+                "ckpt-000099",
+            ],
+            1,
+            "No checkpoint matches which='ckpt-000099'",
+        ),
         (["info", "{run}", "best", "--epoch", "2"], 2, "Pass either `which` or `epoch`"),
-        (["export", "{run}", "{root}/x.keras", "--model-from", "{root}/model_def.py:wider"], 1,
-         "does not match the model"),
+        (
+            ["export", "{run}", "{root}/x.keras", "--model-from", "{root}/model_def.py:wider"],
+            1,
+            "does not match the model",
+        ),
     ],
 )
 def test_errors_are_one_line_with_a_status(run_dir, capsys, argv, status, message):
@@ -286,7 +362,9 @@ def test_errors_are_one_line_with_a_status(run_dir, capsys, argv, status, messag
 def test_bad_arguments_exit_2(capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["prune"])
-    assert exit.value.code == 2 and "the following arguments are required" in capsys.readouterr().err
+    assert (
+        exit.value.code == 2 and "the following arguments are required" in capsys.readouterr().err
+    )
 
 
 def test_info_on_a_run_with_no_committed_checkpoint_yet(tmp_path, capsys):

@@ -17,12 +17,14 @@ import tfckpt
 
 
 def plain_model():
-    return keras.Sequential([
-        keras.Input((10,)),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dropout(0.2),
-        keras.layers.Dense(1, activation="sigmoid"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((10,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
 
 
 def checkpoint_weights(record):
@@ -81,31 +83,53 @@ def two_workers(tmp_path, name, *args):
         scratch.append(tmpdir)
         out = tmp_path / f"{name}-{index}.json"
         out.unlink(missing_ok=True)
-        procs.append(subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "mwms_train.py"), str(tmp_path / name),
-             "--index", str(index), "--ports", ports, "--out", str(out), *map(str, args)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=script_env(TMPDIR=tmpdir),
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(SCRIPTS / "mwms_train.py"),
+                    str(tmp_path / name),
+                    "--index",
+                    str(index),
+                    "--ports",
+                    ports,
+                    "--out",
+                    str(out),
+                    *map(str, args),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=script_env(TMPDIR=tmpdir),
+            )
+        )
     results = []
     for index, proc in enumerate(procs):
         stdout, stderr = proc.communicate(timeout=240)
         out = tmp_path / f"{name}-{index}.json"
-        results.append((proc.returncode, stdout, stderr,
-                        json.loads(out.read_text()) if out.exists() else None))
+        results.append(
+            (proc.returncode, stdout, stderr, json.loads(out.read_text()) if out.exists() else None)
+        )
     # A non-chief worker's scratch copies are gone; nothing but committed
     # checkpoints is left in the run directory.
     for tmpdir in scratch:
         assert list(tmpdir.glob("tfckpt-*")) == []
-    leftovers = [p.name for p in (tmp_path / name).iterdir()
-                 if not (p.name.startswith("ckpt-") or p.name in ("checkpoint", ".lock"))]
+    leftovers = [
+        p.name
+        for p in (tmp_path / name).iterdir()
+        if not (p.name.startswith("ckpt-") or p.name in ("checkpoint", ".lock"))
+    ]
     assert leftovers == []
     return results
 
 
 def restored_steps(results):
-    return [int(line.split()[1]) for _, stdout, _, _ in results
-            for line in stdout.splitlines() if line.startswith("restored")]
+    return [
+        int(line.split()[1])
+        for _, stdout, _, _ in results
+        for line in stdout.splitlines()
+        if line.startswith("restored")
+    ]
 
 
 def test_mwms_custom_loop_killed_and_resumed(tmp_path):
@@ -129,8 +153,10 @@ def test_mwms_sigterm_to_one_worker_saves_all_at_the_same_step(tmp_path):
     preempted = two_workers(tmp_path, "run", "--steps", 12, "--term-at-step", 6)
     assert [r[0] for r in preempted] == [42, 42], preempted[1][2][-2000:]
     # Each worker's last trained step is the checkpoint's.
-    last = [max(int(line.split()[1]) for line in stdout.splitlines() if line.startswith("step"))
-            for _, stdout, _, _ in preempted]
+    last = [
+        max(int(line.split()[1]) for line in stdout.splitlines() if line.startswith("step"))
+        for _, stdout, _, _ in preempted
+    ]
     assert last == [7, 7]
     assert tfckpt.open(str(tmp_path / "run")).latest.step == 7
     resumed = two_workers(tmp_path, "run", "--steps", 12)

@@ -10,20 +10,37 @@ import tfckpt
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"mode": "maximize"}, ValueError,
-         r"`mode` must be one of \('auto', 'min', 'max'\). Received: mode='maximize'"),
-        ({"save_freq": 0}, ValueError, r"`save_freq` must be 'epoch' or a positive integer.*save_freq=0"),
+        (
+            {"mode": "maximize"},
+            ValueError,
+            r"`mode` must be one of \('auto', 'min', 'max'\). Received: mode='maximize'",
+        ),
+        (
+            {"save_freq": 0},
+            ValueError,
+            r"`save_freq` must be 'epoch' or a positive integer.*save_freq=0",
+        ),
         ({"save_freq": -5}, ValueError, r"Received: save_freq=-5"),
         ({"save_freq": "batch"}, ValueError, r"Received: save_freq='batch'"),
         ({"save_freq": 2.5}, ValueError, r"Received: save_freq=2.5"),
-        ({"monitor": None, "keep_best": 2}, ValueError,
-         r"`keep_best=2` needs a metric.*monitor=None"),
-        ({"keep_last": -1}, ValueError, r"`keep_last` must be an integer >= 0, or None.*keep_last=-1"),
+        (
+            {"monitor": None, "keep_best": 2},
+            ValueError,
+            r"`keep_best=2` needs a metric.*monitor=None",
+        ),
+        (
+            {"keep_last": -1},
+            ValueError,
+            r"`keep_last` must be an integer >= 0, or None.*keep_last=-1",
+        ),
         ({"keep_best": -1}, ValueError, r"`keep_best` must be an integer >= 0.*keep_best=-1"),
         ({"keep_every_n_epochs": 0}, ValueError, r"`keep_every_n_epochs` must be an integer >= 1"),
         ({"keep_every_n_hours": -2}, ValueError, r"`keep_every_n_hours` must be a positive number"),
-        ({"restore": "newest"}, ValueError,
-         r"`restore` must be 'latest', 'best', a step \(int >= 0\) or False.*'newest'"),
+        (
+            {"restore": "newest"},
+            ValueError,
+            r"`restore` must be 'latest', 'best', a step \(int >= 0\) or False.*'newest'",
+        ),
         ({"restore": True}, ValueError, r"Received: restore=True"),
         ({"verbose": 2}, ValueError, r"`verbose` must be 0 or 1"),
         ({"retention": 3}, TypeError, r"`retention` must be a tfckpt.retention.RetentionPolicy"),
@@ -72,8 +89,11 @@ def test_other_keras_backend_is_refused(tmp_path, monkeypatch):
     # packages this project does not install (the numpy backend imports jax),
     # so the backend query is what gets switched here.
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    with pytest.raises(RuntimeError, match="tfckpt needs Keras's TensorFlow backend, but Keras "
-                       "is using 'jax'. Set the environment variable KERAS_BACKEND=tensorflow"):
+    with pytest.raises(
+        RuntimeError,
+        match="tfckpt needs Keras's TensorFlow backend, but Keras "
+        "is using 'jax'. Set the environment variable KERAS_BACKEND=tensorflow",
+    ):
         tfckpt.CheckpointCallback(str(tmp_path))
     with pytest.raises(RuntimeError, match="KERAS_BACKEND=tensorflow"):
         tfckpt.CheckpointManager(str(tmp_path), None)
@@ -97,7 +117,9 @@ def test_unknown_selection_lists_what_exists(tmp_path, data):
     model = make_model()
     cb = tfckpt.CheckpointCallback(str(tmp_path), verbose=0)
     model.fit(*data, validation_split=0.25, epochs=2, verbose=0, callbacks=[cb])
-    with pytest.raises(ValueError, match=r"which=999.*Available: ckpt-000001 \(step 6\), ckpt-000002 \(step 12\)"):
+    with pytest.raises(
+        ValueError, match=r"which=999.*Available: ckpt-000001 \(step 6\), ckpt-000002 \(step 12\)"
+    ):
         tfckpt.restore(make_model(), str(tmp_path), which=999)
 
 
@@ -111,7 +133,10 @@ def test_restore_from_missing_directory(tmp_path):
 def test_misspelt_monitor_with_auto_mode_names_the_metrics_that_exist(tmp_path, data):
     model = make_model()
     cb = tfckpt.CheckpointCallback(str(tmp_path), monitor="val_los", verbose=0)
-    with pytest.raises(ValueError, match=r"monitor='val_los' is not a metric this model logs\. "
-                                         r"It logs: loss, accuracy"):
+    with pytest.raises(
+        ValueError,
+        match=r"monitor='val_los' is not a metric this model logs\. "
+        r"It logs: loss, accuracy",
+    ):
         model.fit(*data, validation_split=0.25, epochs=1, verbose=0, callbacks=[cb])
     assert not any(tmp_path.glob("ckpt-*"))

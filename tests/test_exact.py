@@ -99,8 +99,9 @@ def test_data_that_cannot_be_positioned_is_reported_once(tmp_path):
     # training goes on with everything else restored.
     killed(tmp_path, "run", "--data", "generator", "--save-freq", 3, "--kill-at-step", 13)
     out = tmp_path / "gen.json"
-    proc = run_script("exact.py", tmp_path / "run", "--data", "generator", "--save-freq", 3,
-                      "--out", out)
+    proc = run_script(
+        "exact.py", tmp_path / "run", "--data", "generator", "--save-freq", 3, "--out", out
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("is a Python generator, which cannot be rewound") == 1
     assert json.loads(out.read_text())["iterations"] == 24

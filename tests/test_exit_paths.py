@@ -31,8 +31,9 @@ class Canary(keras.layers.Layer):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.counter = self.add_weight(shape=(), initializer="zeros", dtype="float32",
-                                       trainable=False)
+        self.counter = self.add_weight(
+            shape=(), initializer="zeros", dtype="float32", trainable=False
+        )
 
     def call(self, x, training=False):
         if training:
@@ -71,11 +72,19 @@ class Interrupt(keras.callbacks.Callback):
 
 
 def interrupted_fit(model, directory, save_freq, **interrupt):
-    cb = tfckpt.CheckpointCallback(str(directory), monitor=None, save_freq=save_freq,
-                                   keep_last=None, verbose=0)
+    cb = tfckpt.CheckpointCallback(
+        str(directory), monitor=None, save_freq=save_freq, keep_last=None, verbose=0
+    )
     with pytest.raises(RuntimeError, match="interrupted"):
-        model.fit(X, Y, batch_size=4, epochs=5, verbose=0, shuffle=False,
-                  callbacks=[cb, Interrupt(**interrupt)])
+        model.fit(
+            X,
+            Y,
+            batch_size=4,
+            epochs=5,
+            verbose=0,
+            shuffle=False,
+            callbacks=[cb, Interrupt(**interrupt)],
+        )
     return cb
 
 
@@ -99,8 +108,9 @@ def test_interrupted_after_batch_2_resumes_mid_epoch(tmp_path, same_kernel):
     assert batches(model) == 2
     if not same_kernel:  # what a new process has: a fresh model and callback
         model = canary_model()
-        cb = tfckpt.CheckpointCallback(str(tmp_path), monitor=None, save_freq=1,
-                                       keep_last=None, verbose=0)
+        cb = tfckpt.CheckpointCallback(
+            str(tmp_path), monitor=None, save_freq=1, keep_last=None, verbose=0
+        )
     history = rerun(model, cb)
     assert history.epoch == [0, 1, 2, 3, 4]  # epoch 0 resumes after its batch 2
     assert batches(model) == 15
@@ -142,8 +152,10 @@ def test_same_kernel_resume_says_so_once(tmp_path, capsys):
     capsys.readouterr()
     rerun(model, cb)
     lines = [line for line in capsys.readouterr().out.splitlines() if "interrupted" in line]
-    assert lines == ["tfckpt: resuming the interrupted fit: restored ckpt-000002 "
-                     "(epoch 2, step 6); continuing at epoch 3."]
+    assert lines == [
+        "tfckpt: resuming the interrupted fit: restored ckpt-000002 "
+        "(epoch 2, step 6); continuing at epoch 3."
+    ]
 
 
 def test_a_completed_fit_is_trained_on(tmp_path):
@@ -158,8 +170,9 @@ def test_a_completed_fit_is_trained_on(tmp_path):
 
 def test_a_preemption_that_returned_is_resumed_by_the_next_fit(tmp_path):
     model = canary_model()
-    cb = tfckpt.CheckpointCallback(str(tmp_path), monitor=None, verbose=0,
-                                   preemption_exit_code=None)
+    cb = tfckpt.CheckpointCallback(
+        str(tmp_path), monitor=None, verbose=0, preemption_exit_code=None
+    )
 
     class Term(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -203,8 +216,13 @@ class RaiseIn(keras.callbacks.Callback):
         self._maybe("on_epoch_end")
 
 
-HOOKS = ["on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_test_batch_end",
-         "on_epoch_end"]
+HOOKS = [
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_train_batch_begin",
+    "on_test_batch_end",
+    "on_epoch_end",
+]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -216,16 +234,21 @@ def test_ctrl_c_anywhere_in_fit_puts_everything_back(tmp_path, data, hook, async
     train_function = model.train_function
     cb = tfckpt.CheckpointCallback(str(tmp_path), verbose=0, async_save=async_save)
     with pytest.raises(KeyboardInterrupt):
-        model.fit(*data, validation_split=0.25, epochs=3, verbose=0,
-                  callbacks=[cb, RaiseIn(hook)])
+        model.fit(*data, validation_split=0.25, epochs=3, verbose=0, callbacks=[cb, RaiseIn(hook)])
     assert signal.getsignal(signal.SIGTERM) is handler
-    assert not [t for t in threading.enumerate() if t.name.startswith(("tfckpt-save", "tfckpt-reap", "tfckpt-seal"))]
+    assert not [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith(("tfckpt-save", "tfckpt-reap", "tfckpt-seal"))
+    ]
     DirectoryLock(str(tmp_path), exclusive=True).release()  # nobody holds the directory
     assert model.train_function is train_function
     assert not {"evaluate", "reset_metrics", "finalize_variable_values"} & (
-        set(vars(model)) | set(vars(model.optimizer)))
+        set(vars(model)) | set(vars(model.optimizer))
+    )
     assert tfckpt.verify(str(tmp_path)) == [
-        (r.name, None) for r in tfckpt.open(str(tmp_path)).checkpoints]
+        (r.name, None) for r in tfckpt.open(str(tmp_path)).checkpoints
+    ]
     # The notebook cell again: it works, and its handler is gone when it ends.
     model.fit(*data, validation_split=0.25, epochs=3, verbose=0, callbacks=[cb])
     assert signal.getsignal(signal.SIGTERM) is handler
@@ -251,8 +274,9 @@ os.kill(os.getpid(), signal.SIGTERM)
 time.sleep(30)
 print("still alive", flush=True)
 """
-    proc = subprocess.run([sys.executable, "-c", code], env=script_env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=script_env(), capture_output=True, text=True, timeout=300
+    )
     assert "interrupted" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr)
     assert "interrupted" in proc.stdout and "still alive" not in proc.stdout, proc.stderr
     assert proc.returncode == -signal.SIGTERM
@@ -260,14 +284,22 @@ print("still alive", flush=True)
 
 def test_an_error_in_tfckpts_own_begin_releases_everything(tmp_path, data):
     model = make_model()
-    model.fit(*data, epochs=1, verbose=0,
-              callbacks=[tfckpt.CheckpointCallback(str(tmp_path), monitor=None, verbose=0)])
+    model.fit(
+        *data,
+        epochs=1,
+        verbose=0,
+        callbacks=[tfckpt.CheckpointCallback(str(tmp_path), monitor=None, verbose=0)],
+    )
     handler = signal.getsignal(signal.SIGTERM)
     other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3), keras.layers.Dense(1)])
     other.compile("adam", "mse")
     with pytest.raises(tfckpt.IncompatibleCheckpointError):
-        other.fit(*data, epochs=1, verbose=0,
-                  callbacks=[tfckpt.CheckpointCallback(str(tmp_path), monitor=None, verbose=0)])
+        other.fit(
+            *data,
+            epochs=1,
+            verbose=0,
+            callbacks=[tfckpt.CheckpointCallback(str(tmp_path), monitor=None, verbose=0)],
+        )
     assert signal.getsignal(signal.SIGTERM) is handler
     DirectoryLock(str(tmp_path), exclusive=True).release()
 
@@ -289,8 +321,12 @@ def test_later_callbacks_epoch_end_changes_replace_the_epochs_checkpoint(tmp_pat
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-2 / 4)  # epochs 2 and 3
     # Nothing changed after it: one save per epoch, no replacement.
     other = tmp_path / "plain"
-    make_model().fit(*data, epochs=2, verbose=0, callbacks=[
-        tfckpt.CheckpointCallback(str(other), monitor=None, keep_last=None, verbose=0)])
+    make_model().fit(
+        *data,
+        epochs=2,
+        verbose=0,
+        callbacks=[tfckpt.CheckpointCallback(str(other), monitor=None, keep_last=None, verbose=0)],
+    )
     plain = tfckpt.open(str(other)).checkpoints
     assert [r.name for r in plain] == ["ckpt-000001", "ckpt-000002"]
     assert not any(r.manifest.get("supersedes") for r in plain)
@@ -339,10 +375,15 @@ def test_an_exception_a_callback_catches_is_not_a_way_out_of_fit(tmp_path, data)
 def test_a_fork_interrupted_before_its_first_checkpoint_forks_again(tmp_path, data):
     parent = tmp_path / "parent"
     model = make_model()
-    model.fit(*data, epochs=3, verbose=0, callbacks=[
-        tfckpt.CheckpointCallback(str(parent), monitor=None, verbose=0)])
-    fork = tfckpt.CheckpointCallback(str(tmp_path / "fork"), monitor=None, verbose=0,
-                                     init_from=str(parent))
+    model.fit(
+        *data,
+        epochs=3,
+        verbose=0,
+        callbacks=[tfckpt.CheckpointCallback(str(parent), monitor=None, verbose=0)],
+    )
+    fork = tfckpt.CheckpointCallback(
+        str(tmp_path / "fork"), monitor=None, verbose=0, init_from=str(parent)
+    )
     model = make_model(seed=7)
     with pytest.raises(RuntimeError, match="interrupted"):
         model.fit(*data, epochs=5, verbose=0, callbacks=[fork, Interrupt(at_batch=1)])

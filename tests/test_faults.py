@@ -23,13 +23,30 @@ from conftest import SCRIPTS, script_env
 
 import tfckpt
 
-OPS = ["open", "write", "fsync", "rename", "remove", "listdir", "stat", "mkdir", "close", "read", "link"]
+OPS = [
+    "open",
+    "write",
+    "fsync",
+    "rename",
+    "remove",
+    "listdir",
+    "stat",
+    "mkdir",
+    "close",
+    "read",
+    "link",
+]
 
 
 def faults(inject_so, directory, *args, timeout=900):
     env = script_env(LD_PRELOAD=str(inject_so))
-    return subprocess.run([sys.executable, str(SCRIPTS / "faults.py"), str(directory), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / "faults.py"), str(directory), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def sweep(inject_so, tmp_path, scenario, *args):
@@ -46,7 +63,9 @@ def sweep(inject_so, tmp_path, scenario, *args):
             return counts, injections
         # Only a crash inside TF's C++ checkpoint reader is TF's, not ours.
         assert proc.returncode == -11 and "py_checkpoint_reader" in proc.stderr, (
-            proc.returncode, proc.stderr[-3000:])
+            proc.returncode,
+            proc.stderr[-3000:],
+        )
         start = (injections[-1]["index"] if injections else start) + 1
         injections.append({"kind": "crash", "index": start, "crashed": "TF checkpoint reader"})
 
@@ -60,8 +79,11 @@ def assert_kept_the_promise(injections, scenario):
         assert r["problems"] == [], (where, r["error"], r["problems"])
         if r["error"] is not None:  # a clear tfckpt error, never a raw one
             assert r["error"].split(":")[0] in (
-                "CheckpointWriteError", "CommittedWithError", "CheckpointReadError",
-                "CheckpointError"), (where, r["error"])
+                "CheckpointWriteError",
+                "CommittedWithError",
+                "CheckpointReadError",
+                "CheckpointError",
+            ), (where, r["error"])
         if r["fired"] and r["op"] not in ("stat", "read") and (r["error"] or r["warnings"]):
             # The real OS error is named (TensorFlow drops the errno of a
             # failed stat in isdir/exists, and of some reads of an index).
@@ -95,11 +117,16 @@ def test_every_call_fails_with_every_errno(inject_so, tmp_path, scenario):
 
 def make_model():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8,)), keras.layers.Dense(1024, trainable=False),
-        keras.layers.Dense(1024, trainable=False), keras.layers.Dense(1024, trainable=False),
-        keras.layers.Dense(16), keras.layers.Dense(1),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(1024, trainable=False),
+            keras.layers.Dense(1024, trainable=False),
+            keras.layers.Dense(1024, trainable=False),
+            keras.layers.Dense(16),
+            keras.layers.Dense(1),
+        ]
+    )
     model.compile(keras.optimizers.Adam(1e-2), "mse")
     return model
 
@@ -123,7 +150,9 @@ def kill_and_restart(inject_so, tmp_path, op, nth, *args):
     # The restart: a new writer restores the newest committed checkpoint.
     model = make_model()
     with tfckpt.CheckpointManager(str(run_dir), model, keep_last=2) as manager:
-        leftovers = [n for n in os.listdir(run_dir) if n.startswith((".tmp-", ".trash-", "checkpoint.tmp"))]
+        leftovers = [
+            n for n in os.listdir(run_dir) if n.startswith((".tmp-", ".trash-", "checkpoint.tmp"))
+        ]
         assert leftovers == []  # the writer cleaned up
         record = manager.restore()
         assert record.name >= before  # nothing committed was lost
@@ -162,15 +191,20 @@ import ctypes, errno, os
 lib = ctypes.CDLL(None)
 lib.fault_watch({str(tmp_path)!r}.encode())
 lib.fault_arm(1, 1, errno.ENOSPC, 0)
-fd = os.open({str(tmp_path / 'f')!r}, os.O_WRONLY | os.O_CREAT)
+fd = os.open({str(tmp_path / "f")!r}, os.O_WRONLY | os.O_CREAT)
 try:
     os.write(fd, b"x")
 except OSError as e:
     print(e.errno == errno.ENOSPC, lib.fault_fired())
 os.write(fd, b"y")
 os.close(fd)
-print(open({str(tmp_path / 'f')!r}).read(), lib.fault_count(1))
+print(open({str(tmp_path / "f")!r}).read(), lib.fault_count(1))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=dict(os.environ, LD_PRELOAD=str(inject_so)), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, LD_PRELOAD=str(inject_so)),
+        timeout=60,
+    )
     assert proc.stdout.split() == ["True", "1", "y", "2"], proc.stderr

@@ -15,8 +15,7 @@ import tfckpt
 def fit(model, directory, epochs, **kwargs):
     x, y = make_data(128)
     cb = tfckpt.CheckpointCallback(str(directory), verbose=0, **kwargs)
-    model.fit(x, y, validation_split=0.25, epochs=epochs, batch_size=32, verbose=0,
-              callbacks=[cb])
+    model.fit(x, y, validation_split=0.25, epochs=epochs, batch_size=32, verbose=0, callbacks=[cb])
     return cb
 
 
@@ -48,8 +47,7 @@ def test_fork_without_optimizer_and_by_epoch(tmp_path):
     parent_dir = tmp_path / "exp1"
     fit(make_model(), parent_dir, 3, keep_last=None)
     child = make_model(optimizer=keras.optimizers.SGD(0.1), seed=3)
-    cb = fit(child, tmp_path / "exp2", 3, init_from=f"{parent_dir}@epoch=2",
-             init_optimizer=False)
+    cb = fit(child, tmp_path / "exp2", 3, init_from=f"{parent_dir}@epoch=2", init_optimizer=False)
     assert cb.restored.epoch == 2
     assert int(child.optimizer.iterations) == 3  # a fresh SGD: one epoch of 3 steps
     parent = tfckpt.open(str(tmp_path / "exp2")).checkpoints[-1].manifest["parent"]
@@ -83,23 +81,39 @@ class Broken(tfckpt.CheckpointObserver):
 def test_observers_see_every_commit_and_deletion(tmp_path):
     recorder = Recorder()
     with pytest.warns(UserWarning, match="observer .*Broken.* failed in on_commit.*observer bug"):
-        fit(make_model(), tmp_path / "run", 4, monitor=None, keep_last=2,
-            observers=[Broken(), recorder])
+        fit(
+            make_model(),
+            tmp_path / "run",
+            4,
+            monitor=None,
+            keep_last=2,
+            observers=[Broken(), recorder],
+        )
     assert recorder.events == [
-        ("commit", "ckpt-000001"), ("commit", "ckpt-000002"),
-        ("commit", "ckpt-000003"), ("delete", "ckpt-000001"),
-        ("commit", "ckpt-000004"), ("delete", "ckpt-000002"),
+        ("commit", "ckpt-000001"),
+        ("commit", "ckpt-000002"),
+        ("commit", "ckpt-000003"),
+        ("delete", "ckpt-000001"),
+        ("commit", "ckpt-000004"),
+        ("delete", "ckpt-000002"),
     ]
     assert [c.name for c in tfckpt.open(str(tmp_path / "run")).checkpoints] == [
-        "ckpt-000003", "ckpt-000004"]  # the broken observer cost nothing
+        "ckpt-000003",
+        "ckpt-000004",
+    ]  # the broken observer cost nothing
     with pytest.raises(TypeError, match="observers"):
         tfckpt.CheckpointCallback(str(tmp_path / "x"), observers=[print])
 
 
 def test_tensorboard_observer_writes_metrics_and_events(tmp_path):
     logdir = str(tmp_path / "tb")
-    fit(make_model(), tmp_path / "run", 3, keep_last=1,
-        observers=[tfckpt.TensorBoardObserver(logdir)])
+    fit(
+        make_model(),
+        tmp_path / "run",
+        3,
+        keep_last=1,
+        observers=[tfckpt.TensorBoardObserver(logdir)],
+    )
     scalars, texts, steps = {}, [], []
     for path in glob.glob(f"{logdir}/events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(path):
@@ -112,7 +126,9 @@ def test_tensorboard_observer_writes_metrics_and_events(tmp_path):
                     scalars.setdefault(value.tag, []).append((event.step, float(tensor)))
     run = tfckpt.open(str(tmp_path / "run"))
     assert scalars["checkpoint/val_loss"][-1] == (
-        run.latest.step, pytest.approx(run.latest.metrics["val_loss"]))
+        run.latest.step,
+        pytest.approx(run.latest.metrics["val_loss"]),
+    )
     assert len(scalars["checkpoint/val_loss"]) == 3
     assert "saved ckpt-000003 (epoch 3, step 9)" in texts
     assert any(t.startswith("deleted ckpt-00000") for t in texts)

@@ -22,14 +22,16 @@ def finetune_model(seed=0):
     """A frozen "backbone" (two 4 MiB kernels) under a small trainable head
     with BatchNorm (non-trainable statistics that change)."""
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((1024,)),
-        keras.layers.Dense(1024, activation="relu", trainable=False),
-        keras.layers.Dense(1024, activation="relu", trainable=False),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.BatchNormalization(),
-        keras.layers.Dense(1),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((1024,)),
+            keras.layers.Dense(1024, activation="relu", trainable=False),
+            keras.layers.Dense(1024, activation="relu", trainable=False),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(1),
+        ]
+    )
     model.compile(keras.optimizers.Adam(1e-2), "mse")
     return model
 
@@ -60,7 +62,9 @@ def fresh_read(model_fn, path):
     """Restores `path` into a fresh model with plain TF; returns the model."""
     model = model_fn(seed=1)
     model.optimizer.build(model.trainable_variables)
-    tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(path).assert_existing_objects_matched()
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(
+        path
+    ).assert_existing_objects_matched()
     return model
 
 
@@ -90,8 +94,11 @@ def test_unchanged_tensors_are_linked_and_each_checkpoint_is_plain_tf(tmp_path):
         assert len(linked) == 2
         for f in linked:
             assert stats[f].st_ino == first[f].st_ino
-        written = sum(e["size"] for f, e in record.manifest["files"].items()
-                      if f not in linked and ".data-" in f)
+        written = sum(
+            e["size"]
+            for f, e in record.manifest["files"].items()
+            if f not in linked and ".data-" in f
+        )
         changed = changed_bytes(earlier, record)
         assert 0 < changed <= written <= 1.25 * changed, (written, changed)
     # Plain TF finds the newest and reads every checkpoint, exactly.
@@ -128,8 +135,11 @@ def test_deleting_any_checkpoint_never_breaks_another(tmp_path):
     model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[cb])
     records = run.checkpoints
     assert [r.epoch for r in records] == [4, 5, 6]
-    assert all(e.get("shared") == newest.name
-               for e in records[1].manifest["files"].values() if e.get("shared"))
+    assert all(
+        e.get("shared") == newest.name
+        for e in records[1].manifest["files"].values()
+        if e.get("shared")
+    )
     assert run.shared_bytes(newest) == 8 * 2**20
     assert all(problem is None for _, problem in tfckpt.verify(tmp_path))
 
@@ -219,7 +229,7 @@ def test_a_filesystem_without_links_falls_back_to_full_copies(tmp_path, inject_s
     # keeps its own copies, says so once, and saves full checkpoints on.
     code = f"""
 import ctypes, errno, os, sys, warnings
-sys.path.insert(0, {str(ROOT / 'tests')!r})
+sys.path.insert(0, {str(ROOT / "tests")!r})
 from test_incremental import finetune_model, data
 import tfckpt
 lib = ctypes.CDLL(None)
@@ -237,8 +247,13 @@ records = tfckpt.open({str(tmp_path)!r}).checkpoints
 print(len(told), [sum(bool(e.get("shared")) for e in r.manifest["files"].values()) for r in records])
 print([p for _, p in tfckpt.verify({str(tmp_path)!r})])
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=script_env(LD_PRELOAD=str(inject_so)), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=script_env(LD_PRELOAD=str(inject_so)),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[-2] == "1 [0, 0, 0]"
@@ -257,8 +272,77 @@ def test_cli_shows_own_and_shared_bytes(tmp_path):
 
 
 def run_cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "tfckpt.cli", *args], capture_output=True,
-                          text=True, env=script_env(), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfckpt.cli", *args],
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
+
+def frozen_files(record):
+    """The data files of `record` that hold the two frozen 4 MiB kernels."""
+    return [
+        f for f, e in record.manifest["files"].items() if ".data-" in f and e["size"] == 4 * 2**20
+    ]
+
+
+def test_never_links_a_file_changed_damaged_or_not_ours(tmp_path):
+    model = finetune_model()
+    x, y = data()
+    fresh = finetune_model(seed=1)
+    fresh.optimizer.build(fresh.trainable_variables)
+    with tfckpt.CheckpointManager(tmp_path, model, keep_last=None, monitor=None) as manager:
+        model.fit(x, y, verbose=0)
+        first = manager.save(epoch=1)
+        model.fit(x, y, verbose=0)
+        second = manager.save(epoch=2)
+        a, b = frozen_files(second)
+        assert files_of(second)[a].st_ino == files_of(first)[a].st_ino  # linked
+        # 1. Changed in place after its commit (same size): not linked again.
+        path = os.path.join(second.directory, a)
+        with open(path, "r+b") as f:
+            f.seek(100)
+            byte = f.read(1)
+            f.seek(100)
+            f.write(bytes([byte[0] ^ 1]))
+        model.fit(x, y, verbose=0)
+        third = manager.save(epoch=3)
+        assert files_of(third)[a].st_ino != files_of(second)[a].st_ino
+        assert files_of(third)[b].st_ino == files_of(second)[b].st_ino
+        # 2. Bit rot (the modification time put back) found by a restore of an
+        # older checkpoint sharing the file: that inode is never linked again,
+        # though the newest checkpoint was not checked.
+        path = os.path.join(third.directory, b)
+        st = os.stat(path)
+        with open(path, "r+b") as f:
+            f.seek(100)
+            byte = f.read(1)
+            f.seek(100)
+            f.write(bytes([byte[0] ^ 1]))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with tfckpt.CheckpointManager(tmp_path, fresh, keep_last=None, monitor=None) as manager:
+        with pytest.raises(NoIntactCheckpointError):
+            manager.restore(first.name)  # found damaged and marked
+    with tfckpt.CheckpointManager(tmp_path, model, keep_last=None, monitor=None) as manager:
+        model.fit(x, y, verbose=0)
+        fourth = manager.save(epoch=4)
+        assert files_of(fourth)[b].st_ino != files_of(third)[b].st_ino
+        assert files_of(fourth)[a].st_ino == files_of(third)[a].st_ino
+    assert dict(tfckpt.verify(tmp_path))[fourth.name] is None
+    # 3. A symlink planted in the run directory (a copy from someone else):
+    # never linked, even with the right hash; the save writes its own file.
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    target = os.path.join(fourth.directory, a)
+    os.replace(target, outside / "kernel")
+    os.symlink(outside / "kernel", target)
+    with tfckpt.CheckpointManager(tmp_path, model, keep_last=None, monitor=None) as manager:
+        model.fit(x, y, verbose=0)
+        fifth = manager.save(epoch=5)
+    st = os.lstat(os.path.join(fifth.directory, a))
+    assert st.st_nlink == 1 and st.st_ino != os.stat(outside / "kernel").st_ino
+    assert dict(tfckpt.verify(tmp_path))[fifth.name] is None

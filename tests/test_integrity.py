@@ -28,14 +28,23 @@ def fuzz(directory, kills, seed, epochs=3, extra=()):
     rng = random.Random(seed)
     stats = {"kills": 0, "mid_save": 0, "restores": 0}
     last_saved = 0
-    cmd = [sys.executable, str(SCRIPTS / "fuzz_train.py"), str(directory), "--epochs", str(epochs),
-           *extra]
+    cmd = [
+        sys.executable,
+        str(SCRIPTS / "fuzz_train.py"),
+        str(directory),
+        "--epochs",
+        str(epochs),
+        *extra,
+    ]
     while True:
         finishing = stats["kills"] >= kills
         before = tfckpt.open(str(directory)).latest if directory.exists() else None
-        stats["mid_save"] += bool(directory.exists() and CheckpointStore(str(directory)).leftovers())
-        proc = subprocess.Popen(cmd, env=script_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        stats["mid_save"] += bool(
+            directory.exists() and CheckpointStore(str(directory)).leftovers()
+        )
+        proc = subprocess.Popen(
+            cmd, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         restored = int(proc.stdout.readline().split()[1])  # "restored STEP"
         # Never backwards: at least the newest committed step seen, exactly the newest on disk.
         assert restored >= last_saved
@@ -118,8 +127,15 @@ def three_checkpoints(tmp_path_factory):
     weights = {}
     x, y = np.random.default_rng(0).normal(size=(64, 8)).astype("float32"), np.zeros(64)
     for epoch in (1, 2, 3):
-        model.fit(x, y, epochs=epoch, initial_epoch=epoch - 1, verbose=0, callbacks=[cb],
-                  validation_data=(x[:8], y[:8]))
+        model.fit(
+            x,
+            y,
+            epochs=epoch,
+            initial_epoch=epoch - 1,
+            verbose=0,
+            callbacks=[cb],
+            validation_data=(x[:8], y[:8]),
+        )
         weights[epoch] = [w.numpy() for w in model.weights]
     return d, weights
 
@@ -154,8 +170,13 @@ def test_corruption_is_detected_and_falls_back(tmp_path, three_checkpoints, fnam
     cb = tfckpt.CheckpointCallback(str(d), keep_last=1, keep_best=0, verbose=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        history = model.fit(*np.split(np.zeros((16, 9), "float32"), [8], axis=1), epochs=3,
-                            verbose=0, callbacks=[cb], validation_split=0.5)
+        history = model.fit(
+            *np.split(np.zeros((16, 9), "float32"), [8], axis=1),
+            epochs=3,
+            verbose=0,
+            callbacks=[cb],
+            validation_split=0.5,
+        )
     assert history.epoch == [2]  # resumed from the newest intact checkpoint
     assert newest.exists()
     assert [r.epoch for r in tfckpt.open(str(d)).checkpoints] == [3]
@@ -220,8 +241,12 @@ def test_a_manifest_naming_files_outside_its_checkpoint_is_not_followed(tmp_path
     # names lead elsewhere is not a checkpoint, and nothing outside is read.
     d = tmp_path / "run"
     model = make_model()
-    model.fit(*data, epochs=2, verbose=0,
-              callbacks=[tfckpt.CheckpointCallback(str(d), monitor=None, verbose=0)])
+    model.fit(
+        *data,
+        epochs=2,
+        verbose=0,
+        callbacks=[tfckpt.CheckpointCallback(str(d), monitor=None, verbose=0)],
+    )
     secret = tmp_path / "secret.bin"
     secret.write_bytes(b"x" * 10)
     path = d / "ckpt-000002" / "manifest.json"

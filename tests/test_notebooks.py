@@ -22,11 +22,15 @@ def execute(name, cwd):
     """Runs notebooks/NAME in `cwd`; returns the probe's output, the executed
     notebook and the summary cell's JSON."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    assert all(not c.get("outputs") and c.get("execution_count") is None
-               for c in nb.cells if c.cell_type == "code"), f"{name} is committed with outputs"
+    assert all(
+        not c.get("outputs") and c.get("execution_count") is None
+        for c in nb.cells
+        if c.cell_type == "code"
+    ), f"{name} is committed with outputs"
     nb.cells.insert(0, nbformat.v4.new_code_cell(PROBE))
-    client = NotebookClient(nb, kernel_name="python3", timeout=240,
-                            resources={"metadata": {"path": str(cwd)}})
+    client = NotebookClient(
+        nb, kernel_name="python3", timeout=240, resources={"metadata": {"path": str(cwd)}}
+    )
     client.execute(env=script_env(MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL=3))
     probe = json.loads(nb.cells[0].outputs[0]["text"])
     summary_cell = next(c for c in nb.cells if "summary" in c.metadata.get("tags", []))
@@ -35,8 +39,13 @@ def execute(name, cwd):
 
 
 def outputs_of(nb, mime):
-    return [o["data"][mime] for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if mime in o.get("data", {})]
+    return [
+        o["data"][mime]
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if mime in o.get("data", {})
+    ]
 
 
 def test_quickstart(tmp_path):
@@ -52,8 +61,9 @@ def test_quickstart(tmp_path):
     assert summary["resumed_epochs"] == [4, 5, 6, 7, 8]
     assert summary["final_epoch"] == 8 and summary["history_epochs"] == list(range(1, 9))
     assert summary["weights_equal"] and summary["predictions_equal"]
-    assert any('<table class="tfckpt">' in h and "val_accuracy" in h
-               for h in outputs_of(nb, "text/html"))
+    assert any(
+        '<table class="tfckpt">' in h and "val_accuracy" in h for h in outputs_of(nb, "text/html")
+    )
     assert summary["plot"] == {"lines": 1, "ylabel": "val_accuracy"}
 
     # Checked again from here, on what the notebook left on disk.

@@ -18,8 +18,14 @@ def mixed_precision():
 def run_fit(directory, epochs, data, make_optimizer, callbacks=()):
     model = make_model(optimizer=make_optimizer())
     cb = tfckpt.CheckpointCallback(str(directory), verbose=0, keep_last=1)
-    history = model.fit(*data, validation_split=0.25, epochs=epochs, batch_size=32, verbose=0,
-                        callbacks=[cb, *callbacks])
+    history = model.fit(
+        *data,
+        validation_split=0.25,
+        epochs=epochs,
+        batch_size=32,
+        verbose=0,
+        callbacks=[cb, *callbacks],
+    )
     return model, history
 
 
@@ -59,12 +65,21 @@ def test_reduce_lr_on_plateau_learning_rate_is_restored(tmp_path, data):
     # checkpoint is committed once every callback is done, so it holds the new rate.
     plateau = keras.callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=0, min_delta=10.0)
     seen = {}
-    spy = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.setdefault(
-        epoch, (float(model.optimizer.learning_rate), int(model.optimizer.iterations))))
+    spy = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: seen.setdefault(
+            epoch, (float(model.optimizer.learning_rate), int(model.optimizer.iterations))
+        )
+    )
     model = make_model(optimizer=keras.optimizers.Adam(0.01))
     cb = tfckpt.CheckpointCallback(str(tmp_path), verbose=0, keep_last=None)
-    model.fit(*data, validation_split=0.25, epochs=3, batch_size=32, verbose=0,
-              callbacks=[cb, plateau, spy])
+    model.fit(
+        *data,
+        validation_split=0.25,
+        epochs=3,
+        batch_size=32,
+        verbose=0,
+        callbacks=[cb, plateau, spy],
+    )
     lr_at_epoch_2, step = seen[2]
     assert lr_at_epoch_2 < 0.01  # reduced at the end of an earlier epoch
     resumed = make_model(optimizer=keras.optimizers.Adam(0.01))

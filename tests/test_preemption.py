@@ -34,8 +34,9 @@ def test_sigterm_mid_epoch_saves_exits_42_and_resumes_exactly(tmp_path, referenc
 
 
 def test_sigterm_with_stop_returns_from_fit(tmp_path, reference):
-    rc, stopped = train(tmp_path, "run", "--data", "arrays", "--term-at-step", 13,
-                        "--stop-on-signal")
+    rc, stopped = train(
+        tmp_path, "run", "--data", "arrays", "--term-at-step", 13, "--stop-on-signal"
+    )
     assert rc == 0 and stopped["iterations"] == 14  # fit returned after that batch
     run = tfckpt.open(str(tmp_path / "run"))
     assert (run.latest.epoch, run.latest.batch) == (1, 6)
@@ -48,8 +49,9 @@ def test_sigterm_with_stop_returns_from_fit(tmp_path, reference):
 def test_sigterm_at_an_epoch_end_with_stop_keeps_the_next_epoch_open(tmp_path, reference):
     # The signal arrives after epoch 1's end (during the other callbacks):
     # fit stops after one batch of the next epoch, which is not recorded as done.
-    rc, stopped = train(tmp_path, "run", "--data", "arrays", "--term-at-epoch-end", 0,
-                        "--stop-on-signal")
+    rc, stopped = train(
+        tmp_path, "run", "--data", "arrays", "--term-at-epoch-end", 0, "--stop-on-signal"
+    )
     assert rc == 0 and stopped["iterations"] == 9
     run = tfckpt.open(str(tmp_path / "run"))
     assert [(c.epoch, c.batch) for c in run.checkpoints] == [(1, 0), (1, 1)]
@@ -63,8 +65,17 @@ def test_sigterm_during_the_resume_skip_with_stop(tmp_path, reference):
     # then stops fit after the first real step, with a checkpoint of it.
     rc, _ = train(tmp_path, "run", "--data", "arrays", "--save-freq", 3, "--kill-at-step", 13)
     assert rc == -9
-    rc, stopped = train(tmp_path, "run", "--data", "arrays", "--save-freq", 3,
-                        "--term-at-step", 12, "--stop-on-signal")
+    rc, stopped = train(
+        tmp_path,
+        "run",
+        "--data",
+        "arrays",
+        "--save-freq",
+        3,
+        "--term-at-step",
+        12,
+        "--stop-on-signal",
+    )
     assert rc == 0 and stopped["iterations"] == 13
     assert tfckpt.open(str(tmp_path / "run")).latest.step == 13
     rc, resumed = train(tmp_path, "run", "--data", "arrays", "--save-freq", 3)
@@ -85,9 +96,20 @@ def test_sigterm_after_the_last_step_reaches_the_previous_handler(tmp_path):
 def test_external_sigterm_is_handled_within_a_step(tmp_path):
     out = tmp_path / "out.json"
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "exact.py"), str(tmp_path / "run"), "--data", "arrays",
-         "--print-steps", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env(),
+        [
+            sys.executable,
+            str(SCRIPTS / "exact.py"),
+            str(tmp_path / "run"),
+            "--data",
+            "arrays",
+            "--print-steps",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=script_env(),
     )
     seen = -1
     for line in proc.stdout:
@@ -116,7 +138,9 @@ def test_invalid_preemption_arguments_are_named():
         tfckpt.CheckpointCallback("unused", preemption_signals=[signal.SIGKILL])
     with pytest.raises(ValueError, match="preemption_signals` must be None or a sequence"):
         tfckpt.CheckpointCallback("unused", preemption_signals=["TERM"])
-    with pytest.raises(ValueError, match="preemption_exit_code.*Received: preemption_exit_code=300"):
+    with pytest.raises(
+        ValueError, match="preemption_exit_code.*Received: preemption_exit_code=300"
+    ):
         tfckpt.CheckpointCallback("unused", preemption_exit_code=300)
 
 
@@ -131,8 +155,9 @@ def test_previous_signal_handlers_are_back_after_fit(tmp_path):
         cb = tfckpt.CheckpointCallback(tmp_path / "run", monitor=None, verbose=0)
         model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
         assert signal.getsignal(signal.SIGTERM) is mine
-        off = tfckpt.CheckpointCallback(tmp_path / "off", monitor=None, verbose=0,
-                                        preemption_signals=None)
+        off = tfckpt.CheckpointCallback(
+            tmp_path / "off", monitor=None, verbose=0, preemption_signals=None
+        )
         assert off.preemption_signals == ()
     finally:
         signal.signal(signal.SIGTERM, before)

@@ -71,8 +71,13 @@ def test_readers_never_mistake_retention_deletes_for_damage(tmp_path):
     d = tmp_path / "run"
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    writer = subprocess.Popen([sys.executable, str(script), str(d)], env=script_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, str(script), str(d)],
+        env=script_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     child = tfckpt.CheckpointManager(str(tmp_path / "child"), make_model())
     restores, first_seq = 0, None
     try:
@@ -103,8 +108,10 @@ def test_readers_never_mistake_retention_deletes_for_damage(tmp_path):
     assert damage_markers(d) == [] and run.problems == []
     # The writer committed (and retention deleted) many checkpoints meanwhile.
     assert run.latest.seq - first_seq > 20 and restores > 20
-    print(f"\nreaders: {restores} restores while the writer committed and deleted "
-          f"{run.latest.seq - first_seq} checkpoints")
+    print(
+        f"\nreaders: {restores} restores while the writer committed and deleted "
+        f"{run.latest.seq - first_seq} checkpoints"
+    )
     # A kill -9 of the writer costs nothing: the restart takes the directory.
     with tfckpt.CheckpointManager(str(d), make_model(), keep_last=1) as manager:
         assert manager.restore().seq == run.latest.seq
@@ -137,8 +144,9 @@ def test_readers_fall_back_over_damage_without_writing(tmp_path, three_epochs):
     readers = {
         "tfckpt.restore": lambda m: tfckpt.restore(m, str(d)),
         "Run.restore": lambda m: tfckpt.open(str(d)).restore(m),
-        "init_from": lambda m: tfckpt.CheckpointManager(str(tmp_path / "child"), m)
-        .init_from(str(d))[0],
+        "init_from": lambda m: tfckpt.CheckpointManager(str(tmp_path / "child"), m).init_from(
+            str(d)
+        )[0],
     }
     for name, read in readers.items():
         model = make_model(seed=5)
@@ -204,8 +212,9 @@ def test_unpublished_first_checkpoint_is_a_leftover_not_damage(short_lease):
             record = manager.save(epoch=1)
     assert tfckpt_warnings(caught) == []  # not a word about damage
     assert record.name == "ckpt-000002"  # the leftover's number is not reused
-    assert sorted(tf.io.gfile.listdir(f"{d}/ckpt-000002")) == sorted(
-        record.manifest["files"]) + ["manifest.json"]
+    assert sorted(tf.io.gfile.listdir(f"{d}/ckpt-000002")) == sorted(record.manifest["files"]) + [
+        "manifest.json"
+    ]
     other = small_model()
     assert tfckpt.restore(other, d).name == "ckpt-000002"
     assert all(np.all(w.numpy() == 7.0) for w in other.weights)
@@ -245,11 +254,23 @@ def test_an_expired_lease_is_taken_over_whatever_its_pid_and_host(short_lease):
     now = time.time()
     dead = [
         # A hard-killed writer on another host: it never removed its lease.
-        {"pid": 4242, "host": "another-host", "since": now - 600, "expires": now - 1,
-         "token": "x", "lease": 1.5},
+        {
+            "pid": 4242,
+            "host": "another-host",
+            "since": now - 600,
+            "expires": now - 1,
+            "token": "x",
+            "lease": 1.5,
+        },
         # PID 1 of a killed container on this host name (pid 1 is alive here too).
-        {"pid": 1, "host": socket.gethostname(), "since": now - 600, "expires": now - 1,
-         "token": "y", "lease": 1.5},
+        {
+            "pid": 1,
+            "host": socket.gethostname(),
+            "since": now - 600,
+            "expires": now - 1,
+            "token": "y",
+            "lease": 1.5,
+        },
         # A lock file as older versions wrote it (no expiry), left hours ago by pid 1.
         {"pid": 1, "host": socket.gethostname(), "since": now - 3 * 3600},
     ]
@@ -270,7 +291,9 @@ def test_a_live_lease_blocks_and_a_dead_holder_expires(short_lease):
     try:
         time.sleep(1.6)  # longer than the lease: only its renewals keep it
         # Its next renewal tells the newcomer that it is alive.
-        with pytest.raises(tfckpt.DirectoryLockedError, match=rf"pid {os.getpid()} on host .*lease"):
+        with pytest.raises(
+            tfckpt.DirectoryLockedError, match=rf"pid {os.getpid()} on host .*lease"
+        ):
             tfckpt.CheckpointManager(d, small_model())
         # The holder dies hard: its renewals stop, its lease file stays.
         other.stop_renewing()
@@ -323,8 +346,15 @@ def test_a_holder_that_lost_its_lease_never_overwrites_the_new_one(short_lease):
     try:
         # Its renewals did not reach the storage for longer than the lease
         # (e.g. a partition): another writer took the directory over meanwhile.
-        write_lock(d, pid=4242, host="another-host", since=time.time(),
-                   expires=time.time() + 60, token="newcomer", lease=60)
+        write_lock(
+            d,
+            pid=4242,
+            host="another-host",
+            since=time.time(),
+            expires=time.time() + 60,
+            token="newcomer",
+            lease=60,
+        )
         with pytest.warns(UserWarning, match="lost the writer lease"):
             deadline = time.monotonic() + 3
             while stalled.lost is None and time.monotonic() < deadline:
@@ -342,8 +372,15 @@ def test_a_manager_that_lost_its_lease_stops_saving(short_lease):
     manager = tfckpt.CheckpointManager(d, model, keep_last=None)
     try:
         manager.save(epoch=1)
-        write_lock(d, pid=4242, host="another-host", since=time.time(),
-                   expires=time.time() + 60, token="newcomer", lease=60)
+        write_lock(
+            d,
+            pid=4242,
+            host="another-host",
+            since=time.time(),
+            expires=time.time() + 60,
+            token="newcomer",
+            lease=60,
+        )
         with pytest.warns(UserWarning, match="lost the writer lease"):
             deadline = time.monotonic() + 3
             while manager._lock.lost is None and time.monotonic() < deadline:

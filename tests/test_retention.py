@@ -30,9 +30,14 @@ def test_keep_last_keeps_newest_n():
 
 
 def test_keep_best_by_mode_ties_and_missing_values():
-    cs = [C(0, metrics={"val_loss": 0.5}), C(1, metrics={"val_loss": 0.2}),
-          C(2, metrics={}), C(3, metrics={"val_loss": float("nan")}),
-          C(4, metrics={"val_loss": 0.2}), C(5, metrics={"val_loss": 0.9})]
+    cs = [
+        C(0, metrics={"val_loss": 0.5}),
+        C(1, metrics={"val_loss": 0.2}),
+        C(2, metrics={}),
+        C(3, metrics={"val_loss": float("nan")}),
+        C(4, metrics={"val_loss": 0.2}),
+        C(5, metrics={"val_loss": 0.9}),
+    ]
     assert kept(r.KeepBest(1, "val_loss", "min"), cs) == [1]  # tie -> older
     assert kept(r.KeepBest(2, "val_loss", "min"), cs) == [1, 4]
     assert kept(r.KeepBest(1, "val_loss", "max"), cs) == [5]
@@ -42,8 +47,12 @@ def test_keep_best_by_mode_ties_and_missing_values():
 
 def test_keep_every_n_epochs_keeps_first_checkpoint_per_bucket():
     # step-level saves: several checkpoints per epoch
-    cs = [C(s, epoch=e, batch=b) for s, (e, b) in enumerate(
-        [(0, 5), (1, 0), (1, 5), (2, 0), (2, 5), (3, 0), (4, 0), (4, 5), (5, 3)])]
+    cs = [
+        C(s, epoch=e, batch=b)
+        for s, (e, b) in enumerate(
+            [(0, 5), (1, 0), (1, 5), (2, 0), (2, 5), (3, 0), (4, 0), (4, 5), (5, 3)]
+        )
+    ]
     assert kept(r.KeepEveryNEpochs(2), cs) == [3, 6]  # epoch 2 and epoch 4 starts
     assert kept(r.KeepEveryNEpochs(1), cs) == [1, 3, 5, 6, 8]
 

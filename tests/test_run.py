@@ -13,14 +13,14 @@ import xml.etree.ElementTree as ET
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from conftest import make_data, make_model  # noqa: E402
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_data, make_model
 
-import tfckpt  # noqa: E402
-from tfckpt import run as run_module  # noqa: E402
+import tfckpt
+from tfckpt import run as run_module
 
 
 def architecture():
@@ -75,8 +75,18 @@ def test_history_spans_the_restart(trained):
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert history[metric] == first[metric] + second[metric]
     assert [(r.epoch, r.batch) for r in run.checkpoints] == [
-        (0, 4), (1, 0), (1, 2), (2, 0), (2, 4), (3, 0),
-        (3, 2), (4, 0), (4, 4), (5, 0), (5, 2), (6, 0),
+        (0, 4),
+        (1, 0),
+        (1, 2),
+        (2, 0),
+        (2, 4),
+        (3, 0),
+        (3, 2),
+        (4, 0),
+        (4, 4),
+        (5, 0),
+        (5, 2),
+        (6, 0),
     ]
 
 
@@ -93,11 +103,18 @@ def test_best_by_any_metric(trained, tmp_path):
         v for v in val_acc if v is not None
     )
     # Mid-epoch checkpoints hold the batch logs: "loss" ranks all 12.
-    assert run.best_by("loss", mode="max").metrics["loss"] == max(r.metrics["loss"] for r in records)
+    assert run.best_by("loss", mode="max").metrics["loss"] == max(
+        r.metrics["loss"] for r in records
+    )
 
-    with pytest.raises(tfckpt.CheckpointNotFoundError, match=r"'val_acc'.*Metrics recorded: accuracy, loss, val_accuracy, val_loss\."):
+    with pytest.raises(
+        tfckpt.CheckpointNotFoundError,
+        match=r"'val_acc'.*Metrics recorded: accuracy, loss, val_accuracy, val_loss\.",
+    ):
         run.best_by("val_acc")
-    with pytest.raises(ValueError, match=r"`mode` must be one of \('auto', 'min', 'max'\)\. Received: mode='up'"):
+    with pytest.raises(
+        ValueError, match=r"`mode` must be one of \('auto', 'min', 'max'\)\. Received: mode='up'"
+    ):
         run.best_by("val_loss", mode="up")
 
     # A metric whose direction Keras does not know needs an explicit mode.
@@ -123,7 +140,10 @@ def test_select_and_restore_by_epoch(trained):
         np.testing.assert_array_equal(a, b)
     assert tfckpt.restore(architecture(), str(trained[0]), epoch=4) == record
 
-    with pytest.raises(tfckpt.CheckpointNotFoundError, match=r"epoch=9 .*Available: ckpt-000001 \(step 4\), .*ckpt-000012 \(step 36\); epochs with an epoch-end checkpoint: 1, 2, 3, 4, 5, 6\."):
+    with pytest.raises(
+        tfckpt.CheckpointNotFoundError,
+        match=r"epoch=9 .*Available: ckpt-000001 \(step 4\), .*ckpt-000012 \(step 36\); epochs with an epoch-end checkpoint: 1, 2, 3, 4, 5, 6\.",
+    ):
         run.restore(architecture(), epoch=9)
     with pytest.raises(ValueError, match="Pass either `which` or `epoch`, not both"):
         run.select("best", epoch=4)
@@ -234,14 +254,20 @@ def test_export_is_read_back_bitwise_by_plain_keras(trained, tmp_path):
     np.save(out / "x.npy", x)
     (tmp_path / "plain.py").write_text(PLAIN_KERAS)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, str(tmp_path / "plain.py"), str(out)],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "plain.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["weights.h5"] and result["keras"] and result["saved_model"]
     assert not result["tfckpt_imported"]
-    np.testing.assert_allclose(result["served_predictions"], reference.predict(x, verbose=0),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        result["served_predictions"], reference.predict(x, verbose=0), rtol=1e-6
+    )
 
 
 def test_export_never_overwrites_unless_asked_and_never_leaves_a_partial_file(trained, tmp_path):
@@ -295,7 +321,10 @@ def test_prune_dry_run_then_for_real(trained, tmp_path):
     assert [r.name for r in report.kept] == [r.name for r in records if r.name in kept]
     assert [r.name for r in report.deleted] == [r.name for r in records if r.name not in kept]
     assert report.bytes_freed == sum(r.size for r in report.deleted) > 0
-    assert "latest" in report.kept[-1].kept and "best 1/1 val_loss" in {r.name: r.kept for r in report.kept}[best.name]
+    assert (
+        "latest" in report.kept[-1].kept
+        and "best 1/1 val_loss" in {r.name: r.kept for r in report.kept}[best.name]
+    )
     assert f"would delete {len(report.deleted)} of 12 checkpoints" in repr(report)
 
     done = run.prune(keep_last=2, keep_best=1, dry_run=False)
@@ -339,13 +368,23 @@ def test_prune_arguments_and_the_writer_lock(trained, tmp_path):
     run = tfckpt.open(d)
     with pytest.raises(ValueError, match="prune needs at least one rule"):
         run.prune(dry_run=False)
-    with pytest.raises(ValueError, match=r"`keep_last` must be an integer >= 0 or None\. Received: keep_last=-1"):
+    with pytest.raises(
+        ValueError, match=r"`keep_last` must be an integer >= 0 or None\. Received: keep_last=-1"
+    ):
         run.prune(keep_last=-1)
-    with pytest.raises(ValueError, match=r"`keep_every_n_hours` must be a positive number or None\. Received: keep_every_n_hours=0"):
+    with pytest.raises(
+        ValueError,
+        match=r"`keep_every_n_hours` must be a positive number or None\. Received: keep_every_n_hours=0",
+    ):
         run.prune(keep_every_n_hours=0)
-    with pytest.raises(TypeError, match=r"`retention` must be a tfckpt.retention.RetentionPolicy.*Received: retention='last'"):
+    with pytest.raises(
+        TypeError,
+        match=r"`retention` must be a tfckpt.retention.RetentionPolicy.*Received: retention='last'",
+    ):
         run.prune(retention="last")
-    with pytest.raises(TypeError, match=r"`dry_run` must be True or False\. Received: dry_run='no'"):
+    with pytest.raises(
+        TypeError, match=r"`dry_run` must be True or False\. Received: dry_run='no'"
+    ):
         run.prune(keep_last=1, dry_run="no")
     with tfckpt.CheckpointManager(str(tmp_path / "plain"), make_model()) as manager:
         manager.save(epoch=1)
@@ -358,7 +397,10 @@ def test_prune_arguments_and_the_writer_lock(trained, tmp_path):
 
     # A writer in this process (an open manager, a fit) holds the directory:
     with tfckpt.CheckpointManager(str(d), make_model(), monitor="val_loss"):
-        with pytest.raises(tfckpt.DirectoryLockedError, match="Cannot prune while a writer is active.*open for writing in this process"):
+        with pytest.raises(
+            tfckpt.DirectoryLockedError,
+            match="Cannot prune while a writer is active.*open for writing in this process",
+        ):
             run.prune(keep_last=1, dry_run=False)
         assert len(run.prune(keep_last=1).deleted) == 11  # a dry run needs no lock
     assert len(run.checkpoints) == 12
@@ -369,8 +411,20 @@ def test_html_table(trained, tmp_path):
     run = tfckpt.open(trained[0])
     table = ET.fromstring(run._repr_html_())  # well-formed: every text escaped
     headers = [th.text or "" for th in table.iter("th")]
-    assert headers == ["name", "step", "epoch", "batch", "val_loss", "accuracy", "loss",
-                       "val_accuracy", "size", "saved", "kept because", ""]
+    assert headers == [
+        "name",
+        "step",
+        "epoch",
+        "batch",
+        "val_loss",
+        "accuracy",
+        "loss",
+        "val_accuracy",
+        "size",
+        "saved",
+        "kept because",
+        "",
+    ]
     rows = [[td.text or "" for td in tr.iter("td")] for tr in table.find("tbody")]
     assert [row[0] for row in rows] == [r.name for r in run.checkpoints]
     marks = {row[0]: row[-1] for row in rows}
@@ -408,7 +462,10 @@ def test_plot_marks_checkpoints_and_best(trained, tmp_path):
         assert labels[0] == "exp" and "copy" in labels and "copy: best by val_loss" in labels
     finally:
         plt.close(ax.figure)
-    with pytest.raises(ValueError, match=r"No epoch .* logged 'val_los'\. Logged metrics: accuracy, loss, val_accuracy, val_loss\."):
+    with pytest.raises(
+        ValueError,
+        match=r"No epoch .* logged 'val_los'\. Logged metrics: accuracy, loss, val_accuracy, val_loss\.",
+    ):
         run.plot("val_los")
 
 

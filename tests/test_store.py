@@ -14,8 +14,17 @@ import tfckpt
 from tfckpt.store import CheckpointStore
 
 # Every step of a save, in order; the script crashes right after the named one.
-STEPS = ["write", "link", "fsync_files", "manifest", "fsync_tmpdir", "rename", "fsync_dir",
-         "state_file", "delete"]
+STEPS = [
+    "write",
+    "link",
+    "fsync_files",
+    "manifest",
+    "fsync_tmpdir",
+    "rename",
+    "fsync_dir",
+    "state_file",
+    "delete",
+]
 COMMITTED_FROM = STEPS.index("rename")
 
 
@@ -29,7 +38,11 @@ def test_crash_at_every_commit_step_leaves_old_or_new_never_a_mix(tmp_path):
     procs = {
         step: subprocess.Popen(
             [sys.executable, str(SCRIPTS / "crash_commit.py"), str(tmp_path / step), step],
-            env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            env=script_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for step in STEPS
     }
     for step, proc in procs.items():
@@ -113,14 +126,19 @@ def test_checkpoint_is_plain_tensorflow(tmp_path, data):
     fresh.optimizer.build(fresh.trainable_variables)
     status = tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer).restore(record.path)
     status.assert_consumed()
-    for a, b in zip(model.weights + model.optimizer.variables,
-                    fresh.weights + fresh.optimizer.variables):
+    for a, b in zip(
+        model.weights + model.optimizer.variables, fresh.weights + fresh.optimizer.variables
+    ):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_one_writer_per_directory_and_a_killed_holder_does_not_block(tmp_path):
-    holder = subprocess.Popen([sys.executable, str(SCRIPTS / "hold_lock.py"), str(tmp_path)],
-                              env=script_env(), stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "hold_lock.py"), str(tmp_path)],
+        env=script_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = holder.stdout.readline()
         assert line.startswith("locked"), line
@@ -144,11 +162,15 @@ def test_custom_retention_policy_is_applied_and_listed(tmp_path):
         def keep(self, checkpoints):
             return ["even step" if c.step % 2 == 0 else None for c in checkpoints]
 
-    with tfckpt.CheckpointManager(str(tmp_path), small_model(), keep_last=1,
-                                  retention=KeepEvenSteps()) as manager:
+    with tfckpt.CheckpointManager(
+        str(tmp_path), small_model(), keep_last=1, retention=KeepEvenSteps()
+    ) as manager:
         for step in range(1, 6):
             manager.save(step, epoch=step)
         assert [(r.step, r.kept) for r in manager.checkpoints] == [
-            (2, "even step"), (4, "even step"), (5, "latest, last 1")]
+            (2, "even step"),
+            (4, "even step"),
+            (5, "latest, last 1"),
+        ]
     listed = tfckpt.open(str(tmp_path)).checkpoints
     assert [r.step for r in listed] == [2, 4, 5] and all(r.kept for r in listed)

@@ -9,10 +9,10 @@ model.fit(x, y, validation_data=(xv, yv), epochs=50, callbacks=[cb])
 
 __version__ = "0.1.0"
 
-from tfckpt import retention  # noqa: E402
-from tfckpt._exact import StatefulCallback  # noqa: E402
-from tfckpt.callback import CheckpointCallback  # noqa: E402
-from tfckpt.errors import (  # noqa: E402
+from tfckpt import retention
+from tfckpt._exact import StatefulCallback
+from tfckpt.callback import CheckpointCallback
+from tfckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     CheckpointReadError,
@@ -22,11 +22,11 @@ from tfckpt.errors import (  # noqa: E402
     IncompatibleCheckpointError,
     NoIntactCheckpointError,
 )
-from tfckpt.manager import CheckpointManager  # noqa: E402
-from tfckpt.observers import CheckpointObserver, TensorBoardObserver  # noqa: E402
-from tfckpt.run import Run, restore, verify  # noqa: E402
-from tfckpt.run import open_run as open  # noqa: E402,A004
-from tfckpt.store import CheckpointRecord  # noqa: E402
+from tfckpt.manager import CheckpointManager
+from tfckpt.observers import CheckpointObserver, TensorBoardObserver
+from tfckpt.run import Run, restore, verify
+from tfckpt.run import open_run as open
+from tfckpt.store import CheckpointRecord
 
 __all__ = [
     "CheckpointCallback",

@@ -80,5 +80,5 @@ def retire(checkpoint: tf.train.Checkpoint) -> None:
     helper._async_error = None  # reported by the save it belongs to
     try:
         join()
-    except Exception:  # noqa: BLE001 - a late error of a write already reported
+    except Exception:
         pass

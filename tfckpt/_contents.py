@@ -40,7 +40,7 @@ def ensure_built(model: Any, config: dict | None) -> None:
     if config:
         try:
             model.build_from_config(config)
-        except Exception as e:  # noqa: BLE001 - any failure means "cannot build"
+        except Exception as e:
             raise ValueError(
                 f"Model {getattr(model, 'name', model)!r} is not built and could not "
                 f"be built from the checkpoint's build config {config}: {e}. Build it "

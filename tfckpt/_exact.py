@@ -166,7 +166,7 @@ def set_metric_values(model: Any, values: list[Any], data_batch: Any) -> bool:
     if len(model.metrics_variables) != len(values):
         try:
             model._symbolic_build(data_batch=data_batch)
-        except Exception:  # noqa: BLE001 - fall back to metrics of the remaining batches
+        except Exception:
             return False
     variables = model.metrics_variables
     if len(variables) != len(values):

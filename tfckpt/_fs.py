@@ -20,8 +20,12 @@ def is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
-def _local(path: str) -> str:
+def local_path(path: str) -> str:
+    """`path` without a `file://` scheme, for `os` calls."""
     return path[len("file://") :] if path.startswith("file://") else path
+
+
+_local = local_path
 
 
 def join(*parts: str) -> str:

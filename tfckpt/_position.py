@@ -59,7 +59,7 @@ def _datasets(dataset: Any) -> list[Any]:
         inputs = getattr(ds, "_inputs", None)
         try:
             todo.extend(inputs() if callable(inputs) else [])
-        except Exception:  # noqa: BLE001 - a dataset type without inputs()
+        except Exception:
             pass
     return found
 

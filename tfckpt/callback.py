@@ -468,7 +468,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             # at that epoch end): the epoch is complete, so it is saved.
             try:
                 self._flush()
-            except Exception as e:  # noqa: BLE001 - the error leaving fit comes first
+            except Exception as e:
                 warnings.warn(f"tfckpt: could not save the last epoch: {e}", stacklevel=2)
         self._amend = None  # no other new save on the way out
         self.model._initial_epoch = None

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tfckpt import _async_fix, _contents, _fs, _shards, _state
 from tfckpt import retention as _retention
-from tfckpt._background import lower_thread_priority
+from tfckpt._background import in_foreground, lower_thread_priority
 from tfckpt._lock import DirectoryLock
 from tfckpt._preemption import (
     PREEMPTION_EXIT_CODE,
@@ -134,8 +134,7 @@ def validate_options(
         existing = None  # missing, or under a file (ENOTDIR): makedirs says why
     except tf.errors.OpError as e:  # not `isdir`: it says False on any error
         raise CheckpointReadError(
-            f"Cannot use {directory!r} as the run directory: "
-            f"{getattr(e, 'message', None) or e}."
+            f"Cannot use {directory!r} as the run directory: {getattr(e, 'message', None) or e}."
         ) from e
     if existing is not None and not existing.is_directory:
         raise ValueError(f"`directory` must be a directory, but {directory!r} is an existing file.")
@@ -490,7 +489,7 @@ class CheckpointManager:
             return None
         files = _state.encode(dict(state)) if state else {}
         pending = self._store.begin(self._state_bytes(variables))
-        with self._store.guard(pending):
+        with self._store.guard(pending), in_foreground():
             if self.async_save:
                 # Blocks only while TF copies the variables to host memory.
                 options = _shards.ASYNC_OPTIONS if self.incremental else _shards.ASYNC_FULL_OPTIONS
@@ -573,7 +572,7 @@ class CheckpointManager:
         for observer in list(self.observers):
             try:
                 getattr(observer, event)(record)
-            except Exception as e:  # noqa: BLE001 - an observer must not cost a checkpoint
+            except Exception as e:
                 warnings.warn(
                     f"tfckpt: observer {observer!r} failed in {event}({record.name}): "
                     f"{type(e).__name__}: {e}. The checkpoint is unaffected.",
@@ -692,7 +691,7 @@ class CheckpointManager:
         if self.is_chief:
             try:
                 picked = self._pick_intact(which)
-            except Exception as e:  # noqa: BLE001 - raised below, after the others know
+            except Exception as e:
                 error = e
         chief = int(self.is_chief)
         status = 2 if error is not None else int(picked is not None)

@@ -513,7 +513,7 @@ class Run:
         which: Which = None,
         *,
         epoch: int | None = None,
-        format: str | None = None,  # noqa: A002 - Keras's own name for it
+        format: str | None = None,
         overwrite: bool = False,
     ) -> CheckpointRecord:
         """Writes a checkpoint as a file plain Keras or TF Serving loads.
@@ -962,7 +962,7 @@ def _table_html(
     return "\n".join(out)
 
 
-def _export_kind(path: str, format: str | None) -> str:  # noqa: A002
+def _export_kind(path: str, format: str | None) -> str:
     if format not in (None, "tf_saved_model"):
         raise ValueError(
             "`format` must be None (chosen by the path's suffix) or 'tf_saved_model'. "

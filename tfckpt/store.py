@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import time
 import uuid
@@ -596,48 +597,65 @@ class CheckpointStore:
 
     def _seal(self, tmp: str, files: list[str]) -> dict[str, dict[str, Any]]:
         """The manifest entries of `files` in `tmp`, each file made durable:
-        hard-linked to the newest checkpoint's equal file (see `share_files`),
-        or fsynced. Files are handled in parallel threads: one file's fsync
-        waits for the disk while another is hashed, and the filesystem can
-        commit several fsyncs at once."""
-        source = None
-        if self.share_files:
-            try:
-                source = self._share_source()
-            except (CheckpointReadError, tf.errors.OpError):
-                source = None  # cannot tell what to share with: keep every copy
+        hard-linked to an equal file of the newest checkpoint (see
+        `share_files`), or fsynced. Files are handled in parallel threads: one
+        file's fsync waits for the disk while another is hashed, and the
+        filesystem can commit several fsyncs at once."""
+        sources = self._share_sources() if self.share_files else None
         if self._sealer is None:
             self._sealer = concurrent.futures.ThreadPoolExecutor(
                 max_workers=_SEAL_THREADS,
                 thread_name_prefix="tfckpt-seal",
                 initializer=lower_thread_priority if self._background else None,
             )
-        futures = {f: self._sealer.submit(self._seal_one, tmp, f, source) for f in files}
-        concurrent.futures.wait(futures.values())  # none still runs when tmp is removed
+        futures = {f: self._sealer.submit(self._seal_one, tmp, f, sources) for f in files}
+        try:
+            concurrent.futures.wait(futures.values())
+        finally:
+            # Also on Ctrl-C: no worker may still write into tmp when `guard`
+            # removes it.
+            for future in futures.values():
+                future.cancel()
+            concurrent.futures.wait(futures.values())
         return {f: future.result() for f, future in futures.items()}
 
-    def _seal_one(
-        self, tmp: str, fname: str, source: CheckpointRecord | None
-    ) -> dict[str, Any]:
+    def _seal_one(self, tmp: str, fname: str, sources: _Sources | None) -> dict[str, Any]:
         path = _fs.join(tmp, fname)
         entry = self._file_entry(path)
-        if source is not None and self._link_to(source, fname, entry, path):
+        if sources is not None and "xxh3" in entry and self._link_to(sources, entry, path):
             return entry  # synced when it was first committed
         self._fsync_file(path)
+        if "xxh3" in entry:
+            # What a later save checks before it links to this file: a file
+            # changed in place since has another modification time.
+            entry["mtime_ns"] = os.stat(_fs.local_path(path)).st_mtime_ns
         return entry
 
-    def _link_to(
-        self, source: CheckpointRecord, fname: str, entry: dict[str, Any], path: str
-    ) -> bool:
-        """Replaces the data shard at `path` by a hard link to `source`'s file
-        of the same name when that has the same size and hash."""
-        earlier = source.manifest["files"].get(fname)
-        if not earlier or "xxh3" not in entry or earlier.get("xxh3") != entry["xxh3"]:
+    def _link_to(self, sources: _Sources, entry: dict[str, Any], path: str) -> bool:
+        """Replaces the data shard at `path` by a hard link to an equal file
+        (same size and hash) of the newest checkpoint, when that file is still
+        as it was committed."""
+        found = sources.files.get((entry["size"], entry["xxh3"]))
+        if found is None or not self.share_files:
             return False
-        if earlier["size"] != entry["size"] or not self.share_files:
+        name, earlier = found
+        source = self._path(sources.record.name, name)
+        # The run directory may come from someone else: link only our own
+        # regular files, unchanged since their commit and not found damaged.
+        try:
+            st = os.lstat(_fs.local_path(source))
+        except OSError:
+            return False
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_uid != os.geteuid()
+            or st.st_size != entry["size"]
+            or st.st_mtime_ns != earlier.get("mtime_ns")
+            or (st.st_dev, st.st_ino) in sources.damaged
+        ):
             return False
         try:
-            _fs.replace_with_link(self._path(source.name, fname), path)
+            _fs.replace_with_link(source, path)
         except OSError as e:
             # The copy just written is complete: a link that cannot be made
             # (source deleted meanwhile, too many links, an I/O error) only
@@ -651,8 +669,35 @@ class CheckpointStore:
                     stacklevel=2,
                 )
             return False
-        entry["shared"] = source.name
+        entry["shared"] = sources.record.name
+        entry["mtime_ns"] = st.st_mtime_ns
         return True
+
+    def _share_sources(self) -> _Sources | None:
+        """What this save may link to: the newest committed checkpoint's data
+        shards by (size, hash), unless its directory is not a real directory;
+        and the files of checkpoints found damaged (never linked again)."""
+        try:
+            record = self._share_source()
+            if record is None:
+                return None
+            if not stat.S_ISDIR(os.lstat(_fs.local_path(self._path(record.name))).st_mode):
+                return None  # a symlink in someone else's run directory
+            damaged = set()
+            for entry in self._entries():
+                if entry.startswith(_DAMAGED) and _NAME.match(entry[len(_DAMAGED) :]):
+                    directory = _fs.local_path(self._path(entry[len(_DAMAGED) :]))
+                    for fname in os.listdir(directory) if os.path.isdir(directory) else []:
+                        st = os.lstat(os.path.join(directory, fname))
+                        damaged.add((st.st_dev, st.st_ino))
+        except (CheckpointReadError, tf.errors.OpError, OSError):
+            return None  # cannot tell what to share with: keep every copy
+        files = {
+            (e["size"], e["xxh3"]): (fname, e)
+            for fname, e in record.manifest["files"].items()
+            if "xxh3" in e and _SHARD.match(fname)
+        }
+        return _Sources(record, files, damaged)
 
     def _share_source(self) -> CheckpointRecord | None:
         if not self._newest_known:
@@ -755,7 +800,9 @@ class CheckpointStore:
         # in the background; the next save waits for them (`drain`).
         if self._reaper is None:
             self._reaper = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="tfckpt-reap", initializer=lower_thread_priority
+                max_workers=1,
+                thread_name_prefix="tfckpt-reap",
+                initializer=lower_thread_priority if self._background else None,
             )
         self._reaping.append(self._reaper.submit(_remove_quietly, trash))
 
@@ -795,6 +842,15 @@ class CheckpointStore:
 
 class _Corrupt(Exception):
     pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sources:
+    """What a save may hard-link to (see `CheckpointStore._share_sources`)."""
+
+    record: CheckpointRecord
+    files: Mapping[tuple[int, str], tuple[str, Mapping[str, Any]]]  # (size, hash) -> file
+    damaged: set[tuple[int, int]]  # (st_dev, st_ino) of files of damaged checkpoints
 
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")

@@ -20,10 +20,10 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
+import keras
 
-import tfckpt  # noqa: E402
-from tfckpt import store  # noqa: E402
+import tfckpt
+from tfckpt import store
 
 directory, scenario = sys.argv[1], sys.argv[2]
 SOFT, HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -73,7 +73,7 @@ with warnings.catch_warnings(record=True) as caught:
     try:
         record = manager.save(3, epoch=3, metrics={"loss": 0.3})
         result["returned"] = record.name
-    except Exception as e:  # noqa: BLE001 - reported, whatever it is
+    except Exception as e:
         result["error"] = f"{type(e).__name__}: {e}"
         result["is_write_error"] = isinstance(e, tfckpt.CheckpointWriteError)
     finally:

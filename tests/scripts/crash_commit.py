@@ -13,11 +13,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import tfckpt  # noqa: E402
-from tfckpt import store  # noqa: E402
+import tfckpt
+from tfckpt import store
 
 directory, crash_at = sys.argv[1], sys.argv[2]
 model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])

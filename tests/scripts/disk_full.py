@@ -12,10 +12,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import tfckpt  # noqa: E402
+import tfckpt
 
 directory, mode = sys.argv[1], sys.argv[2]
 async_save = "--async" in sys.argv
@@ -27,8 +27,9 @@ y = np.random.rand(64, 1).astype("float32")
 model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(1024), keras.layers.Dense(1)])
 model.compile(keras.optimizers.Adam(), "mse")  # 263 k weights: ~3 MiB with Adam slots
 
-cb = tfckpt.CheckpointCallback(directory, monitor=None, keep_last=1, on_save_error=mode,
-                               async_save=async_save, verbose=0)
+cb = tfckpt.CheckpointCallback(
+    directory, monitor=None, keep_last=1, on_save_error=mode, async_save=async_save, verbose=0
+)
 model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])  # the first checkpoint: unlimited
 
 soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)

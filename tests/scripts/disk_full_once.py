@@ -16,10 +16,10 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import tfckpt  # noqa: E402
+import tfckpt
 
 directory, mode = sys.argv[1], sys.argv[2]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
@@ -54,7 +54,7 @@ if mode == "loop":
         try:
             manager.save(epoch=epoch)
             manager.wait()
-        except Exception as e:  # noqa: BLE001 - reported, whatever it is
+        except Exception as e:
             result["errors"].append(f"epoch {epoch}: {type(e).__name__}: {e}")
         limit(False)
     result["expected"] = [v.numpy().tolist() for v in model.weights + model.optimizer.variables]

@@ -22,11 +22,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import tfckpt  # noqa: E402
+import tfckpt
 
 p = argparse.ArgumentParser()
 p.add_argument("directory")
@@ -35,11 +35,19 @@ p.add_argument("--epochs", type=int, default=3)
 p.add_argument("--save-freq", default="epoch")
 p.add_argument("--kill-at-step", type=int, default=None)
 p.add_argument("--kill-at-epoch", type=int, default=None)
-p.add_argument("--kill-at-epoch-end", type=int, default=None,
-               help="SIGKILL itself in on_epoch_end of epoch E (a callback after tfckpt's)")
+p.add_argument(
+    "--kill-at-epoch-end",
+    type=int,
+    default=None,
+    help="SIGKILL itself in on_epoch_end of epoch E (a callback after tfckpt's)",
+)
 p.add_argument("--term-at-step", type=int, default=None, help="SIGTERM itself before step K")
-p.add_argument("--term-at-epoch-end", type=int, default=None,
-               help="SIGTERM itself at the end of epoch E (after the checkpoint callback)")
+p.add_argument(
+    "--term-at-epoch-end",
+    type=int,
+    default=None,
+    help="SIGTERM itself at the end of epoch E (after the checkpoint callback)",
+)
 p.add_argument("--stop-on-signal", action="store_true", help="preemption_exit_code=None")
 p.add_argument("--print-steps", action="store_true", help="print each step, slowly")
 p.add_argument("--stoppers", action="store_true", help="EarlyStopping + ReduceLROnPlateau")
@@ -160,17 +168,22 @@ class Kill(keras.callbacks.Callback):
 
 save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
 exit_code = None if args.stop_on_signal else 42
-callbacks = [tfckpt.CheckpointCallback(args.directory, save_freq=save_freq, keep_last=2,
-                                       verbose=0, preemption_exit_code=exit_code)]
+callbacks = [
+    tfckpt.CheckpointCallback(
+        args.directory, save_freq=save_freq, keep_last=2, verbose=0, preemption_exit_code=exit_code
+    )
+]
 if args.stoppers:
     callbacks += [
-        keras.callbacks.EarlyStopping("val_loss", patience=2, min_delta=0.003,
-                                      restore_best_weights=True),
+        keras.callbacks.EarlyStopping(
+            "val_loss", patience=2, min_delta=0.003, restore_best_weights=True
+        ),
         keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=1, min_delta=0.003),
     ]
 callbacks.append(Kill())
-history = model.fit(**data, epochs=args.epochs, validation_data=(xvi, yv), verbose=0,
-                    callbacks=callbacks)
+history = model.fit(
+    **data, epochs=args.epochs, validation_data=(xvi, yv), verbose=0, callbacks=callbacks
+)
 
 digest = hashlib.sha256()
 for v in model.weights + model.optimizer.variables:

@@ -34,12 +34,24 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import tfckpt  # noqa: E402
+import tfckpt
 
-OPS = ["open", "write", "fsync", "rename", "remove", "listdir", "stat", "mkdir", "close", "read", "link"]
+OPS = [
+    "open",
+    "write",
+    "fsync",
+    "rename",
+    "remove",
+    "listdir",
+    "stat",
+    "mkdir",
+    "close",
+    "read",
+    "link",
+]
 # The errnos each call can really return (a stat never says the disk is full).
 REAL_ERRNOS = {
     "open": ("ENOSPC", "EIO", "EACCES"),
@@ -72,7 +84,10 @@ if not hasattr(lib, "fault_arm"):
 root = os.path.abspath(args.directory)
 run_dir = os.path.join(root, "run")
 ROTATE = args.errnos == "rotate"
-ERRNOS = {name: getattr(errno, name) for name in ("ENOSPC,EIO,EACCES" if ROTATE else args.errnos).split(",")}
+ERRNOS = {
+    name: getattr(errno, name)
+    for name in ("ENOSPC,EIO,EACCES" if ROTATE else args.errnos).split(",")
+}
 
 
 def watch():
@@ -95,11 +110,16 @@ def counts():
 def build():
     # The frozen 1024x1024 kernels (4 MiB) have data files of their own, which
     # incremental saves hard-link: every scenario shares files.
-    return keras.Sequential([
-        keras.Input((8,)), keras.layers.Dense(1024, trainable=False),
-        keras.layers.Dense(1024, trainable=False), keras.layers.Dense(1024, trainable=False),
-        keras.layers.Dense(16), keras.layers.Dense(1),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(1024, trainable=False),
+            keras.layers.Dense(1024, trainable=False),
+            keras.layers.Dense(1024, trainable=False),
+            keras.layers.Dense(16),
+            keras.layers.Dense(1),
+        ]
+    )
 
 
 keras.utils.set_random_seed(0)
@@ -121,7 +141,10 @@ def digest(m):
 
 def manager(**kwargs):
     return tfckpt.CheckpointManager(
-        run_dir, model, keep_last=2, async_save=args.scenario == "async" or args.async_save,
+        run_dir,
+        model,
+        keep_last=2,
+        async_save=args.scenario == "async" or args.async_save,
         **kwargs,
     )
 
@@ -162,7 +185,7 @@ def outcome_of(call):
         try:
             call()
             error = None
-        except Exception as e:  # noqa: BLE001 - what it raised is the result
+        except Exception as e:
             error = e
     texts = [str(w.message) for w in caught if "tfckpt" in str(w.message)]
     return error, texts
@@ -232,10 +255,20 @@ def sweep(operation, prepare):
                 message = f"{type(error).__name__}: {error}" if error else None
                 said = [message or "", *warned]
                 named = any(os.strerror(err) in text for text in said)
-                report(kind="injection", index=index, scenario=args.scenario, op=op, nth=nth,
-                       errno=ename,
-                       fired=fired, error=message, warnings=warned, named=named,
-                       committed=sorted(set(after) - set(before)), problems=problems)
+                report(
+                    kind="injection",
+                    index=index,
+                    scenario=args.scenario,
+                    op=op,
+                    nth=nth,
+                    errno=ename,
+                    fired=fired,
+                    error=message,
+                    warnings=warned,
+                    named=named,
+                    committed=sorted(set(after) - set(before)),
+                    problems=problems,
+                )
 
 
 if args.scenario in ("save", "async"):

@@ -12,10 +12,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import tfckpt  # noqa: E402
+import tfckpt
 
 p = argparse.ArgumentParser()
 p.add_argument("directory")
@@ -27,12 +27,14 @@ keras.utils.set_random_seed(0)
 rng = np.random.default_rng(0)
 x = rng.normal(size=(256, 512)).astype("float32")
 y = rng.normal(size=(256, 1)).astype("float32")
-model = keras.Sequential([
-    keras.Input((512,)),
-    keras.layers.Dense(2048, activation="relu"),
-    keras.layers.Dense(512, activation="relu"),
-    keras.layers.Dense(1),
-])
+model = keras.Sequential(
+    [
+        keras.Input((512,)),
+        keras.layers.Dense(2048, activation="relu"),
+        keras.layers.Dense(512, activation="relu"),
+        keras.layers.Dense(1),
+    ]
+)
 model.compile(keras.optimizers.Adam(1e-4), "mse")
 
 
@@ -47,7 +49,8 @@ class Report(keras.callbacks.Callback):
             print("saved", latest.step, flush=True)
 
 
-cb = tfckpt.CheckpointCallback(args.directory, monitor=None, save_freq=2, keep_last=2, verbose=0,
-                               async_save=args.async_save)
+cb = tfckpt.CheckpointCallback(
+    args.directory, monitor=None, save_freq=2, keep_last=2, verbose=0, async_save=args.async_save
+)
 model.fit(x, y, batch_size=16, epochs=args.epochs, verbose=0, callbacks=[cb, Report()])
 print("done", int(model.optimizer.iterations), flush=True)

@@ -6,9 +6,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
+import keras
 
-import tfckpt  # noqa: E402
+import tfckpt
 
 model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
 manager = tfckpt.CheckpointManager(sys.argv[1], model)

@@ -13,11 +13,11 @@ import signal
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import tfckpt  # noqa: E402
+import tfckpt
 
 p = argparse.ArgumentParser()
 p.add_argument("directory")
@@ -39,12 +39,14 @@ x = rng.normal(size=(256, 10)).astype("float32")
 y = (x[:, :3].sum(axis=1) > 0).astype("float32")
 
 with strategy.scope():
-    model = keras.Sequential([
-        keras.Input((10,)),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dropout(0.2),
-        keras.layers.Dense(1, activation="sigmoid"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
     model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy", metrics=["accuracy"])
 
 
@@ -55,10 +57,18 @@ class Kill(keras.callbacks.Callback):
 
 
 save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
-cb = tfckpt.CheckpointCallback(args.directory, save_freq=save_freq, keep_last=2, verbose=0,
-                               async_save=args.async_save)
-model.fit(x, y, batch_size=32, epochs=args.epochs, validation_split=0.25, verbose=0,
-          callbacks=[cb, Kill()])
+cb = tfckpt.CheckpointCallback(
+    args.directory, save_freq=save_freq, keep_last=2, verbose=0, async_save=args.async_save
+)
+model.fit(
+    x,
+    y,
+    batch_size=32,
+    epochs=args.epochs,
+    validation_split=0.25,
+    verbose=0,
+    callbacks=[cb, Kill()],
+)
 values = {f"w{i}": v.numpy() for i, v in enumerate(model.weights)}
 values.update({f"o{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)})
 values["restored_step"] = np.array(cb.restored.step if cb.restored is not None else -1)

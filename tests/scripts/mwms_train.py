@@ -26,10 +26,12 @@ p.add_argument("--out", required=True)
 args = p.parse_args()
 
 ports = args.ports.split(",")
-os.environ["TF_CONFIG"] = json.dumps({
-    "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
-    "task": {"type": "worker", "index": args.index},
-})
+os.environ["TF_CONFIG"] = json.dumps(
+    {
+        "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+        "task": {"type": "worker", "index": args.index},
+    }
+)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
@@ -46,14 +48,19 @@ y = (x[:, :3].sum(axis=1) > 0).astype("float32")[:, None]
 GLOBAL_BATCH = 32
 
 with strategy.scope():
-    model = keras.Sequential([
-        keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1),
+        ]
+    )
     optimizer = keras.optimizers.Adam(0.01)
     optimizer.build(model.trainable_variables)
 
-manager = tfckpt.CheckpointManager(args.directory, model, optimizer, keep_last=2,
-                                   preemption_signals=(signal.SIGTERM,))
+manager = tfckpt.CheckpointManager(
+    args.directory, model, optimizer, keep_last=2, preemption_signals=(signal.SIGTERM,)
+)
 record = manager.restore()
 start = record.step if record is not None else 0
 print(f"restored {start if record is not None else -1}", flush=True)
@@ -72,7 +79,8 @@ def train_step(batch):
             logits = model(features, training=True)
             loss = tf.nn.compute_average_loss(
                 tf.nn.sigmoid_cross_entropy_with_logits(labels, logits),
-                global_batch_size=GLOBAL_BATCH)
+                global_batch_size=GLOBAL_BATCH,
+            )
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss

@@ -16,11 +16,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import tfckpt  # noqa: E402
+import tfckpt
 
 p = argparse.ArgumentParser()
 p.add_argument("directory")
@@ -41,8 +41,14 @@ def data():
 
 def model():
     keras.utils.set_random_seed(3)
-    m = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
-                          keras.layers.Dropout(0.3), keras.layers.Dense(1, activation="sigmoid")])
+    m = keras.Sequential(
+        [
+            keras.Input((12,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
     m.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
     return m
 
@@ -64,20 +70,31 @@ class CtrlC(keras.callbacks.Callback):
 
 
 reference = model()
-cb = tfckpt.CheckpointCallback(os.path.join(args.directory, "ref"), monitor=None, save_freq=3,
-                               verbose=0)
+cb = tfckpt.CheckpointCallback(
+    os.path.join(args.directory, "ref"), monitor=None, save_freq=3, verbose=0
+)
 reference.fit(**data(), epochs=4, verbose=0, callbacks=[cb])
 
 m = model()
-cb = tfckpt.CheckpointCallback(os.path.join(args.directory, "run"), monitor=None, save_freq=3,
-                               verbose=0)
+cb = tfckpt.CheckpointCallback(
+    os.path.join(args.directory, "run"), monitor=None, save_freq=3, verbose=0
+)
 ctrl_c = CtrlC()
 fit_data = data()
 try:
     m.fit(**fit_data, epochs=4, verbose=0, callbacks=[cb, ctrl_c])
 except KeyboardInterrupt:
     pass
-history = m.fit(**(data() if args.rebuild else fit_data), epochs=4, verbose=0,
-                callbacks=[cb, ctrl_c])
-print(json.dumps({"reference": digest(reference), "resumed": digest(m),
-                  "epochs_run": history.epoch, "iterations": int(m.optimizer.iterations)}))
+history = m.fit(
+    **(data() if args.rebuild else fit_data), epochs=4, verbose=0, callbacks=[cb, ctrl_c]
+)
+print(
+    json.dumps(
+        {
+            "reference": digest(reference),
+            "resumed": digest(m),
+            "epochs_run": history.epoch,
+            "iterations": int(m.optimizer.iterations),
+        }
+    )
+)

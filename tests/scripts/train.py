@@ -16,10 +16,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import tfckpt  # noqa: E402
+import tfckpt
 
 p = argparse.ArgumentParser()
 p.add_argument("directory")
@@ -59,7 +59,12 @@ cb = tfckpt.CheckpointCallback(
     args.directory, monitor="val_loss", keep_last=args.keep_last, keep_best=1, save_freq=save_freq
 )
 history = model.fit(
-    x, y, validation_data=(xv, yv), batch_size=64, epochs=args.epochs, verbose=0,
+    x,
+    y,
+    validation_data=(xv, yv),
+    batch_size=64,
+    epochs=args.epochs,
+    verbose=0,
     callbacks=[cb, KillAt()],
 )
 result = {
