@@ -18,18 +18,11 @@ from tfckpt._fit_hooks import ExitWatch, replace
 from tfckpt._position import TrainingData, find_fit_frame
 from tfckpt._preemption import PREEMPTION_EXIT_CODE, validate_exit_code, validate_signals
 from tfckpt.errors import CheckpointWriteError, CommittedWithError
-from tfckpt.manager import (
-    CheckpointManager,
-    check_backend,
-    parse_source,
-    validate_observers,
-    validate_options,
-)
+from tfckpt.manager import CheckpointManager
+from tfckpt.monitor import AUTO_MODES, check_mode, direction
 from tfckpt.observers import CheckpointObserver
-from tfckpt.run import metric_direction
+from tfckpt.options import check_backend, parse_source, validate_observers, validate_options
 from tfckpt.store import CheckpointRecord, jsonable
-
-_MODES = ("auto", "min", "max")
 
 # Models this process has trained with a checkpoint directory (by directory):
 # a later fit of such a model trains on instead of restoring over it, even
@@ -212,8 +205,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             keep_every_n_hours=keep_every_n_hours,
             retention=retention,
         )
-        if mode not in _MODES:
-            raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
+        check_mode(mode, AUTO_MODES)
         if save_freq != "epoch" and (
             isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
         ):
@@ -283,20 +275,11 @@ class CheckpointCallback(keras.callbacks.Callback):
     def _resolve_mode(self) -> str:
         if self.mode != "auto" or self.monitor is None:
             return "min" if self.mode == "auto" else self.mode
+        # The compiled metric's own direction is known once fit has traced it.
+        found = direction(self.monitor, getattr(self.model, "metrics", []))
+        if found is not None:
+            return found
         name = self.monitor.removeprefix("val_")
-        if name == "loss" or name.endswith("_loss"):
-            return "min"
-        # The compiled metric's own direction (known once fit has traced it),
-        # else that of Keras's metric of this name.
-        stack = list(getattr(self.model, "metrics", []))
-        while stack:
-            metric = stack.pop()
-            stack.extend(getattr(metric, "metrics", []) or [])
-            if getattr(metric, "name", None) == name and hasattr(metric, "_direction"):
-                return "max" if metric._direction == "up" else "min"
-        direction = metric_direction(name)
-        if direction is not None:
-            return direction
         known = _compiled_metric_names(self.model)
         if known and name not in known:
             logged = ", ".join(["loss", *known])

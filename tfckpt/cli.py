@@ -112,8 +112,8 @@ def _ls(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import tensorflow as tf
 
+    from tfckpt.display import human_size
     from tfckpt.errors import CheckpointNotFoundError
-    from tfckpt.run import _human_size
 
     run = _open(args.directory)
     candidates = run.select(_which(args.which), epoch=args.epoch)
@@ -148,15 +148,15 @@ def _info(args: argparse.Namespace) -> int:
         ("epoch", record.epoch),
         ("batch", record.batch),
         ("saved", _saved(record)),
-        ("size", f"{_human_size(record.size)} ({record.size} bytes)"),
+        ("size", f"{human_size(record.size)} ({record.size} bytes)"),
         (
             "disk",
-            f"{_human_size(record.size - shared)} own, {_human_size(shared)} shared "
+            f"{human_size(record.size - shared)} own, {human_size(shared)} shared "
             "with other checkpoints (hard links)",
         ),
         ("kept", record.kept or ""),
         ("metrics", metrics),
-        ("files", ", ".join(f"{f} ({_human_size(e['size'])})" for f, e in files.items())),
+        ("files", ", ".join(f"{f} ({human_size(e['size'])})" for f, e in files.items())),
     ]
     print(record.name + (f"  ({', '.join(marks)})" if marks else ""))
     for key, value in fields:
@@ -181,7 +181,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from tfckpt.run import _human_size
+    from tfckpt.display import human_size
 
     run = _open(args.directory)
     report = run.prune(
@@ -204,14 +204,14 @@ def _prune(args: argparse.Namespace) -> int:
     dry = report.dry_run
     verb, keep = ("would delete", "keep") if dry else ("deleted", "kept")
     for r in report.deleted:
-        print(f"{verb:<12} {r.name}  step {r.step}  epoch {r.epoch}  {_human_size(r.size)}")
+        print(f"{verb:<12} {r.name}  step {r.step}  epoch {r.epoch}  {human_size(r.size)}")
     for r in report.kept:
         print(f"{keep:<12} {r.name}  step {r.step}  epoch {r.epoch}  ({r.kept})")
     for p in report.damaged:
         print(f"{'left alone':<12} {p.name}  DAMAGED: {p.reason}")
     print(
         f"{verb} {len(report.deleted)}, {keep} {len(report.kept)}: "
-        f"{_human_size(report.bytes_freed)} {'would be ' * dry}freed"
+        f"{human_size(report.bytes_freed)} {'would be ' * dry}freed"
     )
     return 0
 

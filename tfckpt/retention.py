@@ -28,6 +28,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+from tfckpt.monitor import check_mode, is_better, metric_value
+
 __all__ = [
     "AnyOf",
     "CheckpointInfo",
@@ -39,8 +41,6 @@ __all__ = [
     "RetentionPolicy",
     "is_better",
 ]
-
-_MODES = ("min", "max")
 
 
 class CheckpointInfo(Protocol):
@@ -72,26 +72,6 @@ class RetentionPolicy(Protocol):
 def _check_count(name: str, value: object, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-
-
-def _check_mode(mode: object) -> None:
-    if mode not in _MODES:
-        raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
-
-
-def is_better(value: float, reference: float | None, mode: str) -> bool:
-    """Whether `value` improves on `reference` (`None`: nothing yet) in `mode`."""
-    if reference is None:
-        return True
-    return value < reference if mode == "min" else value > reference
-
-
-def metric_value(checkpoint: CheckpointInfo, monitor: str) -> float | None:
-    """The checkpoint's finite value of `monitor`, or `None`."""
-    value = checkpoint.metrics.get(monitor)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +112,7 @@ class KeepBest:
         _check_count("k", self.k)
         if not isinstance(self.monitor, str) or not self.monitor:
             raise ValueError(f"`monitor` must be a metric name. Received: monitor={self.monitor!r}")
-        _check_mode(self.mode)
+        check_mode(self.mode)
 
     def keep(self, checkpoints: Sequence[CheckpointInfo]) -> list[str | None]:
         scored = [

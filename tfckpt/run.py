@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import html
 import os
 import shutil
-import time
 import uuid
 import warnings
 import zipfile
@@ -22,12 +20,14 @@ import tensorflow as tf
 
 from tfckpt import _contents, _fs, _state, retention
 from tfckpt._lock import DirectoryLock
+from tfckpt.display import plot_run, table_html
 from tfckpt.errors import CheckpointNotFoundError, DirectoryLockedError, NoIntactCheckpointError
+from tfckpt.monitor import AUTO_MODES, check_mode, direction, metric_value, rank
+from tfckpt.prune import PruneReport, prune_policy
 from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
 
 Which = Any  # None | "latest" | "best" | int step | checkpoint name | CheckpointRecord
 
-_MODES = ("auto", "min", "max")
 # A reader gives up after this many candidates deleted under it (a writer that
 # deletes checkpoints faster than they can be read).
 _MAX_DELETED_WHILE_READING = 100
@@ -39,7 +39,7 @@ class CheckpointList(list):
     monitor: tuple[str, str] | None = None
 
     def _repr_html_(self) -> str:
-        return _table_html(list(self), self.monitor, [], None)
+        return table_html(list(self), self.monitor, [], None)
 
 
 class Run:
@@ -76,7 +76,7 @@ class Run:
         parent = records[-1].manifest.get("parent") if records else None
         if parent:
             caption += f"; forked from {parent['directory']} {parent['name']}"
-        return _table_html(records, records.monitor, problems, caption)
+        return table_html(records, records.monitor, problems, caption)
 
     def _scan(
         self, policy: retention.RetentionPolicy | None = None
@@ -144,7 +144,7 @@ class Run:
         records = self.checkpoints
         if records.monitor is None:
             return None
-        ranked = _ranked(records, *records.monitor)
+        ranked = rank(records, *records.monitor)
         return ranked[0] if ranked else None
 
     def best_by(self, metric: str, mode: str = "auto") -> CheckpointRecord:
@@ -176,10 +176,9 @@ class Run:
             raise ValueError(
                 f"`metric` must be a metric name (e.g. 'val_accuracy'). Received: metric={metric!r}"
             )
-        if mode not in _MODES:
-            raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
+        check_mode(mode, AUTO_MODES)
         records = self.checkpoints
-        if not any(retention.metric_value(r, metric) is not None for r in records):
+        if not any(metric_value(r, metric) is not None for r in records):
             recorded = sorted({k for r in records for k in r.metrics})
             raise CheckpointNotFoundError(
                 f"No checkpoint in {self.directory!r} has a value of {metric!r}. "
@@ -187,7 +186,7 @@ class Run:
             )
         if mode == "auto":
             mode = _direction(metric, records.monitor)
-        return _ranked(records, metric, mode)[0]
+        return rank(records, metric, mode)[0]
 
     @property
     def history(self) -> dict[str, list]:
@@ -305,7 +304,7 @@ class Run:
                     f"which='best': run {self.directory!r} tracks no metric "
                     "(it was saved with monitor=None). Use 'latest' or a step."
                 )
-            ranked = _ranked(records, *records.monitor) if records else []
+            ranked = rank(records, *records.monitor) if records else []
             if records and not ranked:
                 raise CheckpointNotFoundError(
                     f"which='best': no checkpoint in {self.directory!r} has a value "
@@ -619,8 +618,14 @@ class Run:
             A `PruneReport`: `.deleted` (or to be deleted), `.kept`,
             `.damaged`, `.bytes_freed`.
         """
-        policy = self._prune_policy(
-            keep_last, keep_best, keep_every_n_epochs, keep_every_n_hours, retention
+        policy = prune_policy(
+            self.monitor,
+            self.directory,
+            keep_last,
+            keep_best,
+            keep_every_n_epochs,
+            keep_every_n_hours,
+            retention,
         )
         if not isinstance(dry_run, bool):
             raise TypeError(f"`dry_run` must be True or False. Received: dry_run={dry_run!r}")
@@ -634,63 +639,6 @@ class Run:
             return self._prune(policy, dry_run=False)
         finally:
             lock.release()
-
-    def _prune_policy(
-        self,
-        keep_last: object,
-        keep_best: object,
-        keep_every_n_epochs: object,
-        keep_every_n_hours: object,
-        policy: object,
-    ) -> retention.RetentionPolicy:
-        given = (keep_last, keep_best, keep_every_n_epochs, keep_every_n_hours, policy)
-        if all(rule is None for rule in given):
-            raise ValueError(
-                "prune needs at least one rule (keep_last, keep_best, keep_every_n_epochs, "
-                "keep_every_n_hours or retention); with none, every checkpoint but the "
-                "newest would be deleted. Pass e.g. keep_last=3."
-            )
-        for name, value, minimum in (
-            ("keep_last", keep_last, 0),
-            ("keep_best", keep_best, 0),
-            ("keep_every_n_epochs", keep_every_n_epochs, 1),
-        ):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < minimum
-            ):
-                raise ValueError(
-                    f"`{name}` must be an integer >= {minimum} or None. Received: {name}={value!r}"
-                )
-        if keep_every_n_hours is not None and (
-            isinstance(keep_every_n_hours, bool)
-            or not isinstance(keep_every_n_hours, (int, float))
-            or not 0 < keep_every_n_hours < float("inf")
-        ):
-            raise ValueError(
-                "`keep_every_n_hours` must be a positive number or None. "
-                f"Received: keep_every_n_hours={keep_every_n_hours!r}"
-            )
-        if policy is not None and not isinstance(policy, retention.RetentionPolicy):
-            raise TypeError(
-                "`retention` must be a tfckpt.retention.RetentionPolicy (an object with "
-                f"a `keep(checkpoints)` method). Received: retention={policy!r}"
-            )
-        monitor = self.monitor
-        if keep_best and monitor is None:
-            raise ValueError(
-                f"`keep_best={keep_best}` needs a metric to rank checkpoints by, but run "
-                f"{self.directory!r} tracks none (it was saved with monitor=None). Pass "
-                "retention=tfckpt.retention.KeepBest(k, metric, mode) instead."
-            )
-        return retention.from_options(
-            keep_last=keep_last or 0,
-            keep_best=keep_best or 0,
-            monitor=monitor[0] if monitor else None,
-            mode=monitor[1] if monitor else "min",
-            keep_every_n_epochs=keep_every_n_epochs,
-            keep_every_n_hours=keep_every_n_hours,
-            extra=policy,
-        )
 
     def _prune(self, policy: retention.RetentionPolicy, *, dry_run: bool) -> PruneReport:
         records, problems = self._scan(policy)
@@ -740,102 +688,7 @@ class Run:
         Returns:
             The matplotlib `Axes`.
         """
-        try:
-            import matplotlib  # noqa: F401
-            from matplotlib.ticker import MaxNLocator
-        except ImportError as e:
-            raise ImportError(
-                'Run.plot needs matplotlib, which is not installed: pip install "tfckpt[plot]"'
-            ) from e
-        history = self.history
-        points = [
-            (e, v) for e, v in zip(history["epoch"], history.get(metric, [])) if v is not None
-        ]
-        if not points:
-            logged = sorted(k for k, vs in history.items() if k != "epoch" and any(vs))
-            raise ValueError(
-                f"No epoch of run {self.directory!r} logged {metric!r}. "
-                f"Logged metrics: {', '.join(logged) or 'none'}."
-            )
-        if ax is None:
-            import matplotlib.pyplot as plt
-
-            _, ax = plt.subplots()
-        label = label or os.path.basename(os.path.normpath(self.directory))
-        (line,) = ax.plot(*zip(*points), label=label)
-        color = line.get_color()
-        records = self.checkpoints
-        marked = [
-            (r.epoch, v)
-            for r in records
-            if r.batch == 0 and (v := retention.metric_value(r, metric)) is not None
-        ]
-        if marked:
-            ax.scatter(
-                *zip(*marked),
-                facecolors="none",
-                edgecolors=color,
-                zorder=3,
-                label=f"{label}: retained checkpoints",
-            )
-        best = _ranked(records, *records.monitor)[:1] if records.monitor else []
-        value = retention.metric_value(best[0], metric) if best else None
-        if best and best[0].batch == 0 and value is not None:
-            ax.scatter(
-                [best[0].epoch],
-                [value],
-                marker="*",
-                s=200,
-                color=color,
-                zorder=4,
-                label=f"{label}: best by {records.monitor[0]}",
-            )
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend()
-        return ax
-
-
-@dataclasses.dataclass(frozen=True)
-class PruneReport:
-    """What `Run.prune` deleted (or, in a dry run, would delete).
-
-    Attributes:
-        directory: the run directory.
-        dry_run: whether this was only a report.
-        deleted: the checkpoints deleted (or to be deleted), oldest first.
-        kept: the checkpoints that stay, each with the reason (`record.kept`).
-        damaged: checkpoint directories left alone because they are damaged or
-            not committed (never deleted).
-    """
-
-    directory: str
-    dry_run: bool
-    deleted: list[CheckpointRecord]
-    kept: list[CheckpointRecord]
-    damaged: list[Problem]
-    freed: int | None = None
-
-    @property
-    def bytes_freed(self) -> int:
-        """Bytes the deletion frees: the deleted checkpoints' files that no
-        kept checkpoint shares (see incremental checkpoints)."""
-        return self.freed if self.freed is not None else sum(r.size for r in self.deleted)
-
-    def __repr__(self) -> str:
-        verb = "would delete" if self.dry_run else "deleted"
-        lines = [
-            f"<tfckpt.PruneReport {self.directory!r}: {verb} {len(self.deleted)} of "
-            f"{len(self.deleted) + len(self.kept)} checkpoints, "
-            f"{_human_size(self.bytes_freed)} freed{' (dry run)' * self.dry_run}"
-        ]
-        lines += [f"  delete {r.name}  step {r.step}  epoch {r.epoch}" for r in self.deleted]
-        lines += [
-            f"  keep   {r.name}  step {r.step}  epoch {r.epoch}  ({r.kept})" for r in self.kept
-        ]
-        lines += [f"  leave  {p.name}  (damaged: {p.reason})" for p in self.damaged]
-        return "\n".join(lines) + ">"
+        return plot_run(self, metric, ax=ax, label=label)
 
 
 def _model_only(model: Any) -> Any:
@@ -855,39 +708,14 @@ def _model_only(model: Any) -> Any:
     return view
 
 
-def _ranked(records: Sequence[CheckpointRecord], metric: str, mode: str) -> list[CheckpointRecord]:
-    """`records` with a value of `metric`, best first (ties: the oldest first,
-    as `retention.KeepBest` ranks them)."""
-    scored = [
-        (v, r.seq, r) for r in records if (v := retention.metric_value(r, metric)) is not None
-    ]
-    scored.sort(key=lambda t: (t[0] if mode == "min" else -t[0], t[1]))
-    return [r for _, _, r in scored]
-
-
-def metric_direction(name: str) -> str | None:
-    """The direction ("max" or "min") of a Keras metric of that name, by its
-    `_direction`; `None` when Keras does not know it."""
-    import keras
-
-    try:
-        direction = getattr(keras.metrics.get(name), "_direction", None)
-    except (ValueError, TypeError):
-        return None
-    return {"up": "max", "down": "min"}.get(direction)
-
-
 def _direction(metric: str, monitor: tuple[str, str] | None) -> str:
-    """`mode="auto"` for `metric`: the run's own mode for its monitor, `min`
-    for losses, else Keras's direction for a metric of that name."""
+    """`mode="auto"` for `metric`: the run's own mode for its monitor, else
+    `monitor.direction` (by name: no model here)."""
     if monitor is not None and monitor[0] == metric:
         return monitor[1]
-    name = metric.removeprefix("val_")
-    if name == "loss" or name.endswith("_loss"):
-        return "min"
-    direction = metric_direction(name)
-    if direction is not None:
-        return direction
+    found = direction(metric)
+    if found is not None:
+        return found
     raise ValueError(
         f"Cannot tell whether {metric!r} should be minimized or maximized. "
         "Pass mode='min' or mode='max'."
@@ -906,60 +734,6 @@ def _selection(which: Which, epoch: int | None) -> str:
         if epoch is not None
         else f"which={'latest' if which is None else which!r}"
     )
-
-
-def _human_size(n: int) -> str:
-    size, units = float(n), ("B", "KiB", "MiB", "GiB", "TiB")
-    i = 0
-    while size >= 1024 and i < len(units) - 1:
-        size /= 1024
-        i += 1
-    return f"{n} B" if i == 0 else f"{size:.1f} {units[i]}"
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "" if value is None else str(value)
-
-
-def _table_html(
-    records: Sequence[CheckpointRecord],
-    monitor: tuple[str, str] | None,
-    problems: Sequence[Problem],
-    caption: str | None,
-) -> str:
-    """The rows of `tfckpt ls` as an HTML table (every text escaped)."""
-    name = monitor[0] if monitor else None
-    ranked = _ranked(records, *monitor) if monitor else []
-    best = ranked[0].name if ranked else None
-    latest = records[-1].name if records else None
-    others = sorted({k for r in records for k in r.metrics} - {name})
-    columns = ["name", "step", "epoch", "batch", *([name] if name else []), *others]
-    columns += ["size", "saved", "kept because", ""]
-    esc = html.escape
-    out = ['<table class="tfckpt">']
-    if caption:
-        out.append(f"<caption>{esc(caption)}</caption>")
-    out.append("<thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr></thead>")
-    out.append("<tbody>")
-    for r in records:
-        marks = [m for m, hit in (("best", r.name == best), ("latest", r.name == latest)) if hit]
-        cells = [r.name, r.step, r.epoch, r.batch]
-        cells += [_format_value(r.metrics.get(k)) for k in ([name] if name else []) + others]
-        saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
-        cells += [_human_size(r.size), saved, r.kept or "", ", ".join(marks)]
-        style = ' style="font-weight:bold"' if r.name == best else ""
-        out.append(f"<tr{style}>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
-    for p in problems:
-        out.append(
-            f"<tr><td>{esc(p.name)}</td>"
-            f'<td colspan="{len(columns) - 1}">DAMAGED: {esc(p.reason)}</td></tr>'
-        )
-    if not records and not problems:
-        out.append(f'<tr><td colspan="{len(columns)}">no checkpoints</td></tr>')
-    out.append("</tbody></table>")
-    return "\n".join(out)
 
 
 def _export_kind(path: str, format: str | None) -> str:

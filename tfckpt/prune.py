@@ -1,0 +1,110 @@
+"""What `Run.prune` deletes and reports: its rules, checked, and its report."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tfckpt import retention as _retention
+from tfckpt.display import human_size
+from tfckpt.store import CheckpointRecord, Problem
+
+
+def prune_policy(
+    monitor: tuple[str, str] | None,
+    directory: str,
+    keep_last: object,
+    keep_best: object,
+    keep_every_n_epochs: object,
+    keep_every_n_hours: object,
+    policy: object,
+) -> _retention.RetentionPolicy:
+    """The policy `Run.prune` applies: the keyword rules (union) with `policy`,
+    each checked; `monitor` is the run's (name, mode), for `keep_best`."""
+    given = (keep_last, keep_best, keep_every_n_epochs, keep_every_n_hours, policy)
+    if all(rule is None for rule in given):
+        raise ValueError(
+            "prune needs at least one rule (keep_last, keep_best, keep_every_n_epochs, "
+            "keep_every_n_hours or retention); with none, every checkpoint but the "
+            "newest would be deleted. Pass e.g. keep_last=3."
+        )
+    for name, value, minimum in (
+        ("keep_last", keep_last, 0),
+        ("keep_best", keep_best, 0),
+        ("keep_every_n_epochs", keep_every_n_epochs, 1),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < minimum
+        ):
+            raise ValueError(
+                f"`{name}` must be an integer >= {minimum} or None. Received: {name}={value!r}"
+            )
+    if keep_every_n_hours is not None and (
+        isinstance(keep_every_n_hours, bool)
+        or not isinstance(keep_every_n_hours, (int, float))
+        or not 0 < keep_every_n_hours < float("inf")
+    ):
+        raise ValueError(
+            "`keep_every_n_hours` must be a positive number or None. "
+            f"Received: keep_every_n_hours={keep_every_n_hours!r}"
+        )
+    if policy is not None and not isinstance(policy, _retention.RetentionPolicy):
+        raise TypeError(
+            "`retention` must be a tfckpt.retention.RetentionPolicy (an object with "
+            f"a `keep(checkpoints)` method). Received: retention={policy!r}"
+        )
+    if keep_best and monitor is None:
+        raise ValueError(
+            f"`keep_best={keep_best}` needs a metric to rank checkpoints by, but run "
+            f"{directory!r} tracks none (it was saved with monitor=None). Pass "
+            "retention=tfckpt.retention.KeepBest(k, metric, mode) instead."
+        )
+    return _retention.from_options(
+        keep_last=keep_last or 0,
+        keep_best=keep_best or 0,
+        monitor=monitor[0] if monitor else None,
+        mode=monitor[1] if monitor else "min",
+        keep_every_n_epochs=keep_every_n_epochs,
+        keep_every_n_hours=keep_every_n_hours,
+        extra=policy,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneReport:
+    """What `Run.prune` deleted (or, in a dry run, would delete).
+
+    Attributes:
+        directory: the run directory.
+        dry_run: whether this was only a report.
+        deleted: the checkpoints deleted (or to be deleted), oldest first.
+        kept: the checkpoints that stay, each with the reason (`record.kept`).
+        damaged: checkpoint directories left alone because they are damaged or
+            not committed (never deleted).
+    """
+
+    directory: str
+    dry_run: bool
+    deleted: list[CheckpointRecord]
+    kept: list[CheckpointRecord]
+    damaged: list[Problem]
+    freed: int | None = None
+
+    @property
+    def bytes_freed(self) -> int:
+        """Bytes the deletion frees: the deleted checkpoints' files that no
+        kept checkpoint shares (see incremental checkpoints)."""
+        return self.freed if self.freed is not None else sum(r.size for r in self.deleted)
+
+    def __repr__(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        lines = [
+            f"<tfckpt.PruneReport {self.directory!r}: {verb} {len(self.deleted)} of "
+            f"{len(self.deleted) + len(self.kept)} checkpoints, "
+            f"{human_size(self.bytes_freed)} freed{' (dry run)' * self.dry_run}"
+        ]
+        lines += [f"  delete {r.name}  step {r.step}  epoch {r.epoch}" for r in self.deleted]
+        lines += [
+            f"  keep   {r.name}  step {r.step}  epoch {r.epoch}  ({r.kept})" for r in self.kept
+        ]
+        lines += [f"  leave  {p.name}  (damaged: {p.reason})" for p in self.damaged]
+        return "\n".join(lines) + ">"
