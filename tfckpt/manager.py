@@ -7,8 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import os
-import shutil
-import tempfile
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
@@ -28,6 +26,7 @@ from tfckpt._preemption import (
     validate_exit_code,
     validate_signals,
 )
+from tfckpt._workers import Workers
 from tfckpt.errors import (
     CheckpointError,
     CheckpointWriteError,
@@ -41,11 +40,6 @@ from tfckpt.run import Run, Which
 from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
 
 _told_full: set[str] = set()  # directories told once that saves are full
-
-
-def _in_multi_worker_mode(strategy: Any) -> bool:
-    in_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
-    return bool(in_mode()) if callable(in_mode) else False
 
 
 def _same_objects(a: Sequence[Any], b: Sequence[Any] | None) -> bool:
@@ -198,8 +192,9 @@ class CheckpointManager:
         )
         self._run = Run(directory)
         self._strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-        self._multi_worker = _in_multi_worker_mode(self._strategy)
-        self.is_chief = bool(self._strategy.extended.should_checkpoint)
+        self._workers = Workers(self._strategy)
+        self._multi_worker = self._workers.multi
+        self.is_chief = self._workers.is_chief
         if self._multi_worker and async_save:
             raise ValueError(
                 "`async_save=True` is not supported with a multi-worker strategy "
@@ -220,7 +215,6 @@ class CheckpointManager:
         self.observers: list[CheckpointObserver] = validate_observers(observers)
         self.parent: dict | None = None  # the checkpoint this run was forked from
         self._lock: DirectoryLock | None = None
-        self._sum: Any = None  # the all-reduce of multi-worker agreements
         if not self.is_chief:
             self._signals.install()
             return  # a non-chief worker never writes into the run directory
@@ -363,7 +357,7 @@ class CheckpointManager:
         if supersede:
             metadata["supersedes"] = True
         if not self.is_chief:
-            self._write_elsewhere()
+            self._workers.write_elsewhere(self._checkpoint)
             self._best = best
             return None
         files = _state.encode(dict(state)) if state else {}
@@ -381,29 +375,6 @@ class CheckpointManager:
             self._inflight = self._executor.submit(self._complete, pending, metadata, files, best)
             return None
         return self._complete(pending, metadata, files, best, written=True)
-
-    def _write_elsewhere(self) -> None:
-        """A non-chief worker's part in a save: TF may need every worker for
-        it (collectives), but only the chief's files count."""
-        scratch = tempfile.mkdtemp(prefix="tfckpt-worker-")
-        try:
-            self._checkpoint.write(os.path.join(scratch, "ckpt"))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-    def _all_workers_sum(self, values: list[int]) -> list[int]:
-        """Sums `values` over every replica of every worker (all must call)."""
-        if self._sum is None:
-            strategy = self._strategy
-
-            @tf.function
-            def all_sum(local):
-                per_replica = strategy.run(tf.identity, args=(local,))
-                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-            self._sum = all_sum
-        total = self._sum(tf.constant(values, dtype=tf.int64))
-        return [int(v) for v in total.numpy()]
 
     def _complete(self, pending, metadata, files, best, written=False) -> CheckpointRecord:
         if not written:
@@ -562,39 +533,13 @@ class CheckpointManager:
         return record
 
     def _restore_chiefs_pick(self, which: Which) -> CheckpointRecord | None:
-        # Reading mirrored variables under a multi-worker strategy runs
-        # collectives, so every worker reads the same checkpoint at the same
-        # time: the chief picks the newest candidate whose files check out,
-        # all workers learn its seq (or that the chief failed), then all read it.
-        picked, error = None, None
-        if self.is_chief:
-            try:
-                picked = self._pick_intact(which)
-            except Exception as e:
-                error = e
-        chief = int(self.is_chief)
-        status = 2 if error is not None else int(picked is not None)
-        total, seq, chiefs = self._all_workers_sum(
-            [chief * status, chief * (picked.seq if picked else 0), chief]
+        record = self._workers.agree_on(
+            lambda: self._pick_intact(which),
+            lambda seq: next((r for r in self._run.checkpoints if r.seq == seq), None),
+            self.directory,
         )
-        chiefs = max(chiefs, 1)
-        status, seq = total // chiefs, seq // chiefs
-        if error is not None:
-            raise error
-        if status == 2:
-            raise CheckpointError(
-                f"The chief worker could not pick a checkpoint of {self.directory!r} to "
-                "restore (its error says why); no worker restored anything."
-            )
-        if status == 0:
-            return None
-        record = picked or next((r for r in self._run.checkpoints if r.seq == seq), None)
         if record is None:
-            raise CheckpointError(
-                f"The chief restores checkpoint #{seq} of {self.directory!r}, which this "
-                "worker cannot see: with several workers the run directory must be "
-                "on storage they all share (e.g. gs://)."
-            )
+            return None
         return self._run.restore_into(
             self._objects(), record, strict=True, verify=False, mark_damaged=True
         )
@@ -664,7 +609,7 @@ class CheckpointManager:
         steps: it is one small all-reduce)."""
         flag = int(self._signals.received is not None)
         if self._multi_worker:
-            flag = self._all_workers_sum([flag])[0]
+            flag = self._workers.sum([flag])[0]
         return bool(flag)
 
     def _preemption_handled(self) -> None:
