@@ -772,7 +772,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self._preempted or self.manager is None or not self.manager.preemption_requested():
             return
         self._preempted = True
-        self.manager._preemption_handled()
+        self.manager.acknowledge_preemption()
         saved_here = (
             self._last_saved_total == self._batches_total
             and self._last_saved_epoch == self._epochs_done

@@ -35,13 +35,11 @@ def _open(directory: str) -> Any:
     import tensorflow as tf
 
     from tfckpt.run import open_run
+    from tfckpt.store import is_run_entry
 
     run = open_run(directory)  # FileNotFoundError for a missing directory
     entries = [e.rstrip("/") for e in tf.io.gfile.listdir(directory)]
-    tfckpt_files = (".lock", ".damaged-ckpt-", ".tmp-ckpt-", ".trash-ckpt-")
-    is_run = any(
-        e.startswith(tfckpt_files) or (e.startswith("ckpt-") and e[5:].isdigit()) for e in entries
-    )
+    is_run = any(is_run_entry(e) for e in entries)
     if not is_run:
         raise _UsageError(f"{directory!r} is not a tfckpt run directory (no checkpoints in it).")
     return run

@@ -265,7 +265,7 @@ class CheckpointManager:
     @property
     def checkpoints(self) -> list[CheckpointRecord]:
         """Committed checkpoints, oldest first, each saying why it is kept."""
-        return self._run._scan(self._policy)[0]
+        return self._run.kept_by(self._policy)
 
     @property
     def latest(self) -> CheckpointRecord | None:
@@ -612,7 +612,11 @@ class CheckpointManager:
             flag = self._workers.sum([flag])[0]
         return bool(flag)
 
-    def _preemption_handled(self) -> None:
+    def acknowledge_preemption(self) -> None:
+        """Marks the preemption signal received as acted on (saved for): at
+        `close()` it is not delivered again to the handlers from before.
+        `preemption_point` calls it; a caller that saves on preemption itself
+        calls it first."""
         self._signals.handled = True
 
     def preemption_point(
@@ -635,7 +639,7 @@ class CheckpointManager:
         """
         if not self.preemption_requested():
             return False
-        self._preemption_handled()
+        self.acknowledge_preemption()
         self.save(step, epoch=epoch, batch=batch, metrics=metrics, state=state)
         self.wait()
         if self.preemption_exit_code is None:

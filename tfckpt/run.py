@@ -109,6 +109,11 @@ class Run:
         out.monitor = (monitor["name"], monitor["mode"]) if monitor.get("name") else None
         return out, problems
 
+    def kept_by(self, policy: retention.RetentionPolicy) -> CheckpointList:
+        """The committed checkpoints, oldest first, each with the reason
+        `policy` keeps it (`None`: it would be deleted); the newest is kept."""
+        return self._scan(policy)[0]
+
     @property
     def checkpoints(self) -> CheckpointList:
         """Committed checkpoints, oldest first, each saying why it is kept

@@ -856,6 +856,16 @@ class _Sources:
 _PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
+def is_run_entry(name: str) -> bool:
+    """Whether `name` (an entry of a directory) is one tfckpt puts in a run
+    directory: a checkpoint, a save or deletion in progress, a damage marker
+    or the lock."""
+    if _NAME.match(name) or name == ".lock":
+        return True
+    rest = next((name[len(p) :] for p in (_TMP, _TRASH, _DAMAGED) if name.startswith(p)), None)
+    return rest is not None and rest.startswith("ckpt-")
+
+
 def _plain_name(name: object) -> bool:
     """A file name in the checkpoint's directory itself: no path, no `..`."""
     return isinstance(name, str) and bool(_PLAIN.match(name)) and ".." not in name
