@@ -10,7 +10,6 @@ model.fit(x, y, validation_data=(xv, yv), epochs=50, callbacks=[cb])
 __version__ = "0.1.0"
 
 from tfckpt import retention
-from tfckpt._exact import StatefulCallback
 from tfckpt.callback import CheckpointCallback
 from tfckpt.errors import (
     CheckpointError,
@@ -26,6 +25,7 @@ from tfckpt.manager import CheckpointManager
 from tfckpt.observers import CheckpointObserver, TensorBoardObserver
 from tfckpt.run import Run, restore, verify
 from tfckpt.run import open_run as open
+from tfckpt.stateful import StatefulCallback
 from tfckpt.store import CheckpointRecord
 
 __all__ = [

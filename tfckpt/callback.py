@@ -13,9 +13,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfckpt import _contents, _exact
+from tfckpt import _tf_checkpoint, _training_state
+from tfckpt._data_position import TrainingData, find_fit_frame
 from tfckpt._fit_hooks import ExitWatch, replace
-from tfckpt._position import TrainingData, find_fit_frame
 from tfckpt._preemption import PREEMPTION_EXIT_CODE, validate_exit_code, validate_signals
 from tfckpt.errors import CheckpointWriteError, CommittedWithError
 from tfckpt.manager import CheckpointManager
@@ -298,7 +298,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         state: dict[str, Any] = {
             "batches": self._batches_total,
             "history": self._history,
-            "callbacks": _exact.callback_states(self._others),
+            "callbacks": _training_state.callback_states(self._others),
         }
         if self._data is not None:
             state["data"] = self._data.state()
@@ -308,9 +308,9 @@ class CheckpointCallback(keras.callbacks.Callback):
             # pipeline again (e.g. PyDataset's shuffle, NumPy augmentation),
             # which brings them to where they are now.
             host = self._host_rng_at_epoch_begin if batch else None
-            state["rng"] = _exact.random_state(self.model, host)
+            state["rng"] = _training_state.random_state(self.model, host)
         if batch:  # mid-epoch: the epoch's metric accumulators, to continue them
-            state["metrics_variables"] = _exact.metric_values(self.model)
+            state["metrics_variables"] = _training_state.metric_values(self.model)
         return state
 
     def _watch_fit(self, fit_locals: dict[str, Any]) -> None:
@@ -335,7 +335,9 @@ class CheckpointCallback(keras.callbacks.Callback):
             self._data = TrainingData(epoch_iterator)
             self._undo.append(self._data.undo)
             dataset = self._data.py_dataset()
-            if isinstance(dataset, _exact.StatefulCallback):  # a PyDataset with its own order
+            if isinstance(
+                dataset, _training_state.StatefulCallback
+            ):  # a PyDataset with its own order
                 self._others.append(dataset)
 
     def _save(self, logs: dict | None, batch: int, *, supersede: bool = False) -> bool:
@@ -351,7 +353,9 @@ class CheckpointCallback(keras.callbacks.Callback):
             )
             return False
         logs = jsonable(logs)
-        step = _contents.optimizer_step(self.manager.optimizer) if self.manager.optimizer else 0
+        step = (
+            _tf_checkpoint.optimizer_step(self.manager.optimizer) if self.manager.optimizer else 0
+        )
         self._wait_for_save()  # the previous save's error is its own
         try:
             self.manager.save(
@@ -533,7 +537,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         base = None  # the checkpoint whose counters this fit carries on
         if latest is not None:
             optimizer = self.manager.optimizer
-            step_now = _contents.optimizer_step(optimizer) if optimizer is not None else 0
+            step_now = _tf_checkpoint.optimizer_step(optimizer) if optimizer is not None else 0
             if resuming_here:
                 # An interrupted fit of this model: its state in memory may be
                 # past the newest checkpoint by a partial step or epoch, so it
@@ -611,7 +615,7 @@ class CheckpointCallback(keras.callbacks.Callback):
     def _resume(self, record: CheckpointRecord, state: dict[str, Any]) -> None:
         """What a restored run needs beyond the TF checkpoint."""
         if self.restore_random_state and "rng" in state:
-            _exact.set_random_state(self.model, state["rng"])
+            _training_state.set_random_state(self.model, state["rng"])
         self._resume_states = state.get("callbacks") or {}
         self._position_data(record, state.get("data"))
         if not record.batch:
@@ -665,7 +669,9 @@ class CheckpointCallback(keras.callbacks.Callback):
                     batch = next(iterator)
                 if skip == 0:
                     model.train_function = original
-                    if metrics is not None and not _exact.set_metric_values(model, metrics, batch):
+                    if metrics is not None and not _training_state.set_metric_values(
+                        model, metrics, batch
+                    ):
                         self._warn_once(
                             "metrics",
                             "could not restore the metric accumulators of the resumed "
@@ -687,7 +693,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         (logs, before), self._amend = self._amend, None
         if before is None:
             self._save(logs, batch=0)
-        elif not _exact.same_state(before, self._epoch_end_state()):
+        elif not _training_state.same_state(before, self._epoch_end_state()):
             self._save(logs, batch=0, supersede=True)
 
     def _wrap_finalize(self) -> None:
@@ -724,13 +730,13 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self._data is not None:
             self._data.epoch_begin()
         if self.restore_random_state:
-            self._host_rng_at_epoch_begin = _exact.host_random_state()
+            self._host_rng_at_epoch_begin = _training_state.host_random_state()
         if self._epoch_offset is None:  # the first epoch of this fit
             self._epoch_offset = self._epochs_done - epoch if self._continuing else 0
             self._batch_in_epoch = self._resume_batch
             if self._resume_states:
                 # After every callback's on_train_begin reset itself.
-                _exact.set_callback_states(self._others, self._resume_states)
+                _training_state.set_callback_states(self._others, self._resume_states)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._flush()
@@ -825,7 +831,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         try:
             self._flush()
             optimizer = self.manager.optimizer
-            step = _contents.optimizer_step(optimizer) if optimizer is not None else None
+            step = _tf_checkpoint.optimizer_step(optimizer) if optimizer is not None else None
             unsaved = step != self._last_saved_step or self._epochs_done != self._last_saved_epoch
             if step is not None and unsaved and self._batches_total:
                 # Work done since the last save (save_freq=int): keep it.

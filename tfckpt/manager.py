@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfckpt import _async_fix, _contents, _fs, _shards, _state
+from tfckpt import _async_fix, _fs, _shards, _state_files, _tf_checkpoint
 from tfckpt import retention as _retention
 from tfckpt._background import in_foreground, lower_thread_priority
 from tfckpt._lock import DirectoryLock
@@ -321,7 +321,9 @@ class CheckpointManager:
                 "out, so another writer may be writing there; stop one of them."
             )
         if step is None:
-            step = _contents.optimizer_step(self.optimizer) if self.optimizer is not None else 0
+            step = (
+                _tf_checkpoint.optimizer_step(self.optimizer) if self.optimizer is not None else 0
+            )
         metrics = jsonable(dict(metrics or {}))
         best = self._best
         if self.monitor is not None:
@@ -349,8 +351,8 @@ class CheckpointManager:
             "best": best,
             "retention": self._retention_config,
             "contents": [k for k, v in self._objects().items() if v is not None]
-            + [_contents.SAVE_COUNTER],
-            "build_config": _contents.build_config(self.model),
+            + [_tf_checkpoint.SAVE_COUNTER],
+            "build_config": _tf_checkpoint.build_config(self.model),
             "parent": self.parent,
             "versions": versions(),
         }
@@ -360,7 +362,7 @@ class CheckpointManager:
             self._workers.write_elsewhere(self._checkpoint)
             self._best = best
             return None
-        files = _state.encode(dict(state)) if state else {}
+        files = _state_files.encode(dict(state)) if state else {}
         pending = self._store.begin(self._state_bytes(variables))
         with self._store.guard(pending), in_foreground():
             if self.async_save:
@@ -450,7 +452,7 @@ class CheckpointManager:
     def _new_checkpoint(self) -> None:
         if self._checkpoint is not None:
             _async_fix.retire(self._checkpoint)  # its thread and host copies
-        self._checkpoint = _contents.checkpoint_for(self._objects())
+        self._checkpoint = _tf_checkpoint.checkpoint_for(self._objects())
 
     def _state_bytes(self, variables: Sequence[Any] | None = None) -> int:
         """Bytes of the variables a save writes (for the free-space check)."""

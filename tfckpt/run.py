@@ -18,7 +18,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _contents, _fs, _state, retention
+from tfckpt import _fs, _state_files, _tf_checkpoint, retention
 from tfckpt._lock import DirectoryLock
 from tfckpt.display import plot_run, table_html
 from tfckpt.errors import CheckpointNotFoundError, DirectoryLockedError, NoIntactCheckpointError
@@ -247,12 +247,14 @@ class Run:
             # has deleted the checkpoint since.
             return copy.deepcopy(restored[3])
         files = record.manifest["files"]
-        if _state.STATE not in files:
+        if _state_files.STATE not in files:
             return {}
         arrays = None
-        if _state.ARRAYS in files:
-            arrays = _fs.read_bytes(_fs.join(record.directory, _state.ARRAYS))
-        return _state.decode(_fs.read_bytes(_fs.join(record.directory, _state.STATE)), arrays)
+        if _state_files.ARRAYS in files:
+            arrays = _fs.read_bytes(_fs.join(record.directory, _state_files.ARRAYS))
+        return _state_files.decode(
+            _fs.read_bytes(_fs.join(record.directory, _state_files.STATE)), arrays
+        )
 
     def select(self, which: Which = None, *, epoch: int | None = None) -> list[CheckpointRecord]:
         """Candidates for a selection, in the order a restore tries them.
@@ -414,13 +416,13 @@ class Run:
         reason = self._store.check(record, data=False) if verify else None
         if reason is not None:
             return reason
-        _contents.ensure_built(objects["model"], record.manifest.get("build_config"))
-        _contents.build_optimizer(objects.get("optimizer"), objects["model"])
+        _tf_checkpoint.ensure_built(objects["model"], record.manifest.get("build_config"))
+        _tf_checkpoint.build_optimizer(objects.get("optimizer"), objects["model"])
         readable = dict(objects)
         if objects.get("optimizer") is None:
             readable["model"] = _model_only(objects["model"])
         try:
-            _contents.read(
+            _tf_checkpoint.read(
                 record.path,
                 readable,
                 saved=record.manifest.get("contents"),

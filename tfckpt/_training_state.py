@@ -5,47 +5,17 @@ an epoch interrupted in the middle."""
 from __future__ import annotations
 
 import random
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import keras
 import numpy as np
+
+from tfckpt.stateful import StatefulCallback
 
 try:  # Keras's generator for unseeded random ops (no public accessor)
     from keras.src.random.seed_generator import global_seed_generator
 except ImportError:  # pragma: no cover - other Keras layouts
     global_seed_generator = None
-
-
-@runtime_checkable
-class StatefulCallback(Protocol):
-    """A callback whose state is saved with every checkpoint and restored on
-    resume. Implement both methods on your own `keras.callbacks.Callback`.
-
-    ```python
-    class Counter(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.batches = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.batches += 1
-
-        def get_checkpoint_state(self):
-            return {"batches": self.batches}
-
-        def set_checkpoint_state(self, state):
-            self.batches = state["batches"]
-    ```
-
-    The state is a dict of JSON-able values and NumPy arrays. It is set at the
-    first epoch begin of the resumed `fit`, after every callback's
-    `on_train_begin` has run.
-    """
-
-    def get_checkpoint_state(self) -> dict[str, Any]: ...
-
-    def set_checkpoint_state(self, state: dict[str, Any]) -> None: ...
-
 
 # Keras's own stateful callbacks, by the attributes that make their decisions.
 _BUILTIN_STATE = {
