@@ -49,3 +49,30 @@ def test_benchmark_tables_are_generated_from_the_results():
     section = page.split(START, 1)[1].split(END, 1)[0]
     assert section.strip() == render(results).strip()
     assert os.path.getsize(ROOT / "benchmarks" / "scale.png") > 0
+
+
+def test_modules_import_only_from_their_layer_or_below():
+    # The layers as docs/architecture.md lists them, top to bottom.
+    import re
+
+    rows = [
+        line.split("|")
+        for line in (ROOT / "docs" / "architecture.md").read_text().splitlines()
+        if line.startswith("| ") and "`" in line
+    ]
+    layer, current = {}, -1
+    for row in rows:
+        if row[1].strip():
+            current += 1
+        for module in re.findall(r"`(\w+)\.py`", row[2]):
+            layer[module] = current
+    modules = {p.stem for p in (ROOT / "tfckpt").glob("*.py")} - {"__init__"}
+    assert modules <= set(layer), sorted(modules - set(layer))  # every module is listed
+    upward = []
+    for module in modules:
+        text = (ROOT / "tfckpt" / f"{module}.py").read_text()
+        imported = set(re.findall(r"from tfckpt\.(\w+) import", text))
+        for names in re.findall(r"from tfckpt import ([\w, ]+)", text):
+            imported |= {n.split(" as ")[0].strip() for n in names.split(",")}
+        upward += [(module, d) for d in imported if d in layer and layer[d] < layer[module]]
+    assert upward == []
