@@ -20,22 +20,9 @@ import keras
 import numpy as np
 import pytest
 from conftest import SCRIPTS, script_env
+from scripts.fault_model import OPS, build
 
 import tfckpt
-
-OPS = [
-    "open",
-    "write",
-    "fsync",
-    "rename",
-    "remove",
-    "listdir",
-    "stat",
-    "mkdir",
-    "close",
-    "read",
-    "link",
-]
 
 
 def faults(inject_so, directory, *args, timeout=900):
@@ -117,16 +104,7 @@ def test_every_call_fails_with_every_errno(inject_so, tmp_path, scenario):
 
 def make_model():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8,)),
-            keras.layers.Dense(1024, trainable=False),
-            keras.layers.Dense(1024, trainable=False),
-            keras.layers.Dense(1024, trainable=False),
-            keras.layers.Dense(16),
-            keras.layers.Dense(1),
-        ]
-    )
+    model = build()
     model.compile(keras.optimizers.Adam(1e-2), "mse")
     return model
 

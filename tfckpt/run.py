@@ -9,28 +9,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import shutil
-import uuid
-import warnings
-import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _fs, _state_files, _tf_checkpoint, retention
+from tfckpt import _fs, _state_files, retention
 from tfckpt._lock import DirectoryLock
 from tfckpt.display import plot_run, table_html
-from tfckpt.errors import CheckpointNotFoundError, DirectoryLockedError, NoIntactCheckpointError
+from tfckpt.errors import CheckpointNotFoundError, DirectoryLockedError
+from tfckpt.export import export_checkpoint
 from tfckpt.monitor import AUTO_MODES, check_mode, direction, metric_value, rank
 from tfckpt.prune import PruneReport, prune_policy
+from tfckpt.restoring import Restorer
 from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
 
 Which = Any  # None | "latest" | "best" | int step | checkpoint name | CheckpointRecord
-
-# A reader gives up after this many candidates deleted under it (a writer that
-# deletes checkpoints faster than they can be read).
-_MAX_DELETED_WHILE_READING = 100
 
 
 class CheckpointList(list):
@@ -60,8 +54,9 @@ class Run:
     def __init__(self, directory: str | os.PathLike):
         self.directory = os.fspath(directory)
         self._store = CheckpointStore(self.directory)
-        # (name, seq, time, state) of the checkpoint restored last.
-        self._restored: tuple[str, int, float, dict[str, Any]] | None = None
+        self._restorer = Restorer(
+            self._store, self.select, lambda record: self.state(record, cached=False)
+        )
 
     def __repr__(self) -> str:
         n = len(self.checkpoints)
@@ -240,7 +235,7 @@ class Run:
 
     def state(self, record: CheckpointRecord, *, cached: bool = True) -> dict[str, Any]:
         """The saver's own state stored with `record` (counters, history)."""
-        restored = self._restored
+        restored = self._restorer.restored
         key = (record.name, record.seq, record.time)
         if cached and restored is not None and restored[:3] == key:
             # Read with the variables: still there when the writer's retention
@@ -358,111 +353,9 @@ class Run:
 
         Returns `None` when the directory holds no checkpoint at all.
         """
-        candidates = self.select(which, epoch=epoch)
-        problems = self._store.scan()[1]
-        if not candidates and not problems:
-            return None
-        for problem in problems:
-            warnings.warn(
-                f"tfckpt: skipping {problem.name} in {self.directory!r}: "
-                f"{problem.reason}. It is left on disk for inspection.",
-                stacklevel=3,
-            )
-        skipped, deleted = [], []
-        while candidates:
-            record = candidates.pop(0)
-            try:
-                reason = self._read_into(objects, record, strict=strict, verify=verify)
-            except (tf.errors.OpError, RuntimeError, ValueError):
-                if not self._store.vanished(record.name):
-                    raise
-                reason = "deleted while being read"
-            if reason is None:
-                return record
-            if self._store.vanished(record.name):
-                # Deleted meanwhile (the writer's retention): rescan and go on.
-                deleted.append(record.name)
-                if len(deleted) >= _MAX_DELETED_WHILE_READING:
-                    break
-                candidates = self._reselect(which, epoch, skipped, deleted)
-                continue
-            skipped.append(record.name)
-            if mark_damaged:
-                self._store.mark_damaged(record.name, reason)
-            warnings.warn(
-                f"tfckpt: skipping {record.name} in {self.directory!r}: {reason}. "
-                "Falling back to the next intact checkpoint; the damaged one is "
-                "left on disk for inspection.",
-                stacklevel=3,
-            )
-        if skipped or problems:
-            damaged = skipped + [p.name for p in problems]
-            raise NoIntactCheckpointError(
-                f"None of the checkpoints selected by {_selection(which, epoch)} in "
-                f"{self.directory!r} is intact (damaged: {', '.join(damaged)}). "
-                "Nothing was deleted; run `tfckpt verify` for details."
-            )
-        raise CheckpointNotFoundError(
-            f"The checkpoints selected by {_selection(which, epoch)} in {self.directory!r} "
-            f"were deleted by the run's writer (its retention) while they were being read "
-            f"({', '.join(deleted)}). Select a checkpoint it keeps, e.g. 'latest'."
+        return self._restorer.restore_into(
+            objects, which, epoch=epoch, strict=strict, verify=verify, mark_damaged=mark_damaged
         )
-
-    def _read_into(
-        self, objects: Mapping[str, Any], record: CheckpointRecord, *, strict: bool, verify: bool
-    ) -> str | None:
-        """Restores `record` into `objects`; returns what is wrong with it instead
-        when its files are damaged."""
-        reason = self._store.check(record, data=False) if verify else None
-        if reason is not None:
-            return reason
-        _tf_checkpoint.ensure_built(objects["model"], record.manifest.get("build_config"))
-        _tf_checkpoint.build_optimizer(objects.get("optimizer"), objects["model"])
-        readable = dict(objects)
-        if objects.get("optimizer") is None:
-            readable["model"] = _model_only(objects["model"])
-        try:
-            _tf_checkpoint.read(
-                record.path,
-                readable,
-                saved=record.manifest.get("contents"),
-                strict=strict,
-            )
-        except (tf.errors.OpError, RuntimeError) as e:
-            # TF's per-tensor CRC32C check (DataLossError, or a bare
-            # OpError/RuntimeError from inside a restore function).
-            text = getattr(e, "message", None) or str(e)
-            if not (
-                isinstance(e, tf.errors.DataLossError)
-                or "Checksum does not match" in text
-                or "TensorBundle" in text
-            ):
-                if isinstance(e, tf.errors.OpError) and not self._store.vanished(record.name):
-                    # An I/O or permission error, not damage: nothing is marked.
-                    raise self._store.read_error(e, record.name) from e
-                raise
-            return f"unreadable data ({text.strip()})"
-        # The saver's state goes with the variables: read it now, while the
-        # checkpoint is surely there (the writer may delete it right after).
-        try:
-            state = self.state(record, cached=False)
-        except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile):
-            self._restored = None  # `state()` raises it when it is asked for
-        else:
-            self._restored = (record.name, record.seq, record.time, state)
-        return None
-
-    def _reselect(
-        self, which: Which, epoch: int | None, skipped: list[str], deleted: list[str]
-    ) -> list:
-        try:
-            fresh = self.select(which, epoch=epoch)
-        except CheckpointNotFoundError:
-            return []
-        back = [r.name for r in fresh if r.name in deleted]
-        if back:  # it was not deleted: what failed was reading it
-            raise self._store.read_error(f"{back[0]} could not be read, and is still there")
-        return [r for r in fresh if r.name not in skipped]
 
     def restore(
         self,
@@ -558,27 +451,9 @@ class Run:
             the checkpoint: a `.keras` file holds `model`'s own compile
             config and optimizer, not the checkpoint's optimizer state.
         """
-        path = os.fspath(path)
-        kind = _export_kind(path, format)
-        if not isinstance(overwrite, bool):
-            raise TypeError(f"`overwrite` must be True or False. Received: overwrite={overwrite!r}")
-        if os.path.lexists(path) and not overwrite:
-            raise FileExistsError(
-                f"{path!r} already exists. Pass overwrite=True to replace it "
-                "(or choose another path)."
-            )
-        if which is None and epoch is None:
-            which = "best"
-        record = self.restore(model, which, epoch=epoch)
-        if kind == "weights":
-            _write_atomically(path, model.save_weights)
-        elif kind == "keras":
-            _write_atomically(path, model.save)
-        else:
-            _write_atomically(
-                path, lambda tmp: model.export(tmp, format="tf_saved_model", verbose=False)
-            )
-        return record
+        return export_checkpoint(
+            self, model, path, which, epoch=epoch, format=format, overwrite=overwrite
+        )
 
     def prune(
         self,
@@ -698,23 +573,6 @@ class Run:
         return plot_run(self, metric, ax=ax, label=label)
 
 
-def _model_only(model: Any) -> Any:
-    """`model`'s checkpoint children without its compiled optimizer.
-
-    A Keras model tracks its optimizer, so restoring the model would also set
-    the optimizer's learning rate, step and (once built) slots; restoring
-    through this view reads the model's variables only.
-    """
-    children = getattr(model, "_trackable_children", None)
-    if children is None:
-        return model
-    view = tf.__internal__.tracking.AutoTrackable()
-    for name, child in children(save_type="checkpoint").items():
-        if name != "optimizer":
-            setattr(view, name, child)
-    return view
-
-
 def _direction(metric: str, monitor: tuple[str, str] | None) -> str:
     """`mode="auto"` for `metric`: the run's own mode for its monitor, else
     `monitor.direction` (by name: no model here)."""
@@ -733,73 +591,6 @@ def _available(records: Sequence[CheckpointRecord]) -> str:
     listed = ", ".join(f"{r.name} (step {r.step})" for r in records) or "none"
     epochs = ", ".join(str(e) for e in sorted({r.epoch for r in records if r.batch == 0}))
     return f"Available: {listed}; epochs with an epoch-end checkpoint: {epochs or 'none'}."
-
-
-def _selection(which: Which, epoch: int | None) -> str:
-    return (
-        f"epoch={epoch!r}"
-        if epoch is not None
-        else f"which={'latest' if which is None else which!r}"
-    )
-
-
-def _export_kind(path: str, format: str | None) -> str:
-    if format not in (None, "tf_saved_model"):
-        raise ValueError(
-            "`format` must be None (chosen by the path's suffix) or 'tf_saved_model'. "
-            f"Received: format={format!r}"
-        )
-    if "://" in path:
-        raise ValueError(
-            f"`path` must be a local path (exports are renamed into place). Received: path={path!r}"
-        )
-    name = os.path.basename(os.path.normpath(path))
-    if format == "tf_saved_model":
-        return "tf_saved_model"
-    if name.endswith(".weights.h5"):
-        return "weights"
-    if name.endswith(".keras"):
-        return "keras"
-    if not os.path.splitext(name)[1]:
-        return "tf_saved_model"
-    raise ValueError(
-        "`path` must end with '.keras' (the whole model) or '.weights.h5' (the weights), "
-        "or have no suffix for a TF SavedModel directory (or pass format='tf_saved_model'). "
-        f"Received: path={path!r}"
-    )
-
-
-def _write_atomically(path: str, write: Callable[[str], object]) -> None:
-    """`write(tmp)` under a temporary name beside `path`, then renamed onto it."""
-    parent, name = os.path.split(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex[:8]}-{name}")
-    try:
-        write(tmp)
-        for root, _, files in os.walk(tmp):
-            for f in files:
-                _fs.fsync_file(os.path.join(root, f))
-            _fs.fsync_dir(root)
-        if os.path.isfile(tmp) and not os.path.isdir(path):
-            os.replace(tmp, path)  # atomic, also over an existing file
-        else:
-            # A directory cannot be renamed over another one: move the old one
-            # aside first (a crash in between leaves it there, never a mix).
-            old = os.path.join(parent, f".trash-{uuid.uuid4().hex[:8]}-{name}")
-            if os.path.lexists(path):
-                os.replace(path, old)
-            os.replace(tmp, path)
-            _remove_path(old)
-        _fs.fsync_dir(parent)
-    finally:
-        _remove_path(tmp)
-
-
-def _remove_path(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
 
 
 def verify(directory: str | os.PathLike) -> list[tuple[str, str | None]]:

@@ -36,22 +36,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
+from fault_model import OPS, build
 
 import tfckpt
 
-OPS = [
-    "open",
-    "write",
-    "fsync",
-    "rename",
-    "remove",
-    "listdir",
-    "stat",
-    "mkdir",
-    "close",
-    "read",
-    "link",
-]
 # The errnos each call can really return (a stat never says the disk is full).
 REAL_ERRNOS = {
     "open": ("ENOSPC", "EIO", "EACCES"),
@@ -105,21 +93,6 @@ def disarm():
 
 def counts():
     return {op: lib.fault_count(i) for i, op in enumerate(OPS)}
-
-
-def build():
-    # The frozen 1024x1024 kernels (4 MiB) have data files of their own, which
-    # incremental saves hard-link: every scenario shares files.
-    return keras.Sequential(
-        [
-            keras.Input((8,)),
-            keras.layers.Dense(1024, trainable=False),
-            keras.layers.Dense(1024, trainable=False),
-            keras.layers.Dense(1024, trainable=False),
-            keras.layers.Dense(16),
-            keras.layers.Dense(1),
-        ]
-    )
 
 
 keras.utils.set_random_seed(0)

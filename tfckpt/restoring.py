@@ -1,0 +1,187 @@
+"""Restoring a checkpoint of a run directory: the first intact candidate of
+a selection, with the checks TF leaves to us, falling back past damaged ones
+(the engine behind `Run.restore`, `tfckpt.restore`, the manager's `restore`
+and `init_from`)."""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import tensorflow as tf
+
+from tfckpt import _tf_checkpoint
+from tfckpt.errors import CheckpointNotFoundError, NoIntactCheckpointError
+from tfckpt.store import CheckpointRecord, CheckpointStore
+
+# A reader gives up after this many candidates deleted under it (a writer that
+# deletes checkpoints faster than they can be read).
+_MAX_DELETED_WHILE_READING = 100
+
+
+class Restorer:
+    """Restores checkpoints of `store`'s run directory.
+
+    Args:
+        store: the run directory's store.
+        select: `select(which, epoch=...)`, the candidates of a selection,
+            best first (`Run.select`).
+        read_state: reads the state saved with a record (`Run.state`).
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        select: Callable[..., list[CheckpointRecord]],
+        read_state: Callable[[CheckpointRecord], dict[str, Any]],
+    ):
+        self.store = store
+        self.select = select
+        self.read_state = read_state
+        # (name, seq, time, state) of the checkpoint restored last: its state,
+        # read with its variables, is there when retention has deleted it since.
+        self.restored: tuple[str, int, float, dict[str, Any]] | None = None
+
+    def restore_into(
+        self,
+        objects: Mapping[str, Any],
+        which: Any = None,
+        *,
+        epoch: int | None = None,
+        strict: bool,
+        verify: bool = True,
+        mark_damaged: bool = False,
+    ) -> CheckpointRecord | None:
+        """`Run.restore_into` (see there)."""
+        candidates = self.select(which, epoch=epoch)
+        problems = self.store.scan()[1]
+        if not candidates and not problems:
+            return None
+        for problem in problems:
+            warnings.warn(
+                f"tfckpt: skipping {problem.name} in {self.store.directory!r}: "
+                f"{problem.reason}. It is left on disk for inspection.",
+                stacklevel=4,
+            )
+        skipped, deleted = [], []
+        while candidates:
+            record = candidates.pop(0)
+            try:
+                reason = self._read_into(objects, record, strict=strict, verify=verify)
+            except (tf.errors.OpError, RuntimeError, ValueError):
+                if not self.store.vanished(record.name):
+                    raise
+                reason = "deleted while being read"
+            if reason is None:
+                return record
+            if self.store.vanished(record.name):
+                # Deleted meanwhile (the writer's retention): rescan and go on.
+                deleted.append(record.name)
+                if len(deleted) >= _MAX_DELETED_WHILE_READING:
+                    break
+                candidates = self._reselect(which, epoch, skipped, deleted)
+                continue
+            skipped.append(record.name)
+            if mark_damaged:
+                self.store.mark_damaged(record.name, reason)
+            warnings.warn(
+                f"tfckpt: skipping {record.name} in {self.store.directory!r}: {reason}. "
+                "Falling back to the next intact checkpoint; the damaged one is "
+                "left on disk for inspection.",
+                stacklevel=4,
+            )
+        if skipped or problems:
+            damaged = skipped + [p.name for p in problems]
+            raise NoIntactCheckpointError(
+                f"None of the checkpoints selected by {_selection(which, epoch)} in "
+                f"{self.store.directory!r} is intact (damaged: {', '.join(damaged)}). "
+                "Nothing was deleted; run `tfckpt verify` for details."
+            )
+        raise CheckpointNotFoundError(
+            f"The checkpoints selected by {_selection(which, epoch)} in {self.store.directory!r} "
+            f"were deleted by the run's writer (its retention) while they were being read "
+            f"({', '.join(deleted)}). Select a checkpoint it keeps, e.g. 'latest'."
+        )
+
+    def _read_into(
+        self, objects: Mapping[str, Any], record: CheckpointRecord, *, strict: bool, verify: bool
+    ) -> str | None:
+        """Restores `record` into `objects`; returns what is wrong with it instead
+        when its files are damaged."""
+        reason = self.store.check(record, data=False) if verify else None
+        if reason is not None:
+            return reason
+        _tf_checkpoint.ensure_built(objects["model"], record.manifest.get("build_config"))
+        _tf_checkpoint.build_optimizer(objects.get("optimizer"), objects["model"])
+        readable = dict(objects)
+        if objects.get("optimizer") is None:
+            readable["model"] = _model_only(objects["model"])
+        try:
+            _tf_checkpoint.read(
+                record.path,
+                readable,
+                saved=record.manifest.get("contents"),
+                strict=strict,
+            )
+        except (tf.errors.OpError, RuntimeError) as e:
+            # TF's per-tensor CRC32C check (DataLossError, or a bare
+            # OpError/RuntimeError from inside a restore function).
+            text = getattr(e, "message", None) or str(e)
+            if not (
+                isinstance(e, tf.errors.DataLossError)
+                or "Checksum does not match" in text
+                or "TensorBundle" in text
+            ):
+                if isinstance(e, tf.errors.OpError) and not self.store.vanished(record.name):
+                    # An I/O or permission error, not damage: nothing is marked.
+                    raise self.store.read_error(e, record.name) from e
+                raise
+            return f"unreadable data ({text.strip()})"
+        # The saver's state goes with the variables: read it now, while the
+        # checkpoint is surely there (the writer may delete it right after).
+        try:
+            state = self.read_state(record)
+        except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile):
+            self.restored = None  # `state()` raises it when it is asked for
+        else:
+            self.restored = (record.name, record.seq, record.time, state)
+        return None
+
+    def _reselect(
+        self, which: Any, epoch: int | None, skipped: list[str], deleted: list[str]
+    ) -> list:
+        try:
+            fresh = self.select(which, epoch=epoch)
+        except CheckpointNotFoundError:
+            return []
+        back = [r.name for r in fresh if r.name in deleted]
+        if back:  # it was not deleted: what failed was reading it
+            raise self.store.read_error(f"{back[0]} could not be read, and is still there")
+        return [r for r in fresh if r.name not in skipped]
+
+
+def _model_only(model: Any) -> Any:
+    """`model`'s checkpoint children without its compiled optimizer.
+
+    A Keras model tracks its optimizer, so restoring the model would also set
+    the optimizer's learning rate, step and (once built) slots; restoring
+    through this view reads the model's variables only.
+    """
+    children = getattr(model, "_trackable_children", None)
+    if children is None:
+        return model
+    view = tf.__internal__.tracking.AutoTrackable()
+    for name, child in children(save_type="checkpoint").items():
+        if name != "optimizer":
+            setattr(view, name, child)
+    return view
+
+
+def _selection(which: Any, epoch: int | None) -> str:
+    return (
+        f"epoch={epoch!r}"
+        if epoch is not None
+        else f"which={'latest' if which is None else which!r}"
+    )
