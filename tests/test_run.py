@@ -20,7 +20,7 @@ import tensorflow as tf
 from conftest import make_data, make_model
 
 import tfckpt
-from tfckpt import run as run_module
+from tfckpt.export import write_atomically
 
 
 def architecture():
@@ -299,9 +299,9 @@ def test_export_never_overwrites_unless_asked_and_never_leaves_a_partial_file(tr
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_module._write_atomically(str(tmp_path / "new.keras"), dies_halfway)
+        write_atomically(str(tmp_path / "new.keras"), dies_halfway)
     with pytest.raises(KeyboardInterrupt):
-        run_module._write_atomically(str(path), dies_halfway)  # over an existing file
+        write_atomically(str(path), dies_halfway)  # over an existing file
     assert sorted(os.listdir(tmp_path)) == ["model.weights.h5", "sm"]
     assert path.read_bytes() != b"half"
 
