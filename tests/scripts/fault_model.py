@@ -19,10 +19,14 @@ OPS = [
 ]
 
 
-def build():
-    """The model every fault scenario saves. Its frozen 1024x1024 kernels
-    (4 MiB) have data files of their own, which incremental saves hard-link:
-    every scenario shares files."""
+def build(shared: bool = True):
+    """The model the fault scenarios save. Its frozen 1024x1024 kernels (4 MiB)
+    have data files of their own, which incremental saves hard-link, so a save
+    shares files. `shared=False`: a small model whose saves share nothing,
+    for the scenarios that do not write (restore, prune), at a fraction of
+    the cost."""
+    if not shared:
+        return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
     return keras.Sequential(
         [
             keras.Input((8,)),

@@ -63,6 +63,7 @@ p.add_argument("--every", type=int, default=1)
 p.add_argument("--at", default=None)
 p.add_argument("--start", type=int, default=0, help="skip the first N injections")
 p.add_argument("--async", dest="async_save", action="store_true")
+p.add_argument("--small", action="store_true", help="a small model that shares no files")
 args = p.parse_args()
 
 faulthandler.enable()  # a crash inside TensorFlow shows where it was
@@ -96,7 +97,7 @@ def counts():
 
 
 keras.utils.set_random_seed(0)
-model = build()
+model = build(shared=not args.small)
 model.compile(keras.optimizers.Adam(1e-2), "mse")
 x, y = np.ones((16, 8), "float32"), np.zeros((16, 1), "float32")
 
@@ -124,7 +125,7 @@ def manager(**kwargs):
 
 def state_of(record):
     """The digest a fresh model has after restoring `record`."""
-    fresh = build()
+    fresh = build(shared=not args.small)
     fresh.compile(keras.optimizers.Adam(1e-2), "mse")
     tfckpt.open(run_dir).restore(fresh, record, optimizer=fresh.optimizer)
     return digest(fresh)
