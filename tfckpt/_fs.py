@@ -25,9 +25,6 @@ def local_path(path: str) -> str:
     return path[len("file://") :] if path.startswith("file://") else path
 
 
-_local = local_path
-
-
 def join(*parts: str) -> str:
     # os.path.join works for URLs too ("ram://d" + "x" -> "ram://d/x").
     return os.path.join(*parts)
@@ -36,7 +33,7 @@ def join(*parts: str) -> str:
 def fsync_file(path: str) -> None:
     if not is_local(path):
         return
-    fd = os.open(_local(path), os.O_RDONLY)
+    fd = os.open(local_path(path), os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -46,7 +43,7 @@ def fsync_file(path: str) -> None:
 def fsync_dir(path: str) -> None:
     if not is_local(path):
         return
-    fd = os.open(_local(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(local_path(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
@@ -61,7 +58,7 @@ def makedirs(path: str, *, fsync: bool = True) -> None:
         tf.io.gfile.makedirs(path)
         return
     created = []
-    current = os.path.abspath(_local(path))
+    current = os.path.abspath(local_path(path))
     while not os.path.isdir(current):
         created.append(current)
         parent = os.path.dirname(current)
@@ -89,7 +86,7 @@ def content_hash(path: str) -> str:
     if is_local(path):
         buffer = bytearray(_CHUNK)
         view = memoryview(buffer)
-        with open(_local(path), "rb", buffering=0) as f:
+        with open(local_path(path), "rb", buffering=0) as f:
             while n := f.readinto(buffer):
                 h.update(view[:n])
     else:
@@ -103,10 +100,10 @@ def replace_with_link(source: str, path: str) -> None:
     """Makes `path` a hard link to `source` (same bytes, no copy), atomically:
     `path` is the old file or the link, never missing. Local disks only;
     raises OSError where the filesystem has no hard links."""
-    temporary = f"{_local(path)}.link"
-    os.link(_local(source), temporary)
+    temporary = f"{local_path(path)}.link"
+    os.link(local_path(source), temporary)
     try:
-        os.replace(temporary, _local(path))
+        os.replace(temporary, local_path(path))
     except OSError:
         os.unlink(temporary)
         raise
@@ -118,7 +115,7 @@ def link_count(path: str) -> int | None:
     if not is_local(path):
         return None
     try:
-        return os.stat(_local(path)).st_nlink
+        return os.stat(local_path(path)).st_nlink
     except OSError:
         return None
 
@@ -132,7 +129,7 @@ def free_bytes(path: str) -> int | None:
     if not is_local(path):
         return None
     try:
-        st = os.statvfs(_local(path))
+        st = os.statvfs(local_path(path))
     except OSError:
         return None
     return st.f_bavail * st.f_frsize

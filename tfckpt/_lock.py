@@ -259,7 +259,7 @@ class DirectoryLock:
     def _acquire(self) -> int | Lease:
         if _fs.is_local(self.path) and fcntl is not None:
             try:
-                fd = os.open(_fs._local(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(_fs.local_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
                 raise CheckpointWriteError(
                     f"Cannot take the lock {self.path!r} of the run directory: {e.strerror}. "

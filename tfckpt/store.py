@@ -176,7 +176,7 @@ class CheckpointStore:
         # background: commits run beside training (async saves), so their
         # threads yield the CPU to it.
         self._background = background
-        # share_files: a data shard with the same name, size and hash as the
+        # share_files: a data shard with the same size and hash as one of the
         # newest checkpoint's is hard-linked to it instead of kept as a copy.
         self.share_files = share_files and _fs.is_local(directory)
         self._newest: CheckpointRecord | None = None  # the one to share files with
@@ -325,15 +325,17 @@ class CheckpointStore:
         total = 0
         for record in records:
             for fname, entry in record.manifest["files"].items():
-                count = _fs.link_count(self._path(record.name, fname))
-                if count is None or count == 1:
+                path = self._path(record.name, fname)
+                try:
+                    st = os.stat(_fs.local_path(path)) if _fs.is_local(path) else None
+                except OSError:
+                    st = None
+                if st is None or st.st_nlink == 1:
                     total += int(entry["size"])
                     continue
-                try:
-                    st = os.stat(self._path(record.name, fname))
-                except OSError:
-                    continue
-                seen = links.setdefault((st.st_dev, st.st_ino), [int(entry["size"]), 0, count])
+                seen = links.setdefault(
+                    (st.st_dev, st.st_ino), [int(entry["size"]), 0, st.st_nlink]
+                )
                 seen[1] += 1
         return total + sum(size for size, found, count in links.values() if found >= count)
 
