@@ -13,45 +13,27 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfckpt import _tf_checkpoint, _training_state
+from tfckpt import _resume, _tf_checkpoint, _training_state
 from tfckpt._data_position import TrainingData, find_fit_frame
 from tfckpt._fit_hooks import ExitWatch, replace
 from tfckpt._preemption import PREEMPTION_EXIT_CODE, validate_exit_code, validate_signals
+from tfckpt._progress import FitProgress
 from tfckpt.errors import CheckpointWriteError, CommittedWithError
 from tfckpt.manager import CheckpointManager
-from tfckpt.monitor import AUTO_MODES, check_mode, direction
+from tfckpt.monitor import AUTO_MODES, check_mode, in_logs, resolve_mode
 from tfckpt.observers import CheckpointObserver
-from tfckpt.options import check_backend, parse_source, validate_observers, validate_options
+from tfckpt.options import (
+    KeepRules,
+    check_backend,
+    check_choice,
+    check_flag,
+    check_restore,
+    check_save_freq,
+    parse_source,
+    run_options,
+    validate_observers,
+)
 from tfckpt.store import CheckpointRecord, jsonable
-
-# Models this process has trained with a checkpoint directory (by directory):
-# a later fit of such a model trains on instead of restoring over it, even
-# after a recompile reset its optimizer.
-_trained_here: dict[str, weakref.WeakSet] = {}
-# The parent a model was forked from into a directory that has no checkpoint
-# yet, for a later fit in this process to keep recording it.
-_forked: dict[str, weakref.WeakKeyDictionary] = {}
-# Models whose last fit with a directory was interrupted (an exception left
-# fit, or a preemption returned from it): their next fit resumes from the
-# directory's newest checkpoint, as a new process would.
-_interrupted: dict[str, weakref.WeakSet] = {}
-
-
-def _compiled_metric_names(model: Any) -> list[str]:
-    """Names of the metrics passed to `compile` (known before Keras builds them)."""
-    compiled = getattr(model, "_compile_metrics", None)
-    todo, names = [getattr(compiled, "_user_metrics", None)], []
-    while todo:
-        item = todo.pop()
-        if isinstance(item, dict):
-            todo.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            todo.extend(item)
-        elif isinstance(item, str):
-            names.append(item)
-        elif item is not None:
-            names.append(getattr(item, "name", None) or getattr(item, "__name__", str(item)))
-    return sorted(set(names))
 
 
 class _Report(CheckpointObserver):
@@ -196,68 +178,47 @@ class CheckpointCallback(keras.callbacks.Callback):
     ):
         super().__init__()
         check_backend()
-        validate_options(
-            directory=directory,
-            monitor=monitor,
-            keep_last=keep_last,
-            keep_best=keep_best,
-            keep_every_n_epochs=keep_every_n_epochs,
-            keep_every_n_hours=keep_every_n_hours,
-            retention=retention,
-        )
-        check_mode(mode, AUTO_MODES)
-        if save_freq != "epoch" and (
-            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
-        ):
-            raise ValueError(
-                "`save_freq` must be 'epoch' or a positive integer (a number of "
-                f"training batches). Received: save_freq={save_freq!r}"
-            )
-        if not (
-            restore in ("latest", "best")
-            or restore is False
-            or (isinstance(restore, int) and not isinstance(restore, bool) and restore >= 0)
-        ):
-            raise ValueError(
-                "`restore` must be 'latest', 'best', a step (int >= 0) or False. "
-                f"Received: restore={restore!r}"
-            )
-        if on_save_error not in ("raise", "warn"):
-            raise ValueError(
-                "`on_save_error` must be 'raise' or 'warn'. "
-                f"Received: on_save_error={on_save_error!r}"
-            )
-        if verbose not in (0, 1):
-            raise ValueError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
-        self.directory = os.fspath(directory)
+        # What to keep and where.
+        keep = KeepRules(keep_last, keep_best, keep_every_n_epochs, keep_every_n_hours, retention)
+        self.directory = run_options(directory, monitor, keep)
         self.monitor = monitor
-        self.mode = mode
-        self.save_freq = save_freq
+        self.mode = check_mode(mode, AUTO_MODES)
         self.keep_last = keep_last
         self.keep_best = keep_best
         self.keep_every_n_epochs = keep_every_n_epochs
         self.keep_every_n_hours = keep_every_n_hours
-        self.restore = restore
         self.retention = retention
-        self.on_save_error = on_save_error
-        self.restore_random_state = bool(restore_random_state)
+        # When and how to save.
+        self.save_freq = check_save_freq(save_freq)
+        self.on_save_error = check_choice("on_save_error", on_save_error, ("raise", "warn"))
         self.async_save = bool(async_save)
         self.fsync = bool(fsync)
-        if not isinstance(incremental, bool):
-            raise TypeError(f"`incremental` must be True or False. Received: {incremental!r}")
-        self.incremental = incremental
-        self.verbose = verbose
-        self.preemption_signals = validate_signals("preemption_signals", preemption_signals)
-        self.preemption_exit_code = validate_exit_code("preemption_exit_code", preemption_exit_code)
+        self.incremental = check_flag("incremental", incremental)
+        self.observers = validate_observers(observers)
+        # What to restore.
+        self.restore = check_restore(restore)
+        self.restore_random_state = bool(restore_random_state)
         if init_from is not None:
             parse_source(init_from)  # a malformed selection fails here, not mid-fit
         self.init_from = init_from
         self.init_optimizer = bool(init_optimizer)
-        self.observers = validate_observers(observers)
+        # Preemption and output.
+        self.preemption_signals = validate_signals("preemption_signals", preemption_signals)
+        self.preemption_exit_code = validate_exit_code("preemption_exit_code", preemption_exit_code)
+        self.verbose = check_choice("verbose", verbose, (0, 1))
+        # Per fit.
         self.manager: CheckpointManager | None = None
         self.restored: CheckpointRecord | None = None
+        self._progress = FitProgress()
+        self._continuing = False  # trains on from the model in memory
+        self._others: list[Any] = []  # the other callbacks of this fit
+        self._resume_states: dict | None = None  # their saved states, set at epoch 1
+        self._host_rng_at_epoch_begin: dict | None = None
+        self._preempted = False
+        self._preempted_in_epoch = False
         self._warned: set[str] = set()
         self._undo: list[Any] = []  # restores what this fit wrapped on the model
+        self._exit_watch: ExitWatch | None = None
         self._data: TrainingData | None = None  # fit's training data, watched
         self._amend: tuple[dict, Any] | None = None  # epoch-end save to recheck
 
@@ -272,32 +233,10 @@ class CheckpointCallback(keras.callbacks.Callback):
             self._warned.add(key)
             warnings.warn(f"tfckpt: {message}", stacklevel=3)
 
-    def _resolve_mode(self) -> str:
-        if self.mode != "auto" or self.monitor is None:
-            return "min" if self.mode == "auto" else self.mode
-        # The compiled metric's own direction is known once fit has traced it.
-        found = direction(self.monitor, getattr(self.model, "metrics", []))
-        if found is not None:
-            return found
-        name = self.monitor.removeprefix("val_")
-        known = _compiled_metric_names(self.model)
-        if known and name not in known:
-            logged = ", ".join(["loss", *known])
-            raise ValueError(
-                f"CheckpointCallback: monitor={self.monitor!r} is not a metric this model "
-                f"logs. It logs: {logged} (and val_<name> of each with validation data). "
-                "Pass one of them, or mode='min' or mode='max' for a metric that "
-                "another callback adds to the logs."
-            )
-        raise ValueError(
-            f"CheckpointCallback cannot tell whether monitor={self.monitor!r} should "
-            "be minimized or maximized. Pass mode='min' or mode='max'."
-        )
-
     def _state(self, batch: int) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "batches": self._batches_total,
-            "history": self._history,
+            "batches": self._progress.batches_total,
+            "history": self._progress.history,
             "callbacks": _training_state.callback_states(self._others),
         }
         if self._data is not None:
@@ -353,33 +292,30 @@ class CheckpointCallback(keras.callbacks.Callback):
             )
             return False
         logs = jsonable(logs)
-        step = (
-            _tf_checkpoint.optimizer_step(self.manager.optimizer) if self.manager.optimizer else 0
-        )
+        step = self._optimizer_step() or 0
         self._wait_for_save()  # the previous save's error is its own
         try:
             self.manager.save(
                 step,
-                epoch=self._epochs_done,
+                epoch=self._progress.epochs_done,
                 batch=batch,
                 metrics=logs,
                 state=self._state(batch),
                 supersede=supersede,
             )
         except CommittedWithError as e:
-            self._saved(step)  # committed all the same
+            self._progress.saved(step)  # committed all the same
             self._save_failed(e)
             return True
         except CheckpointWriteError as e:
             self._save_failed(e)
             return False
-        self._saved(step)
+        self._progress.saved(step)
         return True
 
-    def _saved(self, step: int) -> None:
-        self._last_saved_step = step
-        self._last_saved_epoch = self._epochs_done
-        self._last_saved_total = self._batches_total
+    def _optimizer_step(self) -> int | None:
+        optimizer = self.manager.optimizer
+        return _tf_checkpoint.optimizer_step(optimizer) if optimizer is not None else None
 
     def _epoch_end_state(self) -> tuple[Any, list[Any]]:
         """What later callbacks may change at an epoch end and a resume needs:
@@ -397,7 +333,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self.on_save_error == "raise":
             raise error
         warnings.warn(f"tfckpt: {error} Training goes on (on_save_error='warn').", stacklevel=3)
-        self._last_saved_total = self._batches_total  # retry at the next due save
+        self._progress.skip_failed_save()
 
     def _wait_for_save(self) -> None:
         """Surfaces the error of an async save still in flight."""
@@ -423,23 +359,15 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._say(f"saved {record.name} ({where}, step {record.step}{shown}){mark}{again}")
 
     def _monitor_available(self, logs: dict) -> bool:
-        if self.monitor is None:
-            return False
-        if self.monitor in logs:
-            return True
-        available = sorted(logs)
-        if not self.monitor.startswith("val_") or any(k.startswith("val_") for k in logs):
-            raise ValueError(
-                f"CheckpointCallback: monitor={self.monitor!r} is not among the metrics "
-                f"of this epoch: {available}. Pass one of them (or monitor=None)."
+        found = in_logs(self.monitor, logs)
+        if found is None:
+            self._warn_once(
+                "novalidation",
+                f"monitor={self.monitor!r} is missing because no validation ran this "
+                "epoch (validation_freq > 1 or no validation data); checkpoints of such "
+                "epochs record no value for it.",
             )
-        self._warn_once(
-            "novalidation",
-            f"monitor={self.monitor!r} is missing because no validation ran this "
-            "epoch (validation_freq > 1 or no validation data); checkpoints of such "
-            "epochs record no value for it.",
-        )
-        return False
+        return bool(found)
 
     # ---- Keras hooks ---------------------------------------------------
 
@@ -448,8 +376,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         put back what this fit installed, before the user sees the error."""
         if self.manager is None:
             return  # on_train_end already ran (e.g. the preemption exit)
-        key = self.manager.directory_key
-        _interrupted.setdefault(key, weakref.WeakSet()).add(self.model)
+        _resume.mark_interrupted(self.manager.directory_key, self.model)
         if self._amend is not None and self._amend[1] is None:
             # An async epoch-end save not started yet (a later callback raised
             # at that epoch end): the epoch is complete, so it is saved.
@@ -496,7 +423,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             model,
             getattr(model, "optimizer", None),
             monitor=self.monitor,
-            mode=self._resolve_mode(),
+            mode=resolve_mode(self.monitor, self.mode, model),
             keep_last=self.keep_last,
             keep_best=self.keep_best,
             keep_every_n_epochs=self.keep_every_n_epochs,
@@ -510,98 +437,36 @@ class CheckpointCallback(keras.callbacks.Callback):
         )
         self.restored = None
         self._amend = None
-        self._epoch_offset: int | None = None
-        self._batch_in_epoch = 0
-        self._epochs_done = 0
-        self._batches_total = 0
-        self._history: list[dict] = []
-        self._last_saved_step = -1
-        self._last_saved_epoch = -1
-        self._last_saved_total = 0
-        self._save_at_epoch_end = False
+        self._progress = FitProgress()
         fit_frame = find_fit_frame()
         self._exit_watch.fit_code = fit_frame.f_code if fit_frame is not None else None
         self._watch_fit(fit_frame.f_locals if fit_frame is not None else {})
         del fit_frame  # not kept: it holds fit's data
         self._preempted = False
         self._preempted_in_epoch = False
-        self._resume_states: dict | None = None
-        self._resume_batch = 0
+        self._resume_states = None
         self._wrap_finalize()
-        trained_here = _trained_here.setdefault(self.manager.directory_key, weakref.WeakSet())
-        interrupted = _interrupted.get(self.manager.directory_key, set())
-        was_interrupted = model in interrupted
-        resuming_here = was_interrupted and self.restore is not False
-        interrupted.discard(model)
-        latest = self.manager.latest
-        base = None  # the checkpoint whose counters this fit carries on
-        if latest is not None:
-            optimizer = self.manager.optimizer
-            step_now = _tf_checkpoint.optimizer_step(optimizer) if optimizer is not None else 0
-            if resuming_here:
-                # An interrupted fit of this model: its state in memory may be
-                # past the newest checkpoint by a partial step or epoch, so it
-                # resumes from the checkpoint, exactly as a new process does.
-                base = self.restored = self.manager.restore(self.restore)
-                self._continuing = False
-            elif model in trained_here or (step_now > 0 and step_now >= latest.step):
-                base = latest  # this process trained it: train on, restore nothing
-                self._continuing = True
-            elif self.restore is False:
-                self._warn_once(
-                    "norestore",
-                    f"restore=False: {self.directory!r} already holds checkpoints; "
-                    "new ones are added beside them and retention applies to all.",
-                )
-            else:
-                base = self.restored = self.manager.restore(self.restore)
-                self._continuing = False
-        state = None
-        if latest is None and was_interrupted and self.init_from is None:
-            self._warn_once(
-                "nothing-to-resume",
-                f"the interrupted fit committed no checkpoint in {self.directory!r}, so "
-                "this fit starts from the weights the interruption left in memory (a new "
-                "process would start from freshly initialized ones): rebuild the model "
-                "to start over.",
-            )
-        if (
-            latest is None
-            and self.init_from is not None
-            and (model not in trained_here or was_interrupted)
-        ):
-            # A new run forked from another run's checkpoint.
-            base, state = self.manager.init_from(self.init_from, optimizer=self.init_optimizer)
-            forked = _forked.setdefault(self.manager.directory_key, weakref.WeakKeyDictionary())
-            forked[model] = self.manager.parent
-            self.restored = base
-            self._continuing = False
-            self._say(
-                f"initialized from {self.manager.parent['directory']} {base.name} "
-                f"(epoch {base.epoch}, step {base.step})"
-                + ("" if self.init_optimizer else ", without its optimizer state")
-                + "."
-            )
-        if self.manager.parent is None:
-            self.manager.parent = _forked.get(self.manager.directory_key, {}).get(model)
-        trained_here.add(model)
+        start = _resume.decide(
+            self.manager,
+            model,
+            restore=self.restore,
+            init_from=self.init_from,
+            init_optimizer=self.init_optimizer,
+            warn_once=self._warn_once,
+            say=self._say,
+        )
+        self.restored, self._continuing = start.restored, start.continuing
+        base = start.base
         if base is None:
-            self._continuing = False
             return
-        if state is None:
-            state = self.manager.state(base)
-        self._epochs_done = base.epoch
-        self._history = list(state.get("history", []))
-        self._batches_total = int(state.get("batches", 0))
+        self._progress.carry_on(base, start.state)
         if self.restored is not None:
-            self._resume(base, state)
-        self._last_saved_total = self._batches_total
-        self._last_saved_step = base.step
-        self._last_saved_epoch = base.epoch
+            self._resume(base, start.state)
+        self._progress.saved(base.step)
         if self.restored is not None:
             model._initial_epoch = base.epoch or None
             epochs = (self.params or {}).get("epochs")
-            where = "resuming the interrupted fit: " if resuming_here else ""
+            where = "resuming the interrupted fit: " if start.resuming_here else ""
             if epochs is not None and base.epoch >= epochs:
                 self._say(
                     f"{where}restored {base.name}: {base.epoch} of {epochs} epochs already done."
@@ -618,24 +483,17 @@ class CheckpointCallback(keras.callbacks.Callback):
             _training_state.set_random_state(self.model, state["rng"])
         self._resume_states = state.get("callbacks") or {}
         self._position_data(record, state.get("data"))
-        if not record.batch:
+        batch = _resume.batch_to_resume_at(self.model, record, self._warn_once)
+        if batch != record.batch:
+            self._progress.start_epoch_partway(record.batch)
+        if not batch:
             return
-        spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
-        if record.batch % spe:
-            self._warn_once(
-                "position",
-                f"{record.name} was saved after batch {record.batch}, which is not a "
-                f"multiple of steps_per_execution={spe}: its epoch restarts at batch 0.",
-            )
-            self._batches_total -= record.batch
-            return
-        # Continue with batch `record.batch` of the epoch: the first calls of the
-        # train function only draw their batches from the iterator (no compute),
-        # so the data order of the rest of the epoch is the uninterrupted one.
-        self._resume_batch = record.batch
-        self._wrap_train_function(
-            record.batch // spe, spe, dict(record.metrics), state.get("metrics_variables")
+        self._progress.resume_batch = batch
+        put_back = _resume.skip_batches(
+            self.model, batch, dict(record.metrics), state.get("metrics_variables"), self._warn_once
         )
+        self._undo.append(put_back)
+        self._exit_watch.wrap(self.model, "train_function")
 
     def _position_data(self, record: CheckpointRecord, saved: dict | None) -> None:
         if self._data is None:
@@ -655,34 +513,6 @@ class CheckpointCallback(keras.callbacks.Callback):
                 "counters are restored exactly, but the data order after the resume "
                 "is not the one an uninterrupted run would have seen.",
             )
-
-    def _wrap_train_function(self, skip: int, spe: int, logs: dict, metrics: Any) -> None:
-        model = self.model
-        original = model.train_function
-
-        def train_function(iterator):
-            nonlocal skip
-            if skip > 0:
-                skip -= 1
-                batch = None
-                for _ in range(spe):
-                    batch = next(iterator)
-                if skip == 0:
-                    model.train_function = original
-                    if metrics is not None and not _training_state.set_metric_values(
-                        model, metrics, batch
-                    ):
-                        self._warn_once(
-                            "metrics",
-                            "could not restore the metric accumulators of the resumed "
-                            "epoch; its epoch metrics cover the batches after the resume.",
-                        )
-                return logs
-            return original(iterator)
-
-        model.train_function = train_function
-        self._undo.append(lambda: setattr(model, "train_function", original))
-        self._exit_watch.wrap(model, "train_function")
 
     def _flush(self) -> None:
         """Once every callback has seen an epoch end: saves the epoch again if
@@ -721,22 +551,19 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._flush()
         # A signal during the last epoch's end (validation, callbacks): stop
         # here, once every callback has seen that epoch end.
-        last_logs = {k: v for k, v in (self._history or [{}])[-1].items() if k != "epoch"}
+        history = self._progress.history
+        last_logs = {k: v for k, v in (history or [{}])[-1].items() if k != "epoch"}
         self._stop_if_preempted(last_logs, batch=0)
         # fit read `_initial_epoch` before the first epoch; clear it so a later
         # fit on this model does not silently skip epochs (BackupAndRestore's bug).
         self.model._initial_epoch = None
-        self._batch_in_epoch = 0
         if self._data is not None:
             self._data.epoch_begin()
         if self.restore_random_state:
             self._host_rng_at_epoch_begin = _training_state.host_random_state()
-        if self._epoch_offset is None:  # the first epoch of this fit
-            self._epoch_offset = self._epochs_done - epoch if self._continuing else 0
-            self._batch_in_epoch = self._resume_batch
-            if self._resume_states:
-                # After every callback's on_train_begin reset itself.
-                _training_state.set_callback_states(self._others, self._resume_states)
+        if self._progress.epoch_begins(epoch, self._continuing) and self._resume_states:
+            # After every callback's on_train_begin reset itself.
+            _training_state.set_callback_states(self._others, self._resume_states)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._flush()
@@ -746,21 +573,13 @@ class CheckpointCallback(keras.callbacks.Callback):
         done = min(batch + 1, steps) if steps else batch + 1
         if self._data is not None:
             self._data.batches_done(done)
-        if done <= self._batch_in_epoch:
-            # A batch skipped on resume: it was counted before the crash, and
-            # the newest checkpoint already holds this state.
+        if not self._progress.batches_done(done):
+            # A batch skipped on resume: the newest checkpoint holds this state.
             self._stop_if_preempted(logs, batch=None)
             return
-        self._batches_total += done - self._batch_in_epoch
-        self._batch_in_epoch = done
-        if self.save_freq != "epoch" and (
-            self._batches_total // self.save_freq > self._last_saved_total // self.save_freq
-        ):
-            if done == steps:
-                self._save_at_epoch_end = True  # recorded as a completed epoch
-            else:
-                self._save(logs, batch=done)
-        if self._preempted_in_epoch and self._last_saved_total != self._batches_total:
+        if self._progress.due(self.save_freq, done, steps):
+            self._save(logs, batch=done)
+        if self._preempted_in_epoch and self._progress.batches_unsaved():
             # Stopped at an epoch begin, Keras trains one more batch: save it
             # now, while the metric accumulators are this epoch's (validation
             # resets them before fit returns).
@@ -779,14 +598,10 @@ class CheckpointCallback(keras.callbacks.Callback):
             return
         self._preempted = True
         self.manager.acknowledge_preemption()
-        saved_here = (
-            self._last_saved_total == self._batches_total
-            and self._last_saved_epoch == self._epochs_done
-        )
-        if batch is not None and not saved_here:
+        if batch is not None and not self._progress.saved_here():
             self._save(logs, batch=batch)
         self._wait_for_save()
-        where = f"step {self._last_saved_step}"
+        where = f"step {self._progress.last_saved_step}"
         if self.preemption_exit_code is None:
             self._say(f"preemption signal received: checkpoint at {where}; stopping fit.")
             # Keras ends the epoch early (after one more batch when we stop
@@ -805,11 +620,8 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self._preempted_in_epoch:
             return  # fit ends a preempted epoch early: it is not a completed one
-        self._epochs_done = epoch + 1 + (self._epoch_offset or 0)
-        self._batch_in_epoch = 0
-        self._history.append({"epoch": self._epochs_done, **jsonable(dict(logs or {}))})
+        due = self._progress.epoch_ends(epoch, jsonable(dict(logs or {})))
         has_metric = self._monitor_available(logs or {})
-        due, self._save_at_epoch_end = self._save_at_epoch_end, False
         if not (self.save_freq == "epoch" or has_metric or due):
             return
         if self.async_save:
@@ -830,18 +642,13 @@ class CheckpointCallback(keras.callbacks.Callback):
             return
         try:
             self._flush()
-            optimizer = self.manager.optimizer
-            step = _tf_checkpoint.optimizer_step(optimizer) if optimizer is not None else None
-            unsaved = step != self._last_saved_step or self._epochs_done != self._last_saved_epoch
-            if step is not None and unsaved and self._batches_total:
+            if self._progress.unsaved(self._optimizer_step()):
                 # Work done since the last save (save_freq=int): keep it.
-                self._save(logs, batch=self._batch_in_epoch)
+                self._save(logs, batch=self._progress.batch_in_epoch)
         finally:
             self.model._initial_epoch = None
             if self._preempted:  # a preemption that returned from fit: resumed next time
-                _interrupted.setdefault(self.manager.directory_key, weakref.WeakSet()).add(
-                    self.model
-                )
+                _resume.mark_interrupted(self.manager.directory_key, self.model)
             while self._undo:
                 self._undo.pop()()
             manager, self.manager = self.manager, None

@@ -35,7 +35,14 @@ from tfckpt.errors import (
 )
 from tfckpt.monitor import check_mode, is_better
 from tfckpt.observers import CheckpointObserver
-from tfckpt.options import check_backend, parse_source, validate_observers, validate_options
+from tfckpt.options import (
+    KeepRules,
+    check_backend,
+    check_flag,
+    parse_source,
+    run_options,
+    validate_observers,
+)
 from tfckpt.run import Run, Which
 from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
 
@@ -141,33 +148,17 @@ class CheckpointManager:
         observers: Sequence[CheckpointObserver] | None = None,
     ):
         check_backend()
-        validate_options(
-            directory=directory,
-            monitor=monitor,
-            keep_last=keep_last,
-            keep_best=keep_best,
-            keep_every_n_epochs=keep_every_n_epochs,
-            keep_every_n_hours=keep_every_n_hours,
-            retention=retention,
-        )
-        check_mode(mode)
         if keep_best is None:
             keep_best = 1 if monitor is not None else 0
-        self.directory = directory = os.fspath(directory)
+        keep = KeepRules(keep_last, keep_best, keep_every_n_epochs, keep_every_n_hours, retention)
+        self.directory = directory = run_options(directory, monitor, keep)
+        check_mode(mode)
         self.model = model
         self.optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
         self.monitor = monitor
         self.mode = mode
         self.verify = verify
-        self._policy = _retention.from_options(
-            keep_last=keep_last,
-            keep_best=keep_best,
-            monitor=monitor,
-            mode=mode,
-            keep_every_n_epochs=keep_every_n_epochs,
-            keep_every_n_hours=keep_every_n_hours,
-            extra=retention,
-        )
+        self._policy = keep.policy(monitor, mode)
         self._retention_config = {
             "keep_last": keep_last,
             "keep_best": keep_best,
@@ -176,9 +167,7 @@ class CheckpointManager:
             "custom": repr(retention) if retention is not None else None,
         }
         self.directory_key = os.path.realpath(directory) if _fs.is_local(directory) else directory
-        if not isinstance(incremental, bool):
-            raise TypeError(f"`incremental` must be True or False. Received: {incremental!r}")
-        self.incremental = incremental and _fs.is_local(directory)
+        self.incremental = check_flag("incremental", incremental) and _fs.is_local(directory)
         if incremental and not self.incremental and directory not in _told_full:
             _told_full.add(directory)
             warnings.warn(

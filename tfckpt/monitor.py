@@ -71,3 +71,60 @@ def rank(records: Sequence[Any], metric: str, mode: str) -> list[Any]:
     scored = [(v, r.seq, r) for r in records if (v := metric_value(r, metric)) is not None]
     scored.sort(key=lambda t: (t[0] if mode == "min" else -t[0], t[1]))
     return [r for _, _, r in scored]
+
+
+def compiled_metric_names(model: Any) -> list[str]:
+    """Names of the metrics passed to `compile` (known before Keras builds them)."""
+    compiled = getattr(model, "_compile_metrics", None)
+    todo, names = [getattr(compiled, "_user_metrics", None)], []
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+        elif isinstance(item, str):
+            names.append(item)
+        elif item is not None:
+            names.append(getattr(item, "name", None) or getattr(item, "__name__", str(item)))
+    return sorted(set(names))
+
+
+def resolve_mode(monitor: str | None, mode: str, model: Any) -> str:
+    """The direction of `monitor` for `model` at the start of `fit`: `mode`
+    unless it is `"auto"`; then as `direction` tells, or a ValueError that
+    says what the model logs."""
+    if mode != "auto" or monitor is None:
+        return "min" if mode == "auto" else mode
+    # The compiled metric's own direction is known once fit has traced it.
+    found = direction(monitor, getattr(model, "metrics", []))
+    if found is not None:
+        return found
+    known = compiled_metric_names(model)
+    if known and monitor.removeprefix("val_") not in known:
+        logged = ", ".join(["loss", *known])
+        raise ValueError(
+            f"CheckpointCallback: monitor={monitor!r} is not a metric this model "
+            f"logs. It logs: {logged} (and val_<name> of each with validation data). "
+            "Pass one of them, or mode='min' or mode='max' for a metric that "
+            "another callback adds to the logs."
+        )
+    raise ValueError(
+        f"CheckpointCallback cannot tell whether monitor={monitor!r} should "
+        "be minimized or maximized. Pass mode='min' or mode='max'."
+    )
+
+
+def in_logs(monitor: str | None, logs: dict[str, Any]) -> bool | None:
+    """Whether an epoch's `logs` hold `monitor`: `None` when it is missing
+    only because no validation ran; a ValueError when it is not logged at all."""
+    if monitor is None:
+        return False
+    if monitor in logs:
+        return True
+    if not monitor.startswith("val_") or any(k.startswith("val_") for k in logs):
+        raise ValueError(
+            f"CheckpointCallback: monitor={monitor!r} is not among the metrics "
+            f"of this epoch: {sorted(logs)}. Pass one of them (or monitor=None)."
+        )
+    return None

@@ -3,6 +3,7 @@ share: each says what is wrong, what is allowed and what was received."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any
@@ -69,22 +70,81 @@ def _is_count(value: object, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def validate_options(
-    *,
-    directory: object,
-    monitor: object,
-    keep_last: object,
-    keep_best: object,
-    keep_every_n_epochs: object,
-    keep_every_n_hours: object,
-    retention: object = None,
-) -> None:
-    """Checks the arguments the manager and the callback share."""
-    if retention is not None and not isinstance(retention, _retention.RetentionPolicy):
-        raise TypeError(
-            "`retention` must be a tfckpt.retention.RetentionPolicy (an object with "
-            f"a `keep(checkpoints)` method). Received: retention={retention!r}"
+@dataclasses.dataclass(frozen=True)
+class KeepRules:
+    """The retention shortcuts of the callback, the manager and `Run.prune`,
+    checked once; their union (with `retention`) is the policy.
+
+    `keep_last=None` keeps every checkpoint for the callback and the manager
+    (`none_keeps_all=True`); for `Run.prune`, `None` means "no such rule".
+    """
+
+    keep_last: int | None = 3
+    keep_best: int | None = None
+    keep_every_n_epochs: int | None = None
+    keep_every_n_hours: float | None = None
+    retention: _retention.RetentionPolicy | None = None
+    none_keeps_all: bool = True
+
+    def __post_init__(self) -> None:
+        if self.retention is not None and not isinstance(
+            self.retention, _retention.RetentionPolicy
+        ):
+            raise TypeError(
+                "`retention` must be a tfckpt.retention.RetentionPolicy (an object with "
+                f"a `keep(checkpoints)` method). Received: retention={self.retention!r}"
+            )
+        none = ", or None to keep all" if self.none_keeps_all else " or None"
+        for name, minimum, allowed in (
+            ("keep_last", 0, none),
+            ("keep_best", 0, " or None"),
+            ("keep_every_n_epochs", 1, " or None"),
+        ):
+            value = getattr(self, name)
+            if value is not None and not _is_count(value, minimum):
+                raise ValueError(
+                    f"`{name}` must be an integer >= {minimum}{allowed}. Received: {name}={value!r}"
+                )
+        hours = self.keep_every_n_hours
+        if hours is not None and (
+            isinstance(hours, bool)
+            or not isinstance(hours, (int, float))
+            or not hours > 0
+            or not math.isfinite(hours)
+        ):
+            raise ValueError(
+                "`keep_every_n_hours` must be a positive number or None. "
+                f"Received: keep_every_n_hours={hours!r}"
+            )
+
+    def given(self) -> bool:
+        """Whether any rule is set (for `Run.prune`, which needs one)."""
+        rules = (self.keep_last, self.keep_best, self.keep_every_n_epochs)
+        return any(r is not None for r in (*rules, self.keep_every_n_hours, self.retention))
+
+    def check_monitor(self, monitor: str | None, missing: str) -> None:
+        """`keep_best` needs a metric; `missing` says why there is none."""
+        if self.keep_best and monitor is None:
+            raise ValueError(
+                f"`keep_best={self.keep_best}` needs a metric to rank checkpoints by, {missing}"
+            )
+
+    def policy(self, monitor: str | None, mode: str) -> _retention.RetentionPolicy:
+        """The union of the rules."""
+        keep_last = self.keep_last if self.none_keeps_all else self.keep_last or 0
+        return _retention.from_options(
+            keep_last=keep_last,
+            keep_best=self.keep_best or 0,
+            monitor=monitor,
+            mode=mode,
+            keep_every_n_epochs=self.keep_every_n_epochs,
+            keep_every_n_hours=self.keep_every_n_hours,
+            extra=self.retention,
         )
+
+
+def check_directory(directory: object) -> str:
+    """`directory` as a str, if it is a usable run directory path."""
     if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
         raise TypeError(
             "`directory` must be a non-empty path (str or os.PathLike). "
@@ -101,35 +161,55 @@ def validate_options(
         ) from e
     if existing is not None and not existing.is_directory:
         raise ValueError(f"`directory` must be a directory, but {directory!r} is an existing file.")
+    return directory
+
+
+def check_monitor(monitor: object) -> None:
     if monitor is not None and (not isinstance(monitor, str) or not monitor):
         raise ValueError(
             "`monitor` must be a metric name (e.g. 'val_loss') or None. "
             f"Received: monitor={monitor!r}"
         )
-    if keep_last is not None and not _is_count(keep_last, 0):
+
+
+def run_options(directory: object, monitor: object, keep: KeepRules) -> str:
+    """Checks what the manager and the callback share; returns the directory."""
+    directory = check_directory(directory)
+    check_monitor(monitor)
+    keep.check_monitor(
+        monitor,  # type: ignore[arg-type]
+        "but monitor=None. Pass monitor='val_loss' (or another metric), or keep_best=0.",
+    )
+    return directory
+
+
+def check_save_freq(save_freq: object) -> str | int:
+    if save_freq != "epoch" and not _is_count(save_freq, 1):
         raise ValueError(
-            "`keep_last` must be an integer >= 0, or None to keep all. "
-            f"Received: keep_last={keep_last!r}"
+            "`save_freq` must be 'epoch' or a positive integer (a number of "
+            f"training batches). Received: save_freq={save_freq!r}"
         )
-    if keep_best is not None and not _is_count(keep_best, 0):
-        raise ValueError(f"`keep_best` must be an integer >= 0. Received: keep_best={keep_best!r}")
-    if keep_best and monitor is None:
+    return save_freq  # type: ignore[return-value]
+
+
+def check_restore(restore: object) -> str | int | bool:
+    if not (restore in ("latest", "best") or restore is False or _is_count(restore, 0)):
         raise ValueError(
-            f"`keep_best={keep_best}` needs a metric to rank checkpoints by, but monitor=None. "
-            "Pass monitor='val_loss' (or another metric), or keep_best=0."
+            "`restore` must be 'latest', 'best', a step (int >= 0) or False. "
+            f"Received: restore={restore!r}"
         )
-    if keep_every_n_epochs is not None and not _is_count(keep_every_n_epochs, 1):
-        raise ValueError(
-            "`keep_every_n_epochs` must be an integer >= 1 or None. "
-            f"Received: keep_every_n_epochs={keep_every_n_epochs!r}"
-        )
-    if keep_every_n_hours is not None and (
-        isinstance(keep_every_n_hours, bool)
-        or not isinstance(keep_every_n_hours, (int, float))
-        or not keep_every_n_hours > 0
-        or not math.isfinite(keep_every_n_hours)
-    ):
-        raise ValueError(
-            "`keep_every_n_hours` must be a positive number or None. "
-            f"Received: keep_every_n_hours={keep_every_n_hours!r}"
-        )
+    return restore  # type: ignore[return-value]
+
+
+def check_choice(name: str, value: object, allowed: tuple[Any, ...]) -> Any:
+    """`value` if it is one of `allowed`, else a ValueError naming them."""
+    if value not in allowed:
+        shown = " or ".join(repr(a) for a in allowed)
+        raise ValueError(f"`{name}` must be {shown}. Received: {name}={value!r}")
+    return value
+
+
+def check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False. Received: {value!r}")
+    return value

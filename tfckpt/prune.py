@@ -6,67 +6,27 @@ import dataclasses
 
 from tfckpt import retention as _retention
 from tfckpt.display import human_size
+from tfckpt.options import KeepRules
 from tfckpt.store import CheckpointRecord, Problem
 
 
 def prune_policy(
-    monitor: tuple[str, str] | None,
-    directory: str,
-    keep_last: object,
-    keep_best: object,
-    keep_every_n_epochs: object,
-    keep_every_n_hours: object,
-    policy: object,
+    monitor: tuple[str, str] | None, directory: str, keep: KeepRules
 ) -> _retention.RetentionPolicy:
-    """The policy `Run.prune` applies: the keyword rules (union) with `policy`,
-    each checked; `monitor` is the run's (name, mode), for `keep_best`."""
-    given = (keep_last, keep_best, keep_every_n_epochs, keep_every_n_hours, policy)
-    if all(rule is None for rule in given):
+    """The policy `Run.prune` applies: the union of the rules in `keep`;
+    `monitor` is the run's (name, mode), for `keep_best`."""
+    if not keep.given():
         raise ValueError(
             "prune needs at least one rule (keep_last, keep_best, keep_every_n_epochs, "
             "keep_every_n_hours or retention); with none, every checkpoint but the "
             "newest would be deleted. Pass e.g. keep_last=3."
         )
-    for name, value, minimum in (
-        ("keep_last", keep_last, 0),
-        ("keep_best", keep_best, 0),
-        ("keep_every_n_epochs", keep_every_n_epochs, 1),
-    ):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < minimum
-        ):
-            raise ValueError(
-                f"`{name}` must be an integer >= {minimum} or None. Received: {name}={value!r}"
-            )
-    if keep_every_n_hours is not None and (
-        isinstance(keep_every_n_hours, bool)
-        or not isinstance(keep_every_n_hours, (int, float))
-        or not 0 < keep_every_n_hours < float("inf")
-    ):
-        raise ValueError(
-            "`keep_every_n_hours` must be a positive number or None. "
-            f"Received: keep_every_n_hours={keep_every_n_hours!r}"
-        )
-    if policy is not None and not isinstance(policy, _retention.RetentionPolicy):
-        raise TypeError(
-            "`retention` must be a tfckpt.retention.RetentionPolicy (an object with "
-            f"a `keep(checkpoints)` method). Received: retention={policy!r}"
-        )
-    if keep_best and monitor is None:
-        raise ValueError(
-            f"`keep_best={keep_best}` needs a metric to rank checkpoints by, but run "
-            f"{directory!r} tracks none (it was saved with monitor=None). Pass "
-            "retention=tfckpt.retention.KeepBest(k, metric, mode) instead."
-        )
-    return _retention.from_options(
-        keep_last=keep_last or 0,
-        keep_best=keep_best or 0,
-        monitor=monitor[0] if monitor else None,
-        mode=monitor[1] if monitor else "min",
-        keep_every_n_epochs=keep_every_n_epochs,
-        keep_every_n_hours=keep_every_n_hours,
-        extra=policy,
+    keep.check_monitor(
+        monitor[0] if monitor else None,
+        f"but run {directory!r} tracks none (it was saved with monitor=None). Pass "
+        "retention=tfckpt.retention.KeepBest(k, metric, mode) instead.",
     )
+    return keep.policy(monitor[0] if monitor else None, monitor[1] if monitor else "min")
 
 
 @dataclasses.dataclass(frozen=True)

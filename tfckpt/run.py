@@ -20,6 +20,7 @@ from tfckpt.display import plot_run, table_html
 from tfckpt.errors import CheckpointNotFoundError, DirectoryLockedError
 from tfckpt.export import export_checkpoint
 from tfckpt.monitor import AUTO_MODES, check_mode, direction, metric_value, rank
+from tfckpt.options import KeepRules
 from tfckpt.prune import PruneReport, prune_policy
 from tfckpt.restoring import Restorer
 from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
@@ -500,15 +501,15 @@ class Run:
             A `PruneReport`: `.deleted` (or to be deleted), `.kept`,
             `.damaged`, `.bytes_freed`.
         """
-        policy = prune_policy(
-            self.monitor,
-            self.directory,
+        keep = KeepRules(
             keep_last,
             keep_best,
             keep_every_n_epochs,
             keep_every_n_hours,
-            retention,
+            retention,  # type: ignore[arg-type]
+            none_keeps_all=False,
         )
+        policy = prune_policy(self.monitor, self.directory, keep)
         if not isinstance(dry_run, bool):
             raise TypeError(f"`dry_run` must be True or False. Received: dry_run={dry_run!r}")
         if dry_run:

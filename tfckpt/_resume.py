@@ -1,0 +1,167 @@
+"""What a `fit` starts from: restore a checkpoint, train on from memory, or
+fork another run; and, after a restore, the position within the epoch.
+
+The rule: an interrupted `fit` is resumed from the newest checkpoint, a
+completed one is trained on. This process remembers, per directory, which
+models it trained and which fits were interrupted.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tfckpt import _tf_checkpoint, _training_state
+from tfckpt.store import CheckpointRecord
+
+# Models this process has trained with a checkpoint directory (by directory):
+# a later fit of such a model trains on instead of restoring over it, even
+# after a recompile reset its optimizer.
+_trained_here: dict[str, weakref.WeakSet] = {}
+# The parent a model was forked from into a directory that has no checkpoint
+# yet, for a later fit in this process to keep recording it.
+_forked: dict[str, weakref.WeakKeyDictionary] = {}
+# Models whose last fit with a directory was interrupted (an exception left
+# fit, or a preemption returned from it): their next fit resumes from the
+# directory's newest checkpoint, as a new process would.
+_interrupted: dict[str, weakref.WeakSet] = {}
+
+
+def mark_interrupted(directory_key: str, model: Any) -> None:
+    """The fit of `model` with that directory did not complete."""
+    _interrupted.setdefault(directory_key, weakref.WeakSet()).add(model)
+
+
+@dataclass
+class Start:
+    """Where a fit starts."""
+
+    base: CheckpointRecord | None = None  # whose counters this fit carries on
+    state: dict[str, Any] | None = None  # the state saved with `base`
+    restored: CheckpointRecord | None = None  # restored into the model, if any
+    continuing: bool = False  # trains on from the model in memory
+    resuming_here: bool = False  # resumes a fit this process interrupted
+
+
+def decide(
+    manager: Any,
+    model: Any,
+    *,
+    restore: str | int | bool,
+    init_from: Any,
+    init_optimizer: bool,
+    warn_once: Callable[[str, str], None],
+    say: Callable[[str], None],
+) -> Start:
+    """Restores, forks or does nothing, as the rule says, and returns where
+    the fit starts."""
+    key = manager.directory_key
+    trained_here = _trained_here.setdefault(key, weakref.WeakSet())
+    interrupted = _interrupted.get(key, set())
+    was_interrupted = model in interrupted
+    start = Start(resuming_here=was_interrupted and restore is not False)
+    interrupted.discard(model)
+    latest = manager.latest
+    if latest is not None:
+        optimizer = manager.optimizer
+        step_now = _tf_checkpoint.optimizer_step(optimizer) if optimizer is not None else 0
+        if start.resuming_here:
+            # An interrupted fit of this model: its state in memory may be
+            # past the newest checkpoint by a partial step or epoch, so it
+            # resumes from the checkpoint, exactly as a new process does.
+            start.base = start.restored = manager.restore(restore)
+        elif model in trained_here or (step_now > 0 and step_now >= latest.step):
+            start.base = latest  # this process trained it: train on, restore nothing
+            start.continuing = True
+        elif restore is False:
+            warn_once(
+                "norestore",
+                f"restore=False: {manager.directory!r} already holds checkpoints; "
+                "new ones are added beside them and retention applies to all.",
+            )
+        else:
+            start.base = start.restored = manager.restore(restore)
+    if latest is None and was_interrupted and init_from is None:
+        warn_once(
+            "nothing-to-resume",
+            f"the interrupted fit committed no checkpoint in {manager.directory!r}, so "
+            "this fit starts from the weights the interruption left in memory (a new "
+            "process would start from freshly initialized ones): rebuild the model "
+            "to start over.",
+        )
+    if latest is None and init_from is not None and (model not in trained_here or was_interrupted):
+        # A new run forked from another run's checkpoint.
+        start.base, start.state = manager.init_from(init_from, optimizer=init_optimizer)
+        _forked.setdefault(key, weakref.WeakKeyDictionary())[model] = manager.parent
+        start.restored = start.base
+        say(
+            f"initialized from {manager.parent['directory']} {start.base.name} "
+            f"(epoch {start.base.epoch}, step {start.base.step})"
+            + ("" if init_optimizer else ", without its optimizer state")
+            + "."
+        )
+    if manager.parent is None:
+        manager.parent = _forked.get(key, {}).get(model)
+    trained_here.add(model)
+    if start.base is not None and start.state is None:
+        start.state = manager.state(start.base)
+    return start
+
+
+def batch_to_resume_at(
+    model: Any, record: CheckpointRecord, warn_once: Callable[[str, str], None]
+) -> int:
+    """The batch of `record`'s epoch that training continues with: its own
+    batch, or 0 when that is not a multiple of `steps_per_execution`."""
+    if not record.batch:
+        return 0
+    spe = int(getattr(model, "steps_per_execution", 1) or 1)
+    if record.batch % spe:
+        warn_once(
+            "position",
+            f"{record.name} was saved after batch {record.batch}, which is not a "
+            f"multiple of steps_per_execution={spe}: its epoch restarts at batch 0.",
+        )
+        return 0
+    return record.batch
+
+
+def skip_batches(
+    model: Any,
+    batches: int,
+    logs: dict[str, Any],
+    metrics: Any,
+    warn_once: Callable[[str, str], None],
+) -> Callable[[], None]:
+    """Wraps `model.train_function` so that its first calls only draw their
+    `batches` from the iterator (no compute): the data order of the rest of
+    the epoch is the uninterrupted one. Then the epoch's metric accumulators
+    are set to `metrics`. Returns what puts the train function back."""
+    spe = int(getattr(model, "steps_per_execution", 1) or 1)
+    original = model.train_function
+    skip = batches // spe
+
+    def train_function(iterator: Any) -> Any:
+        nonlocal skip
+        if skip > 0:
+            skip -= 1
+            batch = None
+            for _ in range(spe):
+                batch = next(iterator)
+            if skip == 0:
+                model.train_function = original
+                if metrics is not None and not _training_state.set_metric_values(
+                    model, metrics, batch
+                ):
+                    warn_once(
+                        "metrics",
+                        "could not restore the metric accumulators of the resumed "
+                        "epoch; its epoch metrics cover the batches after the resume.",
+                    )
+            return logs
+        return original(iterator)
+
+    model.train_function = train_function
+    return lambda: setattr(model, "train_function", original)
