@@ -138,3 +138,15 @@ def free_bytes(path: str) -> int | None:
 def read_bytes(path: str) -> bytes:
     with tf.io.gfile.GFile(path, "rb") as f:
         return f.read()
+
+
+def remove_quietly(path: str) -> None:
+    """Removes a file or directory tree, if it can (what is left of an
+    interrupted save or deletion; the next writer tries again)."""
+    try:
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        elif tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+    except tf.errors.OpError:
+        pass

@@ -30,8 +30,8 @@ import tensorflow as tf
 
 from tfckpt import _fs
 from tfckpt.errors import CheckpointWriteError, DirectoryLockedError
+from tfckpt.layout import LOCK
 
-LOCK_FILE = ".lock"
 # The lease on storage without flock. The environment variables override them
 # (read when a lock is taken), e.g. a short lease for tests.
 LEASE_SECONDS = 60.0
@@ -132,7 +132,7 @@ class Lease:
 
     def __init__(self, directory: str):
         self.directory = directory
-        self.path = _fs.join(directory, LOCK_FILE)
+        self.path = _fs.join(directory, LOCK)
         self.duration = _seconds(LEASE_ENV, LEASE_SECONDS)
         self.settle = _seconds(SETTLE_ENV, SETTLE_SECONDS)
         self.token = uuid.uuid4().hex
@@ -238,7 +238,7 @@ class DirectoryLock:
 
     def __init__(self, directory: str, *, exclusive: bool = False):
         self.directory = directory
-        self.path = _fs.join(directory, LOCK_FILE)
+        self.path = _fs.join(directory, LOCK)
         self._key = os.path.realpath(self.path) if _fs.is_local(self.path) else self.path
         self._released = False
         with _guard:

@@ -1,0 +1,211 @@
+"""Incremental checkpoints: a data shard equal to one of the newest
+checkpoint's is hard-linked to it instead of kept as a second copy.
+
+Which files are equal is decided by their bytes (size and xxh3-128 hash), at
+commit, before the commit rename; so every checkpoint stays a complete TF
+checkpoint, and deleting one never affects another.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import errno
+import os
+import stat
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import tensorflow as tf
+
+from tfckpt import _fs
+from tfckpt._background import lower_thread_priority
+from tfckpt.errors import CheckpointReadError
+from tfckpt.layout import CHECKPOINT_NAME, DAMAGED, SHARD, CheckpointRecord
+
+_SEAL_THREADS = 4  # files hashed, linked or fsynced at once by a commit
+# errnos of a filesystem without hard links (or across devices)
+_NO_LINKS = {errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+class FileSharing:
+    """Makes the files of a checkpoint being committed durable, sharing what
+    it can with the newest committed checkpoint.
+
+    Args:
+        directory: the run directory.
+        share_files: link equal data shards (local disks only); turned off
+            for good when the filesystem has no hard links.
+        fsync_file: how a file that is not linked is made durable.
+        background: the threads yield the CPU to training (async saves).
+        newest: returns the newest committed checkpoint (a scan).
+        entries: lists the run directory.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        share_files: bool,
+        fsync_file: Callable[[str], None],
+        background: bool,
+        newest: Callable[[], CheckpointRecord | None],
+        entries: Callable[[], list[str]],
+    ):
+        self.directory = directory
+        self.share_files = share_files and _fs.is_local(directory)
+        self._fsync_file = fsync_file
+        self._background = background
+        self._scan_newest = newest
+        self._entries = entries
+        self._newest: CheckpointRecord | None = None  # the one to share files with
+        self._newest_known = False
+        self._sealer: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _path(self, *names: str) -> str:
+        return _fs.join(self.directory, *names)
+
+    def committed(self, record: CheckpointRecord | None) -> None:
+        """`record` is now the newest checkpoint (`None`: not known; scan)."""
+        self._newest, self._newest_known = record, record is not None
+
+    def deleted(self, name: str) -> None:
+        if self._newest is not None and self._newest.name == name:
+            self._newest, self._newest_known = None, False
+
+    def close(self) -> None:
+        if self._sealer is not None:
+            self._sealer.shutdown(wait=True)
+            self._sealer = None
+
+    def _file_entry(self, path: str) -> dict[str, Any]:
+        if not SHARD.match(os.path.basename(path)):
+            return {"size": _fs.size(path), "crc32": _fs.crc32(path)}
+        # TF's per-tensor CRC32C covers a data shard; the hash is what a later
+        # save compares its own shard with, to share the file.
+        if self.share_files:
+            return {"size": _fs.size(path), "xxh3": _fs.content_hash(path)}
+        return {"size": _fs.size(path)}
+
+    def seal(self, tmp: str, files: list[str]) -> dict[str, dict[str, Any]]:
+        """The manifest entries of `files` in `tmp`, each file made durable:
+        hard-linked to an equal file of the newest checkpoint (see
+        `share_files`), or fsynced. Files are handled in parallel threads: one
+        file's fsync waits for the disk while another is hashed, and the
+        filesystem can commit several fsyncs at once."""
+        sources = self._share_sources() if self.share_files else None
+        if self._sealer is None:
+            self._sealer = concurrent.futures.ThreadPoolExecutor(
+                max_workers=_SEAL_THREADS,
+                thread_name_prefix="tfckpt-seal",
+                initializer=lower_thread_priority if self._background else None,
+            )
+        futures = {f: self._sealer.submit(self._seal_one, tmp, f, sources) for f in files}
+        try:
+            concurrent.futures.wait(futures.values())
+        finally:
+            # Also on Ctrl-C: no worker may still write into tmp when `guard`
+            # removes it.
+            for future in futures.values():
+                future.cancel()
+            concurrent.futures.wait(futures.values())
+        return {f: future.result() for f, future in futures.items()}
+
+    def _seal_one(self, tmp: str, fname: str, sources: _Sources | None) -> dict[str, Any]:
+        path = _fs.join(tmp, fname)
+        entry = self._file_entry(path)
+        if sources is not None and "xxh3" in entry and self._link_to(sources, entry, path):
+            return entry  # synced when it was first committed
+        self._fsync_file(path)
+        if "xxh3" in entry:
+            # What a later save checks before it links to this file: a file
+            # changed in place since has another modification time.
+            entry["mtime_ns"] = os.stat(_fs.local_path(path)).st_mtime_ns
+        return entry
+
+    def _link_to(self, sources: _Sources, entry: dict[str, Any], path: str) -> bool:
+        """Replaces the data shard at `path` by a hard link to an equal file
+        (same size and hash) of the newest checkpoint, when that file is still
+        as it was committed."""
+        found = sources.files.get((entry["size"], entry["xxh3"]))
+        if found is None or not self.share_files:
+            return False
+        name, earlier = found
+        source = self._path(sources.record.name, name)
+        # The run directory may come from someone else: link only our own
+        # regular files, unchanged since their commit and not found damaged.
+        try:
+            st = os.lstat(_fs.local_path(source))
+        except OSError:
+            return False
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_uid != os.geteuid()
+            or st.st_size != entry["size"]
+            or st.st_mtime_ns != earlier.get("mtime_ns")
+            or (st.st_dev, st.st_ino) in sources.damaged
+        ):
+            return False
+        try:
+            _fs.replace_with_link(source, path)
+        except OSError as e:
+            # The copy just written is complete: a link that cannot be made
+            # (source deleted meanwhile, too many links, an I/O error) only
+            # costs the disk space sharing would have saved.
+            if e.errno in _NO_LINKS and self.share_files:
+                self.share_files = False
+                warnings.warn(
+                    f"tfckpt: the filesystem of {self.directory!r} has no hard links "
+                    f"({os.strerror(e.errno)}): saving full checkpoints, with no "
+                    "files shared between them.",
+                    stacklevel=2,
+                )
+            return False
+        entry["shared"] = sources.record.name
+        entry["mtime_ns"] = st.st_mtime_ns
+        return True
+
+    def _share_sources(self) -> _Sources | None:
+        """What this save may link to: the newest committed checkpoint's data
+        shards by (size, hash), unless its directory is not a real directory;
+        and the files of checkpoints found damaged (never linked again)."""
+        try:
+            record = self._share_source()
+            if record is None:
+                return None
+            if not stat.S_ISDIR(os.lstat(_fs.local_path(self._path(record.name))).st_mode):
+                return None  # a symlink in someone else's run directory
+            damaged = set()
+            for entry in self._entries():
+                if entry.startswith(DAMAGED) and CHECKPOINT_NAME.match(entry[len(DAMAGED) :]):
+                    directory = _fs.local_path(self._path(entry[len(DAMAGED) :]))
+                    for fname in os.listdir(directory) if os.path.isdir(directory) else []:
+                        st = os.lstat(os.path.join(directory, fname))
+                        damaged.add((st.st_dev, st.st_ino))
+        except (CheckpointReadError, tf.errors.OpError, OSError):
+            return None  # cannot tell what to share with: keep every copy
+        files = {
+            (e["size"], e["xxh3"]): (fname, e)
+            for fname, e in record.manifest["files"].items()
+            if "xxh3" in e and SHARD.match(fname)
+        }
+        return _Sources(record, files, damaged)
+
+    def _share_source(self) -> CheckpointRecord | None:
+        if not self._newest_known:
+            self._newest, self._newest_known = self._scan_newest(), True
+        newest = self._newest
+        if newest is not None and tf.io.gfile.exists(self._path(DAMAGED + newest.name)):
+            # Found damaged since: its files are not to be shared into new checkpoints.
+            self._newest, self._newest_known = None, False
+        return self._newest
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sources:
+    """What a save may hard-link to (see `FileSharing._share_sources`)."""
+
+    record: CheckpointRecord
+    files: Mapping[tuple[int, str], tuple[str, Mapping[str, Any]]]  # (size, hash) -> file
+    damaged: set[tuple[int, int]]  # (st_dev, st_ino) of files of damaged checkpoints

@@ -1,0 +1,189 @@
+"""What is in a run directory: the names tfckpt gives its entries, the
+record of a committed checkpoint, and the manifest's checksum.
+
+Plain data and names; reading and writing the directory is `store.py`'s job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import sys
+import time
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow as tf
+
+from tfckpt import _fs
+
+# tfckpt/2: data shards carry no CRC-32 of our own (TF's index holds a CRC32C
+# of every tensor, and the index is in the manifest with its CRC-32), so a
+# save reads nothing back. tfckpt/1 manifests (CRC-32 of every file) are read.
+FORMAT = "tfckpt/2"
+FORMATS = ("tfckpt/1", FORMAT)
+MANIFEST = "manifest.json"
+PREFIX = "ckpt"
+STATE_FILE = "checkpoint"  # TF's pointer to the newest checkpoint
+LOCK = ".lock"
+CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+)$")
+SHARD = re.compile(rf"^{PREFIX}\.data-(\d+)-of-(\d+)$")
+TMP = ".tmp-"  # a save in progress, or left by a crash
+TRASH = ".trash-"  # a checkpoint being deleted
+DAMAGED = ".damaged-"  # marks a checkpoint that failed verification
+# TF's temporary name for the state file (`file_io.atomic_write_string_to_file`
+# appends ".tmp" and a uuid4 hex), also used by `store.write_pointer`.
+STATE_TMP = re.compile(r"^checkpoint\.tmp[0-9a-f]{32}$")
+
+
+class Corrupt(Exception):
+    """A checkpoint directory whose manifest cannot be trusted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRecord:
+    """One committed checkpoint, as its manifest describes it.
+
+    Attributes:
+        name: directory name inside the run directory, e.g. `"ckpt-000007"`.
+        seq: commit sequence number; larger is newer.
+        step: global training step (optimizer iterations) at save time.
+        epoch: epochs completed at save time.
+        batch: batches completed in the epoch in progress (0 at epoch end).
+        metrics: logs/metrics at save time.
+        time: wall time of the save (seconds since the Unix epoch).
+        path: the prefix `tf.train.Checkpoint.read` accepts.
+        size: bytes on disk (checkpoint files, manifest excluded).
+        kept: why retention keeps it (`None` when not computed or not kept).
+    """
+
+    name: str
+    seq: int
+    step: int
+    epoch: int
+    batch: int
+    metrics: Mapping[str, Any]
+    time: float
+    path: str
+    size: int
+    kept: str | None = None
+    manifest: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def directory(self) -> str:
+        return self.path[: -len(PREFIX) - 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingCheckpoint:
+    """A checkpoint being written: its number, name and temporary directory."""
+
+    seq: int
+    name: str
+    tmp: str
+    expected_size: int
+
+    @property
+    def prefix(self) -> str:
+        return _fs.join(self.tmp, PREFIX)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A checkpoint directory that is not a valid committed checkpoint."""
+
+    name: str
+    reason: str
+
+
+def jsonable(value: Any) -> Any:
+    """Metric values as JSON: Python floats, non-finite ones as `None`."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bool, str, type(None))):
+        return value
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if hasattr(value, "dtype") and "int" in str(value.dtype):
+        return int(value)
+    return number if math.isfinite(number) else None
+
+
+def versions() -> dict[str, str]:
+    import keras
+
+    from tfckpt import __version__
+
+    return {
+        "tfckpt": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def is_run_entry(name: str) -> bool:
+    """Whether `name` (an entry of a directory) is one tfckpt puts in a run
+    directory: a checkpoint, a save or deletion in progress, a damage marker
+    or the lock."""
+    if CHECKPOINT_NAME.match(name) or name == LOCK:
+        return True
+    rest = next((name[len(p) :] for p in (TMP, TRASH, DAMAGED) if name.startswith(p)), None)
+    return rest is not None and rest.startswith("ckpt-")
+
+
+def plain_name(name: object) -> bool:
+    """A file name in the checkpoint's directory itself: no path, no `..`."""
+    return isinstance(name, str) and bool(_PLAIN_NAME.match(name)) and ".." not in name
+
+
+def record_from_manifest(
+    name: str, seq: int, path: str, manifest: Mapping[str, Any]
+) -> CheckpointRecord:
+    """The record of a checkpoint just committed with `manifest`."""
+    return CheckpointRecord(
+        name=name,
+        seq=seq,
+        step=int(manifest["step"]),
+        epoch=int(manifest["epoch"]),
+        batch=int(manifest["batch"]),
+        metrics=dict(manifest["metrics"]),
+        time=float(manifest["time"]),
+        path=path,
+        size=sum(int(f["size"]) for f in manifest["files"].values()),
+        manifest=manifest,
+    )
+
+
+def manifest_checksum(manifest: Mapping[str, Any]) -> int:
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return zlib.crc32(json.dumps(body, sort_keys=True).encode())
+
+
+def os_error_text(e: BaseException) -> str:
+    """TF's error text without the graph-function noise around it."""
+    text = getattr(e, "message", None) or str(e)
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:\w+\]\s*$", "", text).rstrip(". ")
+
+
+def mb(n: int) -> str:
+    """`n` bytes in MiB, for messages."""
+    return f"{n / 2**20:.1f} MiB"
+
+
+def now() -> float:
+    """The wall time recorded in manifests (tests may shift it)."""
+    return time.time()
