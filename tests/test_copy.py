@@ -1,8 +1,8 @@
 """tfckpt.copy and `tfckpt cp`: real runs, real copies, a copy killed by SIGKILL."""
 
 import hashlib
-import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,9 +38,22 @@ def cli(*args):
 
 
 def listing(directory):
-    proc = cli("ls", directory, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return [{k: row.get(k) for k in FIELDS} for row in json.loads(proc.stdout)]
+    """What `tfckpt ls --json` lists, the path aside."""
+    run = tfckpt.open(directory)
+    best = run.best
+    rows = [
+        {
+            **{k: getattr(r, k) for k in FIELDS if k != "best"},
+            "metrics": dict(r.metrics),
+            "best": r.name == best.name,
+        }
+        for r in run.checkpoints
+    ]
+    return rows + [{"name": p.name, "problem": p.reason} for p in run.problems]
+
+
+def intact(directory):
+    return all(problem is None for _, problem in tfckpt.verify(directory))
 
 
 def snapshot(directory):
@@ -108,7 +121,7 @@ def test_copy_best_with_the_cli_then_fork_from_the_copy(source, tmp_path):
     assert copied.best.manifest["copied_from"] == {"directory": source, "name": best.name}
     assert tf.train.latest_checkpoint(str(dst)) == copied.best.path
     same_files(source, str(dst), best.name)
-    assert cli("verify", dst).returncode == 0
+    assert intact(str(dst))
 
     a, b = model_like_train_script(), model_like_train_script()
     tfckpt.restore(a, source, "best")
@@ -152,7 +165,7 @@ def test_a_copy_killed_midway_leaves_complete_checkpoints_and_a_rerun_completes_
     assert "ckpt-000001 (step" in proc.stderr and "already there, skipped" in proc.stderr
     assert not [e for e in os.listdir(dst) if e.startswith(".tmp-")]
     assert listing(dst) == listing(source)
-    assert cli("verify", dst).returncode == 0
+    assert intact(dst)
     for record in tfckpt.open(source).checkpoints:
         same_files(source, dst, record.name)
     assert tf.train.latest_checkpoint(dst) == os.path.join(dst, "ckpt-000005", "ckpt")
@@ -169,7 +182,7 @@ def test_copy_to_and_from_ram(source, tmp_path):
     ram = "ram://p16-copy/run"
     report = tfckpt.copy(source, ram, quiet=True)
     assert [r.name for r in report.copied] == [f"ckpt-00000{i}" for i in range(1, 6)]
-    assert all(problem is None for _, problem in tfckpt.verify(ram))
+    assert intact(ram)
     assert tfckpt.open(ram).best.name == tfckpt.open(source).best.name
 
     back = str(tmp_path / "back")
@@ -225,3 +238,53 @@ def test_refuses_a_locked_destination_and_never_overwrites(source, tmp_path):
         tfckpt.copy(source, str(tmp_path / "x"), which=999)
     with pytest.raises(TypeError, match="`quiet` must be True or False. Received: quiet='no'"):
         tfckpt.copy(source, str(tmp_path / "x"), quiet="no")
+
+
+def test_a_damaged_source_checkpoint_is_reported_and_not_copied(source, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    shard = next((src / "ckpt-000002").glob("ckpt.data-*"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only reading the tensors finds it
+    shard.write_bytes(bytes(data))
+    dst = tmp_path / "dst"
+    proc = cli("cp", src, dst)
+    assert proc.returncode == 1, proc.stderr
+    assert "ckpt-000002: DAMAGED in the source, not copied" in proc.stderr
+    assert "4 copied, 0 already there, 1 damaged" in proc.stdout
+    assert [r.name for r in tfckpt.open(str(dst)).checkpoints] == [
+        "ckpt-000001",
+        "ckpt-000003",
+        "ckpt-000004",
+        "ckpt-000005",
+    ]
+    assert intact(str(dst))
+    assert not (src / ".damaged-ckpt-000002").exists()  # the source is only read
+
+    # A damage marker at the destination keeps that name from being reused.
+    (tmp_path / "marked").mkdir()
+    (tmp_path / "marked" / ".damaged-ckpt-000002").write_text("bad")
+    with pytest.raises(tfckpt.CheckpointError, match="ckpt-000002.*found damaged there"):
+        tfckpt.copy(str(src), str(tmp_path / "marked"), which="ckpt-000002", quiet=True)
+
+
+def test_unchanged_data_files_are_hard_linked_at_a_local_destination(tmp_path):
+    keras.utils.set_random_seed(0)
+    # A frozen 4 MiB kernel: a data file of its own (see tfckpt._shards).
+    backbone = keras.layers.Dense(1024, activation="relu", trainable=False)
+    model = keras.Sequential([keras.Input((1024,)), backbone, keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    x, y = np.ones((32, 1024), "float32"), np.ones((32, 1), "float32")
+    src = str(tmp_path / "src")
+    with tfckpt.CheckpointManager(src, model, keep_last=None) as manager:
+        for epoch in range(1, 4):
+            model.fit(x, y, epochs=1, verbose=0)
+            manager.save(epoch=epoch)
+    run = tfckpt.open(src)
+    assert run.shared_bytes(run.latest) > 0  # the frozen kernel, stored once
+    dst = str(tmp_path / "dst")
+    tfckpt.copy(src, dst, quiet=True)
+    copied = tfckpt.open(dst)
+    for a, b in zip(run.checkpoints, copied.checkpoints):
+        assert copied.shared_bytes(b) == run.shared_bytes(a)
+    assert intact(dst)

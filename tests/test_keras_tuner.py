@@ -58,6 +58,15 @@ def test_a_search_killed_mid_trial_resumes_that_trial_and_reruns_nothing_done(tm
     run_script("tuner_search.py", directory, out, check=True)  # all done: nothing reruns
     assert read_log(directory) == ["fit", 1, 2, 3, "fit", 4, 5, 6, "fit", 1, 2, 3, 4, 5, 6]
 
+    # The resumed trial ends where an uninterrupted search's trial 0 ends, bit for bit.
+    reference, reference_out = str(tmp_path / "uninterrupted"), str(tmp_path / "ref.json")
+    run_script("tuner_search.py", reference, reference_out, check=True)
+    with open(reference_out) as f:
+        uninterrupted = json.load(f)["trials"]["0"]
+    assert uninterrupted["hp"] == trials["0"]["hp"]
+    for a, b in zip(trials["0"]["final_weights"], uninterrupted["final_weights"]):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+
 
 def build(hp):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(hp.Choice("u", [1, 2]))])

@@ -29,6 +29,8 @@ from tfckpt.options import parse_source
 from tfckpt.run import Run, Which, open_run
 from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
 
+# The marker of a damaged checkpoint (docs/on-disk.md): its name is not reused.
+_DAMAGED = ".damaged-"
 # Manifest fields the store writes itself at the destination (the rest is the
 # checkpoint's metadata and is copied as it is).
 _STORE_FIELDS = ("format", "seq", "prefix", "files", "checksum")
@@ -88,7 +90,8 @@ def copy(
             `@STEP`, `@epoch=N`, `@ckpt-NNNNNN`) for one checkpoint.
         dst: the destination run directory (created if missing).
         which: one checkpoint instead of all: `"best"`, `"latest"`, a step
-            (int), a checkpoint name or a `CheckpointRecord` (see `Run.select`).
+            (int), a checkpoint name or a `CheckpointRecord` of `src` (see
+            `Run.select`).
         epoch: instead of `which`: the checkpoint at the end of that epoch.
         quiet: `False` prints one line per checkpoint on stderr.
 
@@ -133,6 +136,12 @@ def copy(
                     f"Cannot copy {record.name} into {dst!r}: a checkpoint of that name "
                     f"there is damaged or incomplete ({bad_names[record.name]}). Nothing "
                     "was overwritten; remove it or copy into another directory."
+                )
+            if tf.io.gfile.exists(_fs.join(dst, _DAMAGED + record.name)):
+                raise CheckpointError(
+                    f"Cannot copy {record.name} into {dst!r}: a checkpoint of that name "
+                    f"was found damaged there ({_DAMAGED}{record.name}). Nothing was "
+                    "overwritten; remove the marker or copy into another directory."
                 )
             there = present_by_name.get(record.name)
             if there is None:
@@ -207,6 +216,8 @@ def _selected(
         if not records and not problems:
             raise CheckpointNotFoundError(f"{run.directory!r} holds no committed checkpoint.")
         return records, problems
+    if isinstance(which, CheckpointRecord):
+        which = which.name  # the checkpoint of that name in `src`
     return [run.select(which, epoch=epoch)[0]], []
 
 

@@ -87,6 +87,14 @@ tuner = keras_tuner.RandomSearch(
 tuner = tfckpt.keras_tuner.resumable(tuner, keep_last=2, verbose=0)
 tuner.search(x, y, epochs=6, validation_data=(xv, yv), batch_size=32, verbose=0, callbacks=[Log()])
 
+
+def final_weights(trial):
+    """The weights at the end of the trial (its newest checkpoint)."""
+    model = build(trial.hyperparameters)
+    tfckpt.restore(model, tfckpt.keras_tuner.trial_directory(tuner, trial.trial_id), "latest")
+    return [w.tolist() for w in model.get_weights()]
+
+
 trials = {
     t.trial_id: {
         "status": t.status,
@@ -94,6 +102,7 @@ trials = {
         "score": t.score,
         "best_step": t.best_step,
         "directory": tfckpt.keras_tuner.trial_directory(tuner, t.trial_id),
+        "final_weights": final_weights(t),
     }
     for t in tuner.oracle.trials.values()
 }
