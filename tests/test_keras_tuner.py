@@ -90,6 +90,14 @@ def test_bad_arguments_are_named(tmp_path, monkeypatch):
         tfckpt.keras_tuner.resumable(tuner(), keep_last=-1)
     with pytest.raises(ValueError, match="objective is a single metric"):
         tfckpt.keras_tuner.resumable(tuner(["val_loss", "loss"]))
+    with pytest.raises(ValueError, match="Do not pass a tfckpt.CheckpointCallback"):
+        tfckpt.keras_tuner.resumable(tuner()).search(
+            np.zeros((4, 2)),
+            np.zeros((4, 1)),
+            epochs=1,
+            verbose=0,
+            callbacks=[tfckpt.CheckpointCallback(str(tmp_path / "mine"))],
+        )
     same = tuner()
     assert tfckpt.keras_tuner.resumable(same) is tfckpt.keras_tuner.resumable(same)
 

@@ -88,7 +88,7 @@ def resumable(tuner: Any, **callback_options: Any) -> Any:
 
     Args:
         tuner: a KerasTuner `Tuner` (`RandomSearch`, `BayesianOptimization`,
-            `Hyperband`, `GridSearch` or a subclass) built with a hypermodel
+            `GridSearch` or a subclass; tested with `RandomSearch`) built with a hypermodel
             whose `fit` passes `callbacks` on to `model.fit` (the default).
             Its objective must be a single metric (`"val_loss"` or a
             `keras_tuner.Objective`).
@@ -170,12 +170,21 @@ class _Resumable:
         def fit_resumably(hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
             if self.trial is None:  # called outside a trial (e.g. by the user)
                 return fit(hp, model, *args, **kwargs)
+            callbacks = list(kwargs.get("callbacks") or [])
+            if any(isinstance(c, CheckpointCallback) for c in callbacks):
+                # Fatal: KerasTuner would otherwise record it as a failed trial and go on.
+                raise _keras_tuner().errors.FatalValueError(
+                    "Do not pass a tfckpt.CheckpointCallback to search() of a resumable "
+                    "tuner: every trial would write into its directory. resumable() adds "
+                    "one per trial; pass its options to resumable(tuner, ...). Received: "
+                    f"callbacks={callbacks!r}"
+                )
             directory = trial_directory(tuner, self.trial.trial_id, self.execution)
             self.execution += 1
             callback = CheckpointCallback(directory, **self.options)
             # Last: its epoch-end save sees the logs as KerasTuner scores them
             # (callbacks before it may add metrics, e.g. the objective).
-            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), callback]
+            kwargs["callbacks"] = [*callbacks, callback]
             results = fit(hp, model, *args, **kwargs)
             return _whole_history(results, directory)
 
