@@ -25,6 +25,7 @@ from tfckpt.manager import CheckpointManager
 from tfckpt.observers import CheckpointObserver, TensorBoardObserver
 from tfckpt.run import Run, restore, verify
 from tfckpt.run import open_run as open
+from tfckpt.sharing import CopyReport, copy
 from tfckpt.stateful import StatefulCallback
 from tfckpt.store import CheckpointRecord
 
@@ -38,12 +39,14 @@ __all__ = [
     "CheckpointRecord",
     "CheckpointWriteError",
     "CommittedWithError",
+    "CopyReport",
     "DirectoryLockedError",
     "IncompatibleCheckpointError",
     "NoIntactCheckpointError",
     "Run",
     "StatefulCallback",
     "TensorBoardObserver",
+    "copy",
     "open",
     "restore",
     "retention",

@@ -4,6 +4,7 @@
     tfckpt info DIR [WHICH] [--epoch N]     one checkpoint: metadata, files, variables
     tfckpt verify DIR                       sizes and CRC-32 of every file
     tfckpt prune DIR --keep-last N ...      apply retention rules after the fact
+    tfckpt cp SRC[@WHICH] DST [--quiet]     copy a run (or one checkpoint) crash-safely
     tfckpt export DIR OUT --model-from M    write a checkpoint as .keras,
                                             .weights.h5 or a SavedModel
 
@@ -214,6 +215,17 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cp(args: argparse.Namespace) -> int:
+    from tfckpt.sharing import copy
+
+    report = copy(args.source, args.destination, quiet=args.quiet)
+    print(
+        f"{len(report.copied)} copied, {len(report.skipped)} already there, "
+        f"{len(report.damaged)} damaged in the source (not copied)"
+    )
+    return 1 if report.damaged else 0
+
+
 def _load_model(spec: str) -> Any:
     """A model from `PATH.keras` (its architecture) or `PATH.py:FUNCTION`."""
     import keras
@@ -293,6 +305,12 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="only say what would go")
     prune.add_argument("--json", action="store_true", help="machine-readable output")
     prune.set_defaults(func=_prune)
+
+    cp = sub.add_parser("cp", help="copy a run or one checkpoint into another run directory")
+    cp.add_argument("source", help="SRC or SRC@WHICH (best, latest, STEP, epoch=N, a name)")
+    cp.add_argument("destination", help="DST: a new or existing run directory (any filesystem)")
+    cp.add_argument("--quiet", action="store_true", help="no line per checkpoint")
+    cp.set_defaults(func=_cp)
 
     export = sub.add_parser(
         "export", help="write a checkpoint as .keras, .weights.h5 or a SavedModel"

@@ -134,16 +134,22 @@ class CheckpointStore(RunDirectory):
         self._last_seq = max(seqs + [self._last_seq]) + 1
         return self._last_seq
 
-    def begin(self, expected_size: int = 0) -> PendingCheckpoint:
+    def begin(self, expected_size: int = 0, *, seq: int | None = None) -> PendingCheckpoint:
         """Reserves the next checkpoint: checks free space, makes its temp dir.
 
         `expected_size` (bytes) is compared with the free space where the
         filesystem reports it, so a checkpoint that cannot fit fails at once.
+        `seq` reserves that number (and name) instead of the next one: a copy
+        keeps its source's names (`tfckpt.copy`, which first checks that the
+        name is free).
         """
-        try:
-            seq = self._next_seq()
-        except CheckpointReadError as e:
-            raise CheckpointWriteError(f"Could not save a checkpoint: {e}") from e
+        if seq is not None:
+            self._last_seq = max(self._last_seq, seq)
+        else:
+            try:
+                seq = self._next_seq()
+            except CheckpointReadError as e:
+                raise CheckpointWriteError(f"Could not save a checkpoint: {e}") from e
         name = f"ckpt-{seq:06d}"
         free = _fs.free_bytes(self.directory)
         if free is not None and expected_size > free:
