@@ -25,7 +25,7 @@ from tfckpt.manager import CheckpointManager
 from tfckpt.observers import CheckpointObserver, TensorBoardObserver
 from tfckpt.run import Run, restore, verify
 from tfckpt.run import open_run as open
-from tfckpt.sharing import CopyReport, copy
+from tfckpt.copying import CopyReport, copy
 from tfckpt.stateful import StatefulCallback
 from tfckpt.store import CheckpointRecord
 

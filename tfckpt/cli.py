@@ -216,7 +216,7 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _cp(args: argparse.Namespace) -> int:
-    from tfckpt.sharing import copy
+    from tfckpt.copying import copy
 
     report = copy(args.source, args.destination, quiet=args.quiet)
     print(
