@@ -25,8 +25,11 @@ from tfckpt.manager import CheckpointManager
 from tfckpt.observers import CheckpointObserver, TensorBoardObserver
 from tfckpt.run import Run, restore, verify
 from tfckpt.run import open_run as open
+from tfckpt.serving import ServingExport
+from tfckpt.sidecar import SidecarEvaluator, read_evaluations
 from tfckpt.stateful import StatefulCallback
 from tfckpt.store import CheckpointRecord
+from tfckpt.watch import Watcher, watch
 
 __all__ = [
     "CheckpointCallback",
@@ -42,10 +45,15 @@ __all__ = [
     "IncompatibleCheckpointError",
     "NoIntactCheckpointError",
     "Run",
+    "ServingExport",
+    "SidecarEvaluator",
     "StatefulCallback",
     "TensorBoardObserver",
+    "Watcher",
     "open",
+    "read_evaluations",
     "restore",
     "retention",
     "verify",
+    "watch",
 ]

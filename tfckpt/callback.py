@@ -467,7 +467,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         except CheckpointWriteError as e:
             warnings.warn(f"tfckpt: {e}", stacklevel=2)
         finally:
-            manager.close()  # signal handlers back, lock released
+            manager.close(finished=False)  # signal handlers back, lock released
             # Only now: a second Ctrl-C inside close() leaves the manager for
             # the next fit's on_train_begin to close.
             self.manager = None
@@ -828,6 +828,7 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.manager is None:
             return
+        finished = False  # training ended normally (for watchers of the directory)
         try:
             self._flush()
             optimizer = self.manager.optimizer
@@ -836,6 +837,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             if step is not None and unsaved and self._batches_total:
                 # Work done since the last save (save_freq=int): keep it.
                 self._save(logs, batch=self._batch_in_epoch)
+            finished = not self._preempted
         finally:
             self.model._initial_epoch = None
             if self._preempted:  # a preemption that returned from fit: resumed next time
@@ -848,6 +850,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             try:
                 manager.wait()  # the last async save: committed before fit returns
             except CheckpointWriteError as e:
+                finished = False
                 self._save_failed(e)
             finally:
-                manager.close()
+                manager.close(finished=finished)

@@ -33,9 +33,11 @@ from tfckpt.errors import (
     CommittedWithError,
     NoIntactCheckpointError,
 )
+from tfckpt.finished import clear_finished, mark_finished
 from tfckpt.monitor import check_mode, is_better
 from tfckpt.observers import CheckpointObserver
 from tfckpt.options import check_backend, parse_source, validate_observers, validate_options
+from tfckpt.pins import remove_stale as remove_stale_pins
 from tfckpt.run import Run, Which
 from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
 
@@ -228,6 +230,10 @@ class CheckpointManager:
                 f"Cannot write checkpoints to {directory!r}: {getattr(e, 'message', e)}"
             ) from e
         self._store.remove_leftovers()
+        # A writer took the directory: training goes on (watchers follow on),
+        # and pins of readers that are gone free their space.
+        clear_finished(directory)
+        remove_stale_pins(directory)
         records = self._store.scan()[0]
         if records and not self._store.pointer_is_current(records):
             # TF's state file is a derived pointer: repair it from the manifests.
@@ -646,14 +652,25 @@ class CheckpointManager:
         self.wait()
         if self.preemption_exit_code is None:
             return True
-        self.close()
+        self.close(finished=False)
         raise SystemExit(self.preemption_exit_code)
 
-    def close(self) -> None:
-        """Waits for a save in flight, then releases the directory."""
+    def close(self, *, finished: bool = True) -> None:
+        """Waits for a save in flight, then releases the directory.
+
+        Args:
+            finished: training ended normally: the directory is marked so,
+                and `tfckpt.watch` on it ends once it has yielded every
+                checkpoint. Pass `False` when closing after an error or a
+                preemption (the run will be resumed). Leaving a `with` block
+                passes whether it ended without an exception.
+        """
         try:
             self.wait()
+            if finished and self._lock is not None and not getattr(self, "_closed", False):
+                mark_finished(self.directory)
         finally:
+            self._closed = True
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
             self._store.close()
@@ -670,4 +687,4 @@ class CheckpointManager:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.close(finished=exc[0] is None)
