@@ -97,7 +97,7 @@ class ServingExport(CheckpointObserver):
         if monitor is None:
             raise ValueError(
                 "ServingExport(when='best') needs a monitor: pass monitor=... to the "
-                "callback or manager, or use when='every'."
+                "callback or manager, or use when='every'"
             )
         best = record.manifest.get("best") or {}
         return (
