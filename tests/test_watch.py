@@ -128,9 +128,13 @@ def test_finished_marker_follows_the_writer(tmp_path, data):
             manager.save(20, epoch=2)
             raise RuntimeError("boom")
     assert not (run / MARKER).exists()  # an error is no end
+    manager = tfckpt.CheckpointManager(run, model)
+    manager.close()
+    assert (run / MARKER).exists()
+    tfckpt.CheckpointManager(run, model).close(finished=False)
+    assert (run / MARKER).exists()  # nothing saved since it finished: as it was
     # A watcher of an unfinished run without timeout would wait: with a finished
     # one it yields what is there and ends.
-    tfckpt.CheckpointManager(run, model).close()
     assert [r.epoch for r in tfckpt.watch(run)] == [1, 2]
     assert [r.epoch for r in tfckpt.watch(run, start="latest")] == [2]
     assert [r.epoch for r in tfckpt.watch(run, start=10**9)] == []
@@ -166,8 +170,7 @@ def test_watch_of_a_missing_directory_ends_at_its_timeout(tmp_path):
     assert not (tmp_path / "not-yet").exists()  # a reader creates nothing
 
 
-def test_pin_folders_of_dead_readers_are_removed_by_the_next_writer(tmp_path, data):
-    x, y = data
+def test_pin_folders_of_dead_readers_are_removed_by_the_next_writer(tmp_path):
     model = make_model()
     run = tmp_path / "run"
     tfckpt.CheckpointManager(run, model).close()
@@ -178,19 +181,23 @@ def test_pin_folders_of_dead_readers_are_removed_by_the_next_writer(tmp_path, da
         check=True,
     )
     readers = run / READERS
+    pidns = os.readlink("/proc/self/ns/pid")
     for name, owner in [
-        ("dead", {"pid": int(dead.stdout), "host": os.uname().nodename, "time": 0}),
+        ("dead", {"pid": int(dead.stdout), "host": os.uname().nodename, "pidns": pidns}),
         ("garbage", "not json {"),
-        ("alive", {"pid": os.getpid(), "host": os.uname().nodename, "time": 0}),
+        ("alive", {"pid": os.getpid(), "host": os.uname().nodename, "pidns": pidns}),
+        # A dead pid in another pid namespace says nothing: its heartbeat decides.
+        ("elsewhere", {"pid": int(dead.stdout), "host": os.uname().nodename, "pidns": "x"}),
     ]:
         (readers / name / "x").mkdir(parents=True)
         text = owner if isinstance(owner, str) else json.dumps(owner)
         (readers / name / "owner.json").write_text(text)
     old = time.time() - 3600
     os.utime(readers / "garbage" / "owner.json", (old, old))
+
     os.symlink(tmp_path, readers / "link")  # never followed: only the link goes
     tfckpt.CheckpointManager(run, model).close()
-    assert sorted(os.listdir(readers)) == ["alive"]
+    assert sorted(os.listdir(readers)) == ["alive", "elsewhere"]
     assert run.exists()
 
 
@@ -209,3 +216,30 @@ def test_invalid_arguments_are_named(tmp_path):
         tfckpt.SidecarEvaluator(model, (1, 2), tmp_path, log_dir=tmp_path / "eval")
     with pytest.raises(ValueError, match="max_evaluations"):
         tfckpt.SidecarEvaluator(model, (1, 2), tmp_path, max_evaluations=0)
+
+
+def test_sidecar_which_best_max_evaluations_and_restart(tmp_path, data):
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    run, log_dir = tmp_path / "run", tmp_path / "eval"
+    with tfckpt.CheckpointManager(run, model, monitor="val_loss", keep_last=None) as manager:
+        for step, value in [(10, 3.0), (20, 2.0), (30, 4.0), (40, 1.0)]:
+            manager.save(step, epoch=step // 10, metrics={"val_loss": value})
+    evaluator = tfckpt.SidecarEvaluator(
+        make_model(seed=4), (x, y), run, which="best", log_dir=log_dir, max_evaluations=2
+    )
+    assert [r["step"] for r in evaluator.start()] == [10, 20]
+    # Restarted: the steps already in its log are skipped.
+    assert [r["step"] for r in evaluator.start()] == [40]
+    rows = tfckpt.read_evaluations(log_dir)
+    assert [r["step"] for r in rows] == [10, 20, 40]
+    # The step-40 row is that checkpoint's weights evaluated: the same numbers.
+    check = make_model(seed=5)
+    tfckpt.restore(check, run, 40)
+    loss = check.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    assert rows[-1]["metrics"]["loss"] == pytest.approx(loss, rel=1e-6)
+    assert sorted(os.listdir(run)) == sorted(
+        [".finished", ".lock", "checkpoint", *(r.name for r in tfckpt.open(run).checkpoints)]
+        + ([READERS] if (run / READERS).exists() else [])
+    )

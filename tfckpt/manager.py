@@ -33,7 +33,7 @@ from tfckpt.errors import (
     CommittedWithError,
     NoIntactCheckpointError,
 )
-from tfckpt.finished import clear_finished, mark_finished
+from tfckpt.finished import clear_finished, is_finished, mark_finished
 from tfckpt.monitor import check_mode, is_better
 from tfckpt.observers import CheckpointObserver
 from tfckpt.options import check_backend, parse_source, validate_observers, validate_options
@@ -232,9 +232,11 @@ class CheckpointManager:
         self._store.remove_leftovers()
         # A writer took the directory: training goes on (watchers follow on),
         # and pins of readers that are gone free their space.
+        self._was_finished = is_finished(directory)
         clear_finished(directory)
         remove_stale_pins(directory)
         records = self._store.scan()[0]
+        self._seq_at_start = records[-1].seq if records else None
         if records and not self._store.pointer_is_current(records):
             # TF's state file is a derived pointer: repair it from the manifests.
             try:
@@ -667,8 +669,9 @@ class CheckpointManager:
         """
         try:
             self.wait()
-            if finished and self._lock is not None and not getattr(self, "_closed", False):
-                mark_finished(self.directory)
+            if self._lock is not None and not getattr(self, "_closed", False):
+                if finished or self._unchanged_since_finished():
+                    mark_finished(self.directory)
         finally:
             self._closed = True
             if self._executor is not None:
@@ -682,6 +685,18 @@ class CheckpointManager:
             if self._lock is not None:
                 self._lock.release()
             deliver(pending)
+
+    def _unchanged_since_finished(self) -> bool:
+        """Whether the run had finished when this manager took it and nothing
+        was committed since (e.g. a fit that failed to restore): it is put back
+        as it was, finished."""
+        if not getattr(self, "_was_finished", False):
+            return False
+        try:
+            latest = self._store.scan()[0][-1:]
+        except Exception:
+            return False
+        return [r.seq for r in latest] == [self._seq_at_start]
 
     def __enter__(self) -> CheckpointManager:
         return self

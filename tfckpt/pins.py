@@ -168,8 +168,20 @@ class _Rejected(Exception):
     pass
 
 
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _write_owner(folder: str) -> None:
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "pidns": _pid_namespace(),
+        "time": time.time(),
+    }
     tmp = os.path.join(folder, f".{OWNER}.tmp")
     with open(tmp, "w") as f:
         json.dump(info, f)
@@ -205,7 +217,13 @@ def _alive(info: object, mtime: float) -> bool:
     anything malformed counts as no information (the age decides)."""
     if time.time() - mtime > _stale_seconds():
         return False
-    if isinstance(info, dict) and info.get("host") == socket.gethostname():
+    # A pid says something only on this host and in this pid namespace (a
+    # container may share the host name).
+    if (
+        isinstance(info, dict)
+        and info.get("host") == socket.gethostname()
+        and info.get("pidns") == _pid_namespace()
+    ):
         pid = info.get("pid")
         if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
             try:

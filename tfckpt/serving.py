@@ -116,11 +116,12 @@ class ServingExport(CheckpointObserver):
                     self._remove_leftovers()
         if not self._wanted(record):
             return
-        if not threading.current_thread().name.startswith("tfckpt-save"):
+        if threading.current_thread() is threading.main_thread():
             self.export(record)  # a synchronous save: fit waits for it anyway
             return
-        # An async save's thread: pin the checkpoint (retention may delete it
-        # right after this returns) and export in a thread of our own.
+        # A background save's thread (async_save): pin the checkpoint
+        # (retention may delete it once this returns) and export in a thread
+        # of our own, so the next save does not wait for the export.
         run_dir = os.path.dirname(record.directory)
         with self._pins_lock:
             pins = self._pins.setdefault(run_dir, Pins(run_dir))
