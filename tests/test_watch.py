@@ -243,3 +243,24 @@ def test_sidecar_which_best_max_evaluations_and_restart(tmp_path, data):
         [".finished", ".lock", "checkpoint", *(r.name for r in tfckpt.open(run).checkpoints)]
         + ([READERS] if (run / READERS).exists() else [])
     )
+
+
+def test_cli_evaluate(tmp_path, data, capsys):
+    from tfckpt import cli
+
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    run = tmp_path / "run"
+    with tfckpt.CheckpointManager(run, model, keep_last=None) as manager:
+        manager.save(10, epoch=1)
+        manager.save(20, epoch=2)
+    model.save(tmp_path / "model.keras")
+    np.savez(tmp_path / "val.npz", x=x, y=y)
+    argv = ["evaluate", str(run), "--model-from", str(tmp_path / "model.keras")]
+    argv += ["--data", str(tmp_path / "val.npz"), "--log-dir", str(tmp_path / "eval")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ["ckpt-000001", "ckpt-000002"]
+    assert [r["step"] for r in tfckpt.read_evaluations(tmp_path / "eval")] == [10, 20]
+    assert cli.main([*argv[:4], "--data", str(tmp_path / "missing.npz")]) == 2
