@@ -264,3 +264,41 @@ def test_cli_evaluate(tmp_path, data, capsys):
     assert [line.split()[0] for line in out] == ["ckpt-000001", "ckpt-000002"]
     assert [r["step"] for r in tfckpt.read_evaluations(tmp_path / "eval")] == [10, 20]
     assert cli.main([*argv[:4], "--data", str(tmp_path / "missing.npz")]) == 2
+
+
+def test_pins_are_copies_where_there_are_no_hard_links(data):
+    # ram:// has no hard links (nor a writable .readers/): a private copy.
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    with tfckpt.CheckpointManager(
+        "ram://watch-copies", model, keep_last=1, incremental=False
+    ) as manager:
+        manager.save(10, epoch=1)
+        with tfckpt.watch("ram://watch-copies", timeout=0) as records:
+            record = next(records)
+            assert not record.path.startswith("ram://")
+            manager.save(20, epoch=2)  # deletes the one pinned
+            other = make_model(seed=3)
+            tf.train.Checkpoint(model=other).read(record.path).expect_partial()
+            for a, b in zip(model.weights, other.weights):
+                np.testing.assert_array_equal(a.numpy(), b.numpy())
+        assert not os.path.exists(os.path.dirname(record.path))
+
+
+def test_a_readers_symlink_is_never_followed(tmp_path, data):
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    (elsewhere / "old").mkdir(parents=True)
+    old = time.time() - 7200
+    os.utime(elsewhere / "old", (old, old))
+    with tfckpt.CheckpointManager(run, model) as manager:
+        manager.save(10, epoch=1)
+    os.symlink(elsewhere, run / READERS)
+    tfckpt.CheckpointManager(run, model).close()  # a writer's cleanup
+    with tfckpt.watch(run) as records:
+        record = next(records)
+        assert not record.path.startswith(str(run))  # copied, not linked there
+    assert os.listdir(elsewhere) == ["old"]

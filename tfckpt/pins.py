@@ -82,7 +82,11 @@ class Pins:
         if self._folder is None:
             name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-            folder = os.path.join(_fs.local_path(self.directory), READERS, name)
+            root = os.path.join(_fs.local_path(self.directory), READERS)
+            if os.path.islink(root):
+                # Someone else's run directory may point it anywhere: not followed.
+                raise PermissionError(f"{root} is a symbolic link")
+            folder = os.path.join(root, name)
             os.makedirs(folder)
             _write_owner(folder)
             self._folder = folder
@@ -244,6 +248,8 @@ def remove_stale(directory: str) -> list[str]:
         return []
     root = os.path.join(_fs.local_path(directory), READERS)
     removed = []
+    if os.path.islink(root):
+        return []  # not ours: never followed
     try:
         names = os.listdir(root)
     except OSError:
