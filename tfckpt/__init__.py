@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from tfckpt import retention
 from tfckpt.callback import CheckpointCallback
+from tfckpt.copying import CopyReport, copy
 from tfckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -25,9 +26,11 @@ from tfckpt.manager import CheckpointManager
 from tfckpt.observers import CheckpointObserver, TensorBoardObserver
 from tfckpt.run import Run, restore, verify
 from tfckpt.run import open_run as open
-from tfckpt.copying import CopyReport, copy
+from tfckpt.serving import ServingExport
+from tfckpt.sidecar import SidecarEvaluator, read_evaluations
 from tfckpt.stateful import StatefulCallback
 from tfckpt.store import CheckpointRecord
+from tfckpt.watch import Watcher, watch
 
 __all__ = [
     "CheckpointCallback",
@@ -44,11 +47,16 @@ __all__ = [
     "IncompatibleCheckpointError",
     "NoIntactCheckpointError",
     "Run",
+    "ServingExport",
+    "SidecarEvaluator",
     "StatefulCallback",
     "TensorBoardObserver",
     "copy",
+    "Watcher",
     "open",
+    "read_evaluations",
     "restore",
     "retention",
     "verify",
+    "watch",
 ]

@@ -394,7 +394,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         except CheckpointWriteError as e:
             warnings.warn(f"tfckpt: {e}", stacklevel=2)
         finally:
-            manager.close()  # signal handlers back, lock released
+            manager.close(finished=False)  # signal handlers back, lock released
             # Only now: a second Ctrl-C inside close() leaves the manager for
             # the next fit's on_train_begin to close.
             self.manager = None
@@ -640,11 +640,13 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.manager is None:
             return
+        finished = False  # training ended normally (for watchers of the directory)
         try:
             self._flush()
             if self._progress.unsaved(self._optimizer_step()):
                 # Work done since the last save (save_freq=int): keep it.
                 self._save(logs, batch=self._progress.batch_in_epoch)
+            finished = not self._preempted
         finally:
             self.model._initial_epoch = None
             if self._preempted:  # a preemption that returned from fit: resumed next time
@@ -655,6 +657,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             try:
                 manager.wait()  # the last async save: committed before fit returns
             except CheckpointWriteError as e:
+                finished = False
                 self._save_failed(e)
             finally:
-                manager.close()
+                manager.close(finished=finished)

@@ -7,6 +7,8 @@
     tfckpt cp SRC[@WHICH] DST [--quiet]     copy a run (or one checkpoint) crash-safely
     tfckpt export DIR OUT --model-from M    write a checkpoint as .keras,
                                             .weights.h5 or a SavedModel
+    tfckpt evaluate DIR --model-from M --data D.npz   evaluate each checkpoint as
+                                            training goes on (a sidecar)
 
 WHICH is "latest", "best", a step or a checkpoint name. Exit status: 0 ok;
 1 a check failed or nothing matched the selection (or the directory is locked
@@ -272,6 +274,43 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    """`SidecarEvaluator` on DIR; the model compiled (a .keras file keeps its
+    compile config; a .py function compiles it), the data an .npz of x and y."""
+    import keras
+    import numpy as np
+
+    from tfckpt.sidecar import SidecarEvaluator
+
+    if args.model_from.endswith(".keras") and os.path.isfile(args.model_from):
+        model = keras.saving.load_model(args.model_from)
+    else:
+        model = _load_model(args.model_from)
+    if not getattr(model, "compiled", False):
+        raise _UsageError(
+            f"--model-from: {args.model_from!r} gives a model that is not compiled; "
+            "evaluate needs its loss and metrics."
+        )
+    with np.load(args.data, allow_pickle=False) as arrays:
+        if "x" not in arrays:
+            raise _UsageError(f"--data: {args.data!r} has no array 'x' (and 'y').")
+        data = (arrays["x"], arrays["y"]) if "y" in arrays else (arrays["x"],)
+    evaluator = SidecarEvaluator(
+        model,
+        data if len(data) == 2 else data[0],
+        args.directory,
+        steps=args.steps,
+        which=args.which,
+        log_dir=args.log_dir,
+        max_evaluations=args.max_evaluations,
+        timeout=args.timeout,
+    )
+    for row in evaluator.start():
+        values = "  ".join(f"{k}={v:.6g}" for k, v in row["metrics"].items() if v is not None)
+        print(f"{row['name']}  step {row['step']}  epoch {row['epoch']}  {values}", flush=True)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfckpt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -328,6 +367,26 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["tf_saved_model"], help="force a SavedModel")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     export.set_defaults(func=_export)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="evaluate each checkpoint as training goes on (a sidecar)"
+    )
+    evaluate.add_argument("directory")
+    evaluate.add_argument(
+        "--model-from",
+        required=True,
+        metavar="PATH.keras|PATH.py:FUNCTION",
+        help="the compiled model: a .keras file, or a Python function returning it",
+    )
+    evaluate.add_argument("--data", required=True, metavar="PATH.npz", help="arrays x and y")
+    evaluate.add_argument("--steps", type=int, help="batches per evaluation (default: all)")
+    evaluate.add_argument("--which", choices=["all", "best"], default="all")
+    evaluate.add_argument("--log-dir", help="where results go (default: DIR-eval)")
+    evaluate.add_argument("--max-evaluations", type=int, metavar="N")
+    evaluate.add_argument(
+        "--timeout", type=float, metavar="S", help="end after S seconds without a checkpoint"
+    )
+    evaluate.set_defaults(func=_evaluate)
     return parser
 
 

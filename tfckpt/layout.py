@@ -29,6 +29,8 @@ MANIFEST = "manifest.json"
 PREFIX = "ckpt"
 STATE_FILE = "checkpoint"  # TF's pointer to the newest checkpoint
 LOCK = ".lock"
+FINISHED = ".finished"  # the writer ended normally (see `finished`)
+READERS = ".readers"  # readers' pins (see `pins`)
 CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+)$")
 SHARD = re.compile(rf"^{PREFIX}\.data-(\d+)-of-(\d+)$")
 TMP = ".tmp-"  # a save in progress, or left by a crash
@@ -137,8 +139,8 @@ _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 def is_run_entry(name: str) -> bool:
     """Whether `name` (an entry of a directory) is one tfckpt puts in a run
     directory: a checkpoint, a save or deletion in progress, a damage marker
-    or the lock."""
-    if CHECKPOINT_NAME.match(name) or name == LOCK:
+    the lock, the finished marker or readers' pins."""
+    if CHECKPOINT_NAME.match(name) or name in (LOCK, FINISHED, READERS):
         return True
     rest = next((name[len(p) :] for p in (TMP, TRASH, DAMAGED) if name.startswith(p)), None)
     return rest is not None and rest.startswith("ckpt-")

@@ -33,6 +33,7 @@ from tfckpt.errors import (
     CommittedWithError,
     NoIntactCheckpointError,
 )
+from tfckpt.finished import clear_finished, is_finished, mark_finished
 from tfckpt.monitor import check_mode, is_better
 from tfckpt.observers import CheckpointObserver
 from tfckpt.options import (
@@ -43,6 +44,7 @@ from tfckpt.options import (
     run_options,
     validate_observers,
 )
+from tfckpt.pins import remove_stale as remove_stale_pins
 from tfckpt.run import Run, Which
 from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
 
@@ -204,6 +206,9 @@ class CheckpointManager:
         self.observers: list[CheckpointObserver] = validate_observers(observers)
         self.parent: dict | None = None  # the checkpoint this run was forked from
         self._lock: DirectoryLock | None = None
+        self._closed = False
+        self._was_finished = False  # the run had ended normally when this took it
+        self._seq_at_start: int | None = None
         if not self.is_chief:
             self._signals.install()
             return  # a non-chief worker never writes into the run directory
@@ -217,7 +222,13 @@ class CheckpointManager:
                 f"Cannot write checkpoints to {directory!r}: {getattr(e, 'message', e)}"
             ) from e
         self._store.remove_leftovers()
+        # A writer took the directory: training goes on (watchers follow on),
+        # and pins of readers that are gone free their space.
+        self._was_finished = is_finished(directory)
+        clear_finished(directory)
+        remove_stale_pins(directory)
         records = self._store.scan()[0]
+        self._seq_at_start = records[-1].seq if records else None
         if records and not self._store.pointer_is_current(records):
             # TF's state file is a derived pointer: repair it from the manifests.
             try:
@@ -635,14 +646,26 @@ class CheckpointManager:
         self.wait()
         if self.preemption_exit_code is None:
             return True
-        self.close()
+        self.close(finished=False)
         raise SystemExit(self.preemption_exit_code)
 
-    def close(self) -> None:
-        """Waits for a save in flight, then releases the directory."""
+    def close(self, *, finished: bool = True) -> None:
+        """Waits for a save in flight, then releases the directory.
+
+        Args:
+            finished: training ended normally: the directory is marked so,
+                and `tfckpt.watch` on it ends once it has yielded every
+                checkpoint. Pass `False` when closing after an error or a
+                preemption (the run will be resumed). Leaving a `with` block
+                passes whether it ended without an exception.
+        """
         try:
             self.wait()
+            if self._lock is not None and not self._closed:
+                if finished or self._unchanged_since_finished():
+                    mark_finished(self.directory)
         finally:
+            self._closed = True
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
             self._store.close()
@@ -655,8 +678,20 @@ class CheckpointManager:
                 self._lock.release()
             deliver(pending)
 
+    def _unchanged_since_finished(self) -> bool:
+        """Whether the run had finished when this manager took it and nothing
+        was committed since (e.g. a fit that failed to restore): it is put back
+        as it was, finished."""
+        if not self._was_finished:
+            return False
+        try:
+            latest = self._store.scan()[0][-1:]
+        except Exception:
+            return False
+        return [r.seq for r in latest] == [self._seq_at_start]
+
     def __enter__(self) -> CheckpointManager:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.close(finished=exc[0] is None)

@@ -1,0 +1,70 @@
+"""A trainer exporting its best checkpoints for TF Serving, run as a real
+subprocess.
+
+    python serve_train.py DIR BASE_DIR [--epochs N] [--async] [--kill-in-export K]
+
+`--kill-in-export K` SIGKILLs the process in the middle of its K-th export
+(the SavedModel written under its temporary name, not yet renamed).
+"""
+
+import argparse
+import os
+import signal
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras
+import numpy as np
+
+import tfckpt
+
+p = argparse.ArgumentParser()
+p.add_argument("directory")
+p.add_argument("base_dir")
+p.add_argument("--epochs", type=int, default=5)
+p.add_argument("--async", dest="async_save", action="store_true")
+p.add_argument("--kill-in-export", type=int, default=None)
+args = p.parse_args()
+
+keras.utils.set_random_seed(1)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 16)).astype("float32")
+y = (x[:, :4].sum(axis=1) > 0).astype("float32")
+model = keras.Sequential(
+    [
+        keras.Input((16,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(1, activation="sigmoid"),
+    ]
+)
+model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
+
+if args.kill_in_export is not None:
+    exports = []
+    original = keras.Sequential.export
+
+    def export(self, filepath, *a, **kw):
+        original(self, filepath, *a, **kw)  # written under its temporary name
+        exports.append(filepath)
+        if len(exports) == args.kill_in_export:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    keras.Sequential.export = export
+
+serving = tfckpt.ServingExport(args.base_dir, model=model, keep=2)
+cb = tfckpt.CheckpointCallback(
+    args.directory,
+    monitor="val_loss",
+    keep_last=2,
+    save_freq="epoch",
+    async_save=args.async_save,
+    observers=[serving],
+)
+# Validation on the training data: val_loss keeps improving, so most epochs
+# are a new best.
+model.fit(
+    x, y, validation_data=(x, y), batch_size=32, epochs=args.epochs, verbose=0, callbacks=[cb]
+)
+serving.wait()
+print("exported", serving.exported)

@@ -1,0 +1,304 @@
+"""tfckpt.watch and SidecarEvaluator: a watcher in another process follows a
+trainer that is SIGKILLed and restarted, while retention deletes checkpoints
+under it; pins, the finished marker and what a watcher must never yield."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import SCRIPTS, make_model, run_script, script_env
+
+import tfckpt
+from tfckpt.finished import MARKER
+from tfckpt.pins import READERS
+
+
+def _start(name, *args):
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPTS / name), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=script_env(),
+    )
+
+
+def _scalars(log_dir, tag):
+    """(step, value) of every scalar `tag` in the event files of `log_dir`."""
+    out = []
+    for name in sorted(os.listdir(log_dir)):
+        if not name.startswith("events.out.tfevents"):
+            continue
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, name)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    out.append((event.step, float(tf.make_ndarray(value.tensor))))
+    return out
+
+
+def test_watcher_and_sidecar_follow_a_killed_and_restarted_trainer(tmp_path):
+    run = tmp_path / "run"  # does not exist yet: both followers start first
+    watcher = _start("watch_read.py", run, tmp_path / "seen.json", "--hold", "0.3")
+    sidecar = _start("sidecar_eval.py", run, tmp_path / "eval", tmp_path / "evals.json")
+    try:
+        common = [run, "--epochs", "4", "--save-freq", "2", "--keep-last", "2"]
+        killed = run_script("train.py", *common, "--kill-at-epoch", "2")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert not (run / MARKER).exists()  # a crash is no end
+        resumed = run_script("train.py", *common, check=True)
+        assert json.loads(resumed.stdout.splitlines()[-1])["restored"] is not None
+        assert (run / MARKER).exists()
+        # Both end by themselves once training finished (no timeout given).
+        for proc in (watcher, sidecar):
+            _, err = proc.communicate(timeout=180)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in (watcher, sidecar):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    final = tfckpt.open(run).latest
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    steps = [s["step"] for s in seen]
+    assert steps == sorted(set(steps)), steps  # strictly increasing, each once
+    assert seen[-1]["name"] == final.name
+    # Several checkpoints were read (twice, with no error) after the trainer's
+    # retention had deleted them from the run directory.
+    print("read after deletion:", sum(s["gone_while_held"] for s in seen), "of", len(seen))
+    assert not os.listdir(run / READERS)  # every pin released
+
+    rows = tfckpt.read_evaluations(tmp_path / "eval")
+    evals = json.loads((tmp_path / "evals.json").read_text())
+    assert [r["step"] for r in rows] == [r["step"] for r in evals]
+    assert [r["step"] for r in rows] == sorted({r["step"] for r in rows})
+    assert rows[-1]["step"] == final.step
+    assert all(set(r["metrics"]) >= {"loss", "accuracy"} for r in rows)
+    scalars = _scalars(tmp_path / "eval", "evaluation/loss")
+    assert [s for s, _ in scalars] == [r["step"] for r in rows]
+    np.testing.assert_allclose([v for _, v in scalars], [r["metrics"]["loss"] for r in rows])
+    assert not any(e.endswith("eval") for e in os.listdir(run))  # nothing in the run dir
+
+
+def test_a_pinned_checkpoint_stays_readable_after_retention_deletes_it(tmp_path, data):
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    manager = tfckpt.CheckpointManager(tmp_path / "run", model, keep_last=1)
+    first = manager.save(epoch=1)
+    watcher = tfckpt.watch(tmp_path / "run", timeout=5, poll_interval=0.1)
+    record = next(watcher)
+    assert record.name == first.name and record.path != first.path
+    expected = [w.numpy() for w in model.weights]
+    model.fit(x, y, epochs=1, verbose=0)
+    manager.save(epoch=2)  # retention (keep_last=1) deletes the first checkpoint
+    assert not (tmp_path / "run" / first.name).exists()
+    other = make_model(seed=3)
+    tfckpt.Run(tmp_path / "run")  # a reader beside it changes nothing
+    tf.train.Checkpoint(model=other).read(record.path).expect_partial()
+    for a, b in zip(expected, other.weights):
+        np.testing.assert_array_equal(a, b.numpy())
+    second = next(watcher)  # the previous pin is released
+    assert second.step > record.step
+    assert not os.path.exists(os.path.dirname(record.path))
+    watcher.close()
+    assert not os.listdir(tmp_path / "run" / READERS)
+    manager.close()
+    assert (tmp_path / "run" / MARKER).exists()
+
+
+def test_finished_marker_follows_the_writer(tmp_path, data):
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    run = tmp_path / "run"
+    with tfckpt.CheckpointManager(run, model) as manager:
+        manager.save(10, epoch=1)
+        assert not (run / MARKER).exists()
+    assert (run / MARKER).exists()
+    with pytest.raises(RuntimeError, match="boom"):
+        with tfckpt.CheckpointManager(run, model) as manager:
+            assert not (run / MARKER).exists()  # a new writer un-finishes the run
+            manager.save(20, epoch=2)
+            raise RuntimeError("boom")
+    assert not (run / MARKER).exists()  # an error is no end
+    manager = tfckpt.CheckpointManager(run, model)
+    manager.close()
+    assert (run / MARKER).exists()
+    tfckpt.CheckpointManager(run, model).close(finished=False)
+    assert (run / MARKER).exists()  # nothing saved since it finished: as it was
+    # A watcher of an unfinished run without timeout would wait: with a finished
+    # one it yields what is there and ends.
+    assert [r.epoch for r in tfckpt.watch(run)] == [1, 2]
+    assert [r.epoch for r in tfckpt.watch(run, start="latest")] == [2]
+    assert [r.epoch for r in tfckpt.watch(run, start=10**9)] == []
+
+
+def test_watch_never_yields_uncommitted_or_damaged_checkpoints(tmp_path, data):
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    run = tmp_path / "run"
+    with tfckpt.CheckpointManager(run, model, keep_last=None) as manager:
+        for epoch in (1, 2, 3):
+            manager.save(10 * epoch, epoch=epoch)
+    (run / MARKER).unlink()
+    # An interrupted save, a torn checkpoint (file cut short), a damaged one.
+    (run / ".tmp-ckpt-000009-abcdef12").mkdir()
+    (run / ".tmp-ckpt-000009-abcdef12" / "ckpt.index").write_bytes(b"x")
+    index = run / "ckpt-000002" / "ckpt.index"
+    index.write_bytes(index.read_bytes()[:-1])
+    index = run / "ckpt-000003" / "ckpt.index"
+    data_ = bytearray(index.read_bytes())
+    data_[10] ^= 0xFF
+    index.write_bytes(bytes(data_))
+    with pytest.warns(UserWarning, match="ckpt-000003.*checksum"):
+        epochs = [r.epoch for r in tfckpt.watch(run, timeout=0.5, poll_interval=0.1)]
+    assert epochs == [1]
+
+
+def test_watch_of_a_missing_directory_ends_at_its_timeout(tmp_path):
+    start = time.monotonic()
+    assert list(tfckpt.watch(tmp_path / "not-yet", timeout=0.3, poll_interval=0.1)) == []
+    assert time.monotonic() - start >= 0.3
+    assert not (tmp_path / "not-yet").exists()  # a reader creates nothing
+
+
+def test_pin_folders_of_dead_readers_are_removed_by_the_next_writer(tmp_path):
+    model = make_model()
+    run = tmp_path / "run"
+    tfckpt.CheckpointManager(run, model).close()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    readers = run / READERS
+    pidns = os.readlink("/proc/self/ns/pid")
+    for name, owner in [
+        ("dead", {"pid": int(dead.stdout), "host": os.uname().nodename, "pidns": pidns}),
+        ("garbage", "not json {"),
+        ("alive", {"pid": os.getpid(), "host": os.uname().nodename, "pidns": pidns}),
+        # A dead pid in another pid namespace says nothing: its heartbeat decides.
+        ("elsewhere", {"pid": int(dead.stdout), "host": os.uname().nodename, "pidns": "x"}),
+    ]:
+        (readers / name / "x").mkdir(parents=True)
+        text = owner if isinstance(owner, str) else json.dumps(owner)
+        (readers / name / "owner.json").write_text(text)
+    old = time.time() - 3600
+    os.utime(readers / "garbage" / "owner.json", (old, old))
+
+    os.symlink(tmp_path, readers / "link")  # never followed: only the link goes
+    tfckpt.CheckpointManager(run, model).close()
+    assert sorted(os.listdir(readers)) == ["alive", "elsewhere"]
+    assert run.exists()
+
+
+def test_invalid_arguments_are_named(tmp_path):
+    for kwargs, match in [
+        ({"timeout": -1}, "timeout"),
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"start": "first"}, "start.*'all', 'latest', 'new'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            tfckpt.watch(tmp_path, **kwargs)
+    model = make_model()
+    with pytest.raises(ValueError, match="which.*'all', 'best'.*Received: which='worst'"):
+        tfckpt.SidecarEvaluator(model, (1, 2), tmp_path, which="worst")
+    with pytest.raises(ValueError, match="log_dir.*outside"):
+        tfckpt.SidecarEvaluator(model, (1, 2), tmp_path, log_dir=tmp_path / "eval")
+    with pytest.raises(ValueError, match="max_evaluations"):
+        tfckpt.SidecarEvaluator(model, (1, 2), tmp_path, max_evaluations=0)
+
+
+def test_sidecar_which_best_max_evaluations_and_restart(tmp_path, data):
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    run, log_dir = tmp_path / "run", tmp_path / "eval"
+    with tfckpt.CheckpointManager(run, model, monitor="val_loss", keep_last=None) as manager:
+        for step, value in [(10, 3.0), (20, 2.0), (30, 4.0), (40, 1.0)]:
+            manager.save(step, epoch=step // 10, metrics={"val_loss": value})
+    evaluator = tfckpt.SidecarEvaluator(
+        make_model(seed=4), (x, y), run, which="best", log_dir=log_dir, max_evaluations=2
+    )
+    assert [r["step"] for r in evaluator.start()] == [10, 20]
+    # Restarted: the steps already in its log are skipped.
+    assert [r["step"] for r in evaluator.start()] == [40]
+    rows = tfckpt.read_evaluations(log_dir)
+    assert [r["step"] for r in rows] == [10, 20, 40]
+    # The step-40 row is that checkpoint's weights evaluated: the same numbers.
+    check = make_model(seed=5)
+    tfckpt.restore(check, run, 40)
+    loss = check.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    assert rows[-1]["metrics"]["loss"] == pytest.approx(loss, rel=1e-6)
+    assert sorted(os.listdir(run)) == sorted(
+        [".finished", ".lock", "checkpoint", *(r.name for r in tfckpt.open(run).checkpoints)]
+        + ([READERS] if (run / READERS).exists() else [])
+    )
+
+
+def test_cli_evaluate(tmp_path, data, capsys):
+    from tfckpt import cli
+
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    run = tmp_path / "run"
+    with tfckpt.CheckpointManager(run, model, keep_last=None) as manager:
+        manager.save(10, epoch=1)
+        manager.save(20, epoch=2)
+    model.save(tmp_path / "model.keras")
+    np.savez(tmp_path / "val.npz", x=x, y=y)
+    argv = ["evaluate", str(run), "--model-from", str(tmp_path / "model.keras")]
+    argv += ["--data", str(tmp_path / "val.npz"), "--log-dir", str(tmp_path / "eval")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ["ckpt-000001", "ckpt-000002"]
+    assert [r["step"] for r in tfckpt.read_evaluations(tmp_path / "eval")] == [10, 20]
+    assert cli.main([*argv[:4], "--data", str(tmp_path / "missing.npz")]) == 2
+
+
+def test_pins_are_copies_where_there_are_no_hard_links(data):
+    # ram:// has no hard links (nor a writable .readers/): a private copy.
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    with tfckpt.CheckpointManager(
+        "ram://watch-copies", model, keep_last=1, incremental=False
+    ) as manager:
+        manager.save(10, epoch=1)
+        with tfckpt.watch("ram://watch-copies", timeout=0) as records:
+            record = next(records)
+            assert not record.path.startswith("ram://")
+            manager.save(20, epoch=2)  # deletes the one pinned
+            other = make_model(seed=3)
+            tf.train.Checkpoint(model=other).read(record.path).expect_partial()
+            for a, b in zip(model.weights, other.weights):
+                np.testing.assert_array_equal(a.numpy(), b.numpy())
+        assert not os.path.exists(os.path.dirname(record.path))
+
+
+def test_a_readers_symlink_is_never_followed(tmp_path, data):
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    (elsewhere / "old").mkdir(parents=True)
+    old = time.time() - 7200
+    os.utime(elsewhere / "old", (old, old))
+    with tfckpt.CheckpointManager(run, model) as manager:
+        manager.save(10, epoch=1)
+    os.symlink(elsewhere, run / READERS)
+    tfckpt.CheckpointManager(run, model).close()  # a writer's cleanup
+    with tfckpt.watch(run) as records:
+        record = next(records)
+        assert not record.path.startswith(str(run))  # copied, not linked there
+    assert os.listdir(elsewhere) == ["old"]

@@ -1,0 +1,201 @@
+"""`ServingExport`: an observer that exports the best (or every) checkpoint as
+a SavedModel in TF Serving's layout, `base_dir/<step>/`."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import threading
+import warnings
+from typing import Any
+
+from tfckpt import _tf_checkpoint
+from tfckpt.export import remove_path, write_atomically
+from tfckpt.observers import CheckpointObserver
+from tfckpt.pins import Pins
+from tfckpt.store import CheckpointRecord
+
+_WHEN = ("best", "every")
+_VERSION = re.compile(r"^\d+$")
+# write_atomically's temporary and old-version names: an interrupted export's.
+_LEFTOVER = re.compile(r"^\.(tmp|trash)-[0-9a-f]{8}-\d+$")
+
+
+class ServingExport(CheckpointObserver):
+    """Exports the model of each new best checkpoint (or every checkpoint) as
+    a TF SavedModel into `base_dir/<step>/`, the layout TF Serving polls.
+
+    Each version is written under a temporary name and renamed into place, so
+    a serving process never sees a partial one; at most `keep` versions stay
+    (the newest steps), and what an interrupted export left is removed by the
+    next one. The export is made from the committed checkpoint (restored into
+    a clone of `model`), not from the live model. With `async_save=True` it
+    runs in a thread of its own from a pin of the checkpoint (see
+    `tfckpt.watch`), so `fit` never waits for it; otherwise in the save, as
+    other observers. A failed export is a warning: the checkpoint stays and
+    training goes on.
+
+    Example:
+
+    ```python
+    serving = tfckpt.ServingExport("serving/my_model", model=model, keep=3)
+    cb = tfckpt.CheckpointCallback("runs/exp1", monitor="val_loss", observers=[serving])
+    model.fit(..., callbacks=[cb])
+    # tensorflow_model_server --model_base_path=$PWD/serving/my_model ...
+    ```
+
+    Args:
+        base_dir: the model's base path for TF Serving (a local directory,
+            outside the run directory); created if missing.
+        model: the Keras model being trained (a Functional or Sequential
+            model, which `keras.models.clone_model` can clone).
+        keep: how many versions to keep (>= 1).
+        when: `"best"`: each checkpoint that is a new best of the callback's
+            (or manager's) `monitor`; `"every"`: every checkpoint.
+    """
+
+    def __init__(
+        self, base_dir: str | os.PathLike, *, model: Any, keep: int = 3, when: str = "best"
+    ):
+        if not isinstance(base_dir, (str, os.PathLike)) or not os.fspath(base_dir):
+            raise ValueError(
+                f"`base_dir` must be a non-empty path. Received: base_dir={base_dir!r}"
+            )
+        if "://" in os.fspath(base_dir):
+            raise ValueError(
+                "`base_dir` must be a local directory (versions are renamed into place). "
+                f"Received: base_dir={base_dir!r}"
+            )
+        if model is None or not hasattr(model, "export"):
+            raise ValueError(f"`model` must be a Keras model. Received: model={model!r}")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"`keep` must be an integer >= 1. Received: keep={keep!r}")
+        if when not in _WHEN:
+            raise ValueError(f"`when` must be one of {_WHEN}. Received: when={when!r}")
+        self.base_dir = os.fspath(base_dir)
+        self.model = model
+        self.keep = keep
+        self.when = when
+        self.exported: list[int] = []  # steps exported by this observer, in order
+        self._clone: Any = None
+        self._started = False
+        self._lock = threading.Lock()  # one export at a time
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: list[concurrent.futures.Future] = []
+        self._pins: dict[str, Pins] = {}  # run directory -> pins of exports queued
+        self._inflight: dict[str, int] = {}
+        self._pins_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ServingExport({self.base_dir!r}, keep={self.keep}, when={self.when!r})"
+
+    def _wanted(self, record: CheckpointRecord) -> bool:
+        if self.when == "every":
+            return True
+        monitor = (record.manifest.get("monitor") or {}).get("name")
+        if monitor is None:
+            raise ValueError(
+                "ServingExport(when='best') needs a monitor: pass monitor=... to the "
+                "callback or manager, or use when='every'"
+            )
+        best = record.manifest.get("best") or {}
+        return (
+            best.get("step") == record.step
+            and best.get("epoch") == record.epoch
+            and record.metrics.get(monitor) == best.get("value")
+        )
+
+    def on_commit(self, record: CheckpointRecord) -> None:
+        if not self._started:
+            # A restarted run's first commit: what an export killed midway
+            # left goes now, even when no new best comes.
+            self._started = True
+            with self._lock:
+                if os.path.isdir(self.base_dir):
+                    self._remove_leftovers()
+        if not self._wanted(record):
+            return
+        if threading.current_thread() is threading.main_thread():
+            self.export(record)  # a synchronous save: fit waits for it anyway
+            return
+        # A background save's thread (async_save): pin the checkpoint
+        # (retention may delete it once this returns) and export in a thread
+        # of our own, so the next save does not wait for the export.
+        run_dir = os.path.dirname(record.directory)
+        with self._pins_lock:
+            pins = self._pins.setdefault(run_dir, Pins(run_dir))
+            pinned = pins.pin(record)
+            if pinned is None:
+                raise ValueError(f"could not pin {record.name} to export it: {pins.problem}")
+            self._inflight[run_dir] = self._inflight.get(run_dir, 0) + 1
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="tfckpt-serving"
+            )
+        self._pending.append(self._executor.submit(self._export_pinned, run_dir, pins, pinned))
+
+    def _export_pinned(self, run_dir: str, pins: Pins, pinned: CheckpointRecord) -> None:
+        try:
+            self.export(pinned)
+        except Exception as e:
+            warnings.warn(
+                f"tfckpt: observer {self!r} failed in on_commit({pinned.name}): "
+                f"{type(e).__name__}: {e}. The checkpoint is unaffected.",
+                stacklevel=2,
+            )
+        finally:
+            with self._pins_lock:
+                pins.release(pinned)
+                self._inflight[run_dir] -= 1
+                if not self._inflight[run_dir]:
+                    # Nothing pinned: no reader folder left in the run directory.
+                    pins.close()
+                    del self._pins[run_dir], self._inflight[run_dir]
+
+    def export(self, record: CheckpointRecord) -> str:
+        """Exports `record` (readable at `record.path`) as version
+        `record.step`; returns the version's directory."""
+        import keras
+
+        with self._lock:
+            os.makedirs(self.base_dir, exist_ok=True)
+            self._remove_leftovers()
+            if self._clone is None:
+                self._clone = keras.models.clone_model(self.model)
+            _tf_checkpoint.ensure_built(self._clone, record.manifest.get("build_config"))
+            _tf_checkpoint.read(
+                record.path,
+                {"model": self._clone},
+                saved=record.manifest.get("contents"),
+                strict=False,
+            )
+            path = os.path.join(self.base_dir, str(record.step))
+            clone = self._clone
+            write_atomically(
+                path, lambda tmp: clone.export(tmp, format="tf_saved_model", verbose=False)
+            )
+            self.exported.append(record.step)
+            self._prune()
+            return path
+
+    def _remove_leftovers(self) -> None:
+        for name in os.listdir(self.base_dir):
+            if _LEFTOVER.match(name):
+                remove_path(os.path.join(self.base_dir, name))
+
+    def _prune(self) -> None:
+        versions = sorted(int(n) for n in os.listdir(self.base_dir) if _VERSION.match(n))
+        for step in versions[: -self.keep]:
+            remove_path(os.path.join(self.base_dir, str(step)))
+
+    def versions(self) -> list[int]:
+        """The versions in `base_dir` (steps), oldest first."""
+        if not os.path.isdir(self.base_dir):
+            return []
+        return sorted(int(n) for n in os.listdir(self.base_dir) if _VERSION.match(n))
+
+    def wait(self) -> None:
+        """Waits for exports running in the background (async saves)."""
+        pending, self._pending = self._pending, []
+        concurrent.futures.wait(pending)

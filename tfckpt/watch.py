@@ -1,0 +1,207 @@
+"""`tfckpt.watch`: follow a run directory from another process and get each
+checkpoint once it is committed, pinned so retention cannot pull it away."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from tfckpt.errors import CheckpointReadError
+from tfckpt.finished import is_finished
+from tfckpt.pins import Pins, remove_stale
+from tfckpt.store import CheckpointRecord, CheckpointStore
+
+_STARTS = ("all", "latest", "new")
+
+
+class Watcher:
+    """The iterator `tfckpt.watch` returns (see there). Also a context
+    manager: leaving it (or `close()`) releases the pinned checkpoint."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        start: str | int = "all",
+    ):
+        if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+            raise ValueError(
+                f"`directory` must be a non-empty path. Received: directory={directory!r}"
+            )
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        ):
+            raise ValueError(
+                "`timeout` must be None (wait until training finishes) or a number of "
+                f"seconds >= 0. Received: timeout={timeout!r}"
+            )
+        if (
+            isinstance(poll_interval, bool)
+            or not isinstance(poll_interval, (int, float))
+            or not poll_interval > 0
+        ):
+            raise ValueError(
+                f"`poll_interval` must be a number of seconds > 0. Received: "
+                f"poll_interval={poll_interval!r}"
+            )
+        if not (start in _STARTS or (isinstance(start, int) and not isinstance(start, bool))):
+            raise ValueError(
+                f"`start` must be one of {_STARTS} or a step (int). Received: start={start!r}"
+            )
+        self.directory = os.fspath(directory)
+        self.timeout = timeout
+        self.poll_interval = float(poll_interval)
+        self._start = start
+        self._store = CheckpointStore(self.directory)
+        self._pins = Pins(self.directory)
+        self._held: CheckpointRecord | None = None
+        self._last_seq: int | None = None  # newest seq seen (yielded or skipped)
+        self._last_step: int | None = None  # newest step yielded
+        self._first = True
+        self._told = False
+        self._closed = False
+        self._queue: list[CheckpointRecord] = []
+        self._finished = False  # the marker was seen before the latest listing
+        self._since = time.monotonic()  # last new checkpoint (or the start)
+        remove_stale(self.directory)
+
+    def __iter__(self) -> Watcher:
+        return self
+
+    def __next__(self) -> CheckpointRecord:
+        self._release()
+        while not self._closed:
+            while self._queue:
+                record = self._queue.pop(0)
+                pinned = self._take(record)
+                if pinned is not None:
+                    self._held = pinned
+                    return pinned
+            if self._finished:
+                break  # everything committed before the marker was yielded
+            if not self._first:
+                waited = time.monotonic() - self._since
+                if self.timeout is not None and waited >= self.timeout:
+                    break
+                pause = self.poll_interval
+                if self.timeout is not None:
+                    pause = min(pause, self.timeout - waited)
+                time.sleep(pause)
+            self._poll()
+        self.close()
+        raise StopIteration
+
+    def _poll(self) -> None:
+        # The marker first: every checkpoint committed before it is then in
+        # the listing that follows.
+        finished = is_finished(self.directory)
+        try:
+            records = self._store.scan()[0]
+        except CheckpointReadError as e:
+            # Shared storage hiccups: not the end of the run; list again later.
+            if not self._told:
+                self._told = True
+                warnings.warn(f"tfckpt.watch: {e}", stacklevel=3)
+            return
+        if self._first:
+            self._first = False
+            if self._start == "latest":
+                records = records[-1:]
+            elif self._start == "new":
+                self._last_seq = records[-1].seq if records else 0
+            elif isinstance(self._start, int):
+                records = [r for r in records if r.step >= self._start]
+        new = [r for r in records if self._last_seq is None or r.seq > self._last_seq]
+        if new:
+            self._last_seq = new[-1].seq
+            self._since = time.monotonic()
+        self._queue.extend(new)
+        self._finished = finished
+
+    def _take(self, record: CheckpointRecord) -> CheckpointRecord | None:
+        if self._last_step is not None and record.step <= self._last_step:
+            return None  # the same step saved again (e.g. superseded at an epoch end)
+        try:
+            pinned = self._pins.pin(record)
+        except CheckpointReadError as e:
+            warnings.warn(f"tfckpt.watch: skipping {record.name}: {e}", stacklevel=3)
+            return None
+        if pinned is None:
+            if self._pins.problem is not None:
+                warnings.warn(
+                    f"tfckpt.watch: skipping {record.name} in {self.directory!r}: "
+                    f"{self._pins.problem}.",
+                    stacklevel=3,
+                )
+            return None  # deleted before it could be pinned, or damaged
+        self._last_step = record.step
+        return pinned
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self._pins.release(self._held)
+            self._held = None
+
+    def close(self) -> None:
+        """Releases the pinned checkpoint; the iteration ends."""
+        self._closed = True
+        self._release()
+        self._pins.close()
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def watch(
+    directory: str | os.PathLike,
+    *,
+    timeout: float | None = None,
+    poll_interval: float = 1.0,
+    start: str | int = "all",
+) -> Iterator[CheckpointRecord]:
+    """Yields each checkpoint of a run directory once it is committed, in step
+    order, each once, while training goes on (from any process or machine
+    that sees the directory; no lock is taken).
+
+    Each record's `path` points at the reader's own pin of the checkpoint
+    (hard links to its files, see the guide): it stays readable, with
+    `tf.train.Checkpoint.read(record.path)` or `tfckpt`'s restore, until you
+    ask for the next record or close the iterator, even when the writer's
+    retention deletes the checkpoint meanwhile. A checkpoint that is not
+    committed, torn, or whose small files do not match their checksums is
+    never yielded (data shards are checked by TensorFlow as it reads them).
+
+    Example:
+
+    ```python
+    for record in tfckpt.watch("runs/exp1", timeout=3600):
+        tf.train.Checkpoint(model=model).read(record.path).expect_partial()
+        print(record.step, model.evaluate(x_val, y_val, verbose=0))
+    ```
+
+    Args:
+        directory: the run directory; it need not exist yet.
+        timeout: end after this many seconds without a new checkpoint;
+            `None` (default): only when training has finished.
+        poll_interval: seconds between listings of the directory.
+        start: `"all"` (every checkpoint already there, then new ones),
+            `"latest"` (the newest one already there, then new ones), `"new"`
+            (only checkpoints committed from now on), or a step: the
+            checkpoints at that step or later.
+
+    Returns:
+        An iterator of `CheckpointRecord`s (a `Watcher`, also a context
+        manager). It ends by itself once the writer recorded that training
+        finished (`fit` or the manager's `close()` ended normally; a crash is
+        no end, so a restarted run is followed on) and every checkpoint
+        committed before that was yielded, or after `timeout`.
+    """
+    return Watcher(directory, timeout=timeout, poll_interval=poll_interval, start=start)
