@@ -165,3 +165,31 @@ def skip_batches(
 
     model.train_function = train_function
     return lambda: setattr(model, "train_function", original)
+
+
+def position_data(
+    data: Any,
+    record: CheckpointRecord,
+    saved: dict | None,
+    say: Callable[[str], None],
+    warn_once: Callable[[str, str], None],
+) -> None:
+    """Positions fit's training data (`data`, a `TrainingData` or `None` when
+    it was not found) where it stood when `record` was saved."""
+    if data is None:
+        problem = "tfckpt could not find fit's training data"
+    else:
+        moved = data.resume(saved, record.batch) if saved is not None else None
+        problem = data.not_reproducible() or moved
+        if data.replayed:
+            say(
+                f"positioned the data: drew {data.replayed} batches that earlier "
+                "epochs took from fit's single iterator (steps_per_epoch), no compute."
+            )
+    if problem:
+        warn_once(
+            "data",
+            f"resuming from {record.name}: {problem}. Weights, optimizer and "
+            "counters are restored exactly, but the data order after the resume "
+            "is not the one an uninterrupted run would have seen.",
+        )

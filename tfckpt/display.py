@@ -120,3 +120,18 @@ def plot_run(run: Any, metric: str, *, ax: Any = None, label: str | None = None)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     return ax
+
+
+def save_line(record: CheckpointRecord, monitor: str | None, best: dict | None) -> str:
+    """The callback's line for a committed checkpoint (`best`: the manager's
+    `best_value`)."""
+    value = record.metrics.get(monitor) if monitor else None
+    shown = f", {monitor}={value:.6g}" if isinstance(value, (int, float)) else ""
+    mark = " (new best)" if best and best["step"] == record.step and shown else ""
+    where = f"epoch {record.epoch}" + (f" batch {record.batch}" if record.batch else "")
+    again = (
+        "; replaces the epoch's first save: later callbacks changed the state"
+        if record.manifest.get("supersedes")
+        else ""
+    )
+    return f"saved {record.name} ({where}, step {record.step}{shown}){mark}{again}"
