@@ -10,6 +10,7 @@ import tensorflow as tf
 from conftest import make_model, run_script
 
 import tfckpt
+import tfckpt._fit_session
 
 
 def tensors(path):
@@ -172,7 +173,7 @@ def test_async_fit_checkpoints_hold_the_state_at_the_save_call(tmp_path, monkeyp
             )
             return super().save(step, **kwargs)
 
-    monkeypatch.setattr(tfckpt.callback, "CheckpointManager", Recording)
+    monkeypatch.setattr(tfckpt._fit_session, "CheckpointManager", Recording)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 64)).astype("float32")
     y = rng.normal(size=(256, 1)).astype("float32")

@@ -117,7 +117,7 @@ def two_workers(tmp_path, name, *args):
     leftovers = [
         p.name
         for p in (tmp_path / name).iterdir()
-        if not (p.name.startswith("ckpt-") or p.name in ("checkpoint", ".lock"))
+        if not (p.name.startswith("ckpt-") or p.name in ("checkpoint", ".lock", ".finished"))
     ]
     assert leftovers == []
     return results

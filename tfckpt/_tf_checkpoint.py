@@ -6,7 +6,8 @@ checkpoint stays readable by plain TensorFlow.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
@@ -120,3 +121,23 @@ def optimizer_step(optimizer: Any) -> int:
     """The optimizer's iteration count (also for a mirrored variable, which
     `int()` does not take)."""
     return int(np.asarray(keras.ops.convert_to_numpy(optimizer.iterations)))
+
+
+def variables(model: Any, optimizer: Any) -> list[Any]:
+    """The variables a save of `model` and `optimizer` writes."""
+    found = list(model.weights)
+    if optimizer is not None:
+        found += list(optimizer.variables)
+    return found
+
+
+def state_bytes(variables: Sequence[Any]) -> int:
+    """Bytes of `variables` (for the free-space check before a save)."""
+    sizes: dict[Any, int] = {}  # itemsize by dtype: one lookup per dtype, not per variable
+    total = 0
+    for v in variables:
+        dtype = v.dtype
+        if dtype not in sizes:
+            sizes[dtype] = np.dtype(getattr(dtype, "name", dtype)).itemsize
+        total += math.prod(v.shape) * sizes[dtype]
+    return total

@@ -4,20 +4,16 @@ commits, best-metric tracking and retention. The Keras callback drives it from
 
 from __future__ import annotations
 
-import concurrent.futures
-import math
 import os
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
-from tfckpt import _async_fix, _fs, _shards, _state_files, _tf_checkpoint
+from tfckpt import _fs, _state_files, _tf_checkpoint
 from tfckpt import retention as _retention
-from tfckpt._background import in_foreground, lower_thread_priority
 from tfckpt._lock import DirectoryLock
 from tfckpt._preemption import (
     PREEMPTION_EXIT_CODE,
@@ -26,16 +22,18 @@ from tfckpt._preemption import (
     validate_exit_code,
     validate_signals,
 )
+from tfckpt._retain import apply_retention
+from tfckpt._takeover import take as take_directory
+from tfckpt._tf_writer import TFWriter
 from tfckpt._workers import Workers
 from tfckpt.errors import (
     CheckpointError,
     CheckpointWriteError,
     CommittedWithError,
-    NoIntactCheckpointError,
 )
-from tfckpt.finished import clear_finished, is_finished, mark_finished
+from tfckpt.finished import mark_finished
 from tfckpt.monitor import check_mode, is_better
-from tfckpt.observers import CheckpointObserver
+from tfckpt.observers import CheckpointObserver, notify
 from tfckpt.options import (
     KeepRules,
     check_backend,
@@ -44,15 +42,10 @@ from tfckpt.options import (
     run_options,
     validate_observers,
 )
-from tfckpt.pins import remove_stale as remove_stale_pins
 from tfckpt.run import Run, Which
 from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
 
 _told_full: set[str] = set()  # directories told once that saves are full
-
-
-def _same_objects(a: Sequence[Any], b: Sequence[Any] | None) -> bool:
-    return b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 class CheckpointManager:
@@ -195,14 +188,13 @@ class CheckpointManager:
         self.preemption_exit_code = validate_exit_code("preemption_exit_code", preemption_exit_code)
         self._signals = SignalWatch(validate_signals("preemption_signals", preemption_signals))
         self._best = None
-        self._checkpoint: tf.train.Checkpoint | None = None
-        # The variables `_checkpoint`'s async helper copies: TF fixes them at
-        # its first write and reads any variable created later live, from its
-        # thread. `None`: start a fresh tf.train.Checkpoint at the next save.
-        self._copied: list[Any] | None = None
         self.async_save = bool(async_save)
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._inflight: concurrent.futures.Future | None = None
+        self._writer = TFWriter(
+            self._store,
+            self._objects,
+            async_save=self.async_save and self.is_chief,
+            incremental=self.incremental,
+        )
         self.observers: list[CheckpointObserver] = validate_observers(observers)
         self.parent: dict | None = None  # the checkpoint this run was forked from
         self._lock: DirectoryLock | None = None
@@ -212,41 +204,17 @@ class CheckpointManager:
         if not self.is_chief:
             self._signals.install()
             return  # a non-chief worker never writes into the run directory
-        try:
-            _fs.makedirs(directory, fsync=fsync)
-            self._lock = DirectoryLock(directory)
-            # A manager dropped without close() (a fit that raised) frees the directory.
-            weakref.finalize(self, self._lock.release)
-        except (OSError, tf.errors.OpError) as e:
-            raise CheckpointError(
-                f"Cannot write checkpoints to {directory!r}: {getattr(e, 'message', e)}"
-            ) from e
-        self._store.remove_leftovers()
-        # A writer took the directory: training goes on (watchers follow on),
-        # and pins of readers that are gone free their space.
-        self._was_finished = is_finished(directory)
-        clear_finished(directory)
-        remove_stale_pins(directory)
-        records = self._store.scan()[0]
+        taken = take_directory(self._store, fsync=fsync)
+        self._lock = taken.lock
+        # A manager dropped without close() (a fit that raised) frees the directory.
+        weakref.finalize(self, self._lock.release)
+        self._was_finished = taken.was_finished
+        records = taken.records
         self._seq_at_start = records[-1].seq if records else None
-        if records and not self._store.pointer_is_current(records):
-            # TF's state file is a derived pointer: repair it from the manifests.
-            try:
-                self._store.write_pointer(records)
-            except CheckpointWriteError as e:
-                # tfckpt reads the manifests, not this file: training can go on.
-                warnings.warn(f"tfckpt: {e}", stacklevel=2)
         self._best = self._best_from(records[-1] if records else None)
         if records:  # a resumed fork keeps recording its parent
             self.parent = records[-1].manifest.get("parent")
         self._signals.install()
-        if self.async_save:
-            _async_fix.enable()
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1,
-                thread_name_prefix="tfckpt-save",
-                initializer=lower_thread_priority,  # yields to training
-            )
 
     # ---- state ---------------------------------------------------------
 
@@ -332,15 +300,7 @@ class CheckpointManager:
                 value, best["value"] if best else None, self.mode
             ):
                 best = {"value": value, "step": int(step), "epoch": int(epoch)}
-        variables = self._variables()
-        if self._checkpoint is None or (
-            self.async_save and not _same_objects(variables, self._copied)
-        ):
-            # Variables created since the async helper's first write (optimizer
-            # slots built by the first step, a new layer or optimizer) would be
-            # read live while training goes on: a new helper copies them all.
-            self._new_checkpoint()
-            self._copied = variables
+        variables = _tf_checkpoint.variables(self.model, self.optimizer)
         metadata = {
             "step": int(step),
             "epoch": int(epoch),
@@ -359,35 +319,20 @@ class CheckpointManager:
         if supersede:
             metadata["supersedes"] = True
         if not self.is_chief:
-            self._workers.write_elsewhere(self._checkpoint)
+            self._workers.write_elsewhere(self._writer.checkpoint(variables))
             self._best = best
             return None
         files = _state_files.encode(dict(state)) if state else {}
-        pending = self._store.begin(self._state_bytes(variables))
-        with self._store.guard(pending), in_foreground():
-            if self.async_save:
-                # Blocks only while TF copies the variables to host memory.
-                options = _shards.ASYNC_OPTIONS if self.incremental else _shards.ASYNC_FULL_OPTIONS
-                self._checkpoint.write(pending.prefix, options=options)
-            elif self.incremental:
-                self._checkpoint.write(pending.prefix, options=_shards.OPTIONS)
-            else:
-                self._checkpoint.write(pending.prefix)
+        pending = self._store.begin(_tf_checkpoint.state_bytes(variables))
+        self._writer.write(pending, variables)
         if self.async_save:
-            self._inflight = self._executor.submit(self._complete, pending, metadata, files, best)
+            self._writer.submit(self._complete, pending, metadata, files, best)
             return None
         return self._complete(pending, metadata, files, best, written=True)
 
     def _complete(self, pending, metadata, files, best, written=False) -> CheckpointRecord:
         if not written:
-            with self._store.guard(pending):
-                self._checkpoint.sync()  # TF's background write of this checkpoint
-                # TF keeps a failed write's error for the next write(): take it
-                # now, for this checkpoint, and never reuse that helper.
-                error = _async_fix.take_write_error(self._checkpoint)
-                if error is not None:
-                    self._copied = None
-                    raise error
+            self._writer.written(pending)  # TF's background write of this checkpoint
         try:
             record = self._store.finish(pending, metadata, files)
             error = None
@@ -396,14 +341,16 @@ class CheckpointManager:
             # retention) and the error is raised once that is done.
             record, error = e.record, e
         self._best = best
-        self._notify("on_commit", record)
+        notify(self.observers, "on_commit", record)
         try:
             superseded = []
             if metadata.get("supersedes"):
                 earlier = self._store.scan()[0][:-1][-1:]
                 point = (record.step, record.epoch, record.batch)
                 superseded = [r for r in earlier if (r.step, r.epoch, r.batch) == point]
-            deleted, retention_error = self._apply_retention(record, superseded)
+            deleted, retention_error = apply_retention(
+                self._store, self._policy, record, superseded
+            )
         except (OSError, tf.errors.OpError) as e:
             deleted = []
             retention_error = CheckpointWriteError(
@@ -412,7 +359,7 @@ class CheckpointManager:
                 "Nothing was deleted."
             )
         for record_deleted in deleted:
-            self._notify("on_delete", record_deleted)
+            notify(self.observers, "on_delete", record_deleted)
         if error is None and retention_error is not None:
             error = CommittedWithError(str(retention_error), record)
             error.__cause__ = retention_error
@@ -420,96 +367,13 @@ class CheckpointManager:
             raise error
         return record
 
-    def _notify(self, event: str, record: CheckpointRecord) -> None:
-        for observer in list(self.observers):
-            try:
-                getattr(observer, event)(record)
-            except Exception as e:
-                warnings.warn(
-                    f"tfckpt: observer {observer!r} failed in {event}({record.name}): "
-                    f"{type(e).__name__}: {e}. The checkpoint is unaffected.",
-                    stacklevel=2,
-                )
-
     def wait(self) -> CheckpointRecord | None:
         """Waits for the save in flight (async) and returns its record; raises
         the error it failed with. Returns `None` when nothing is in flight."""
         try:
-            if self._inflight is None:
-                return None
-            future, self._inflight = self._inflight, None
-            return future.result()
+            return self._writer.wait()
         finally:
             self._store.drain()  # deleted checkpoints' space is free again
-
-    def _variables(self) -> list[Any]:
-        """The variables a save writes."""
-        variables = list(self.model.weights)
-        if self.optimizer is not None:
-            variables += list(self.optimizer.variables)
-        return variables
-
-    def _new_checkpoint(self) -> None:
-        if self._checkpoint is not None:
-            _async_fix.retire(self._checkpoint)  # its thread and host copies
-        self._checkpoint = _tf_checkpoint.checkpoint_for(self._objects())
-
-    def _state_bytes(self, variables: Sequence[Any] | None = None) -> int:
-        """Bytes of the variables a save writes (for the free-space check)."""
-        if variables is None:
-            variables = self._variables()
-        sizes: dict[Any, int] = {}  # itemsize by dtype: one lookup per dtype, not per variable
-        total = 0
-        for v in variables:
-            dtype = v.dtype
-            if dtype not in sizes:
-                sizes[dtype] = np.dtype(getattr(dtype, "name", dtype)).itemsize
-            total += math.prod(v.shape) * sizes[dtype]
-        return total
-
-    def _apply_retention(
-        self, newest: CheckpointRecord, superseded: Sequence[CheckpointRecord] = ()
-    ) -> tuple[list[CheckpointRecord], CheckpointWriteError | None]:
-        """Deletes what the policy does not keep, and `superseded` (replaced by
-        the newest checkpoint, so not counted by the policy either).
-
-        Returns the deleted checkpoints and the error of TF's state file, if
-        it could not be written. A checkpoint that cannot be deleted is warned
-        about and kept; the others are still deleted."""
-        gone = {r.name for r in superseded}
-        records = [r for r in self._store.scan()[0] if r.name not in gone]
-        if not records or records[-1].name != newest.name:
-            # A listing that does not end with the checkpoint just committed
-            # is not one to delete by.
-            return [], CheckpointWriteError(
-                f"retention skipped: listing {self.directory!r} did not show {newest.name}, "
-                "just committed. Nothing was deleted."
-            )
-        reasons = self._policy.keep(records)
-        reasons[-1] = "latest"  # never delete the newest committed checkpoint
-        kept = [r for r, why in zip(records, reasons) if why]
-        doomed = [*superseded, *(r for r, why in zip(records, reasons) if not why)]
-        try:
-            self._store.write_pointer(kept)
-            pointer_error = None
-        except CheckpointWriteError as e:
-            pointer_error = e  # e.g. a full disk: the deletions may make room
-        deleted = []
-        for record in doomed:
-            try:
-                self._store.delete(record)
-            except CheckpointWriteError as e:
-                warnings.warn(f"tfckpt: {e}", stacklevel=2)
-                if self._store.is_committed(record):
-                    continue
-            deleted.append(record)
-        if pointer_error is not None and deleted:
-            try:
-                self._store.write_pointer(kept)
-                pointer_error = None
-            except CheckpointWriteError as e:
-                pointer_error = e
-        return deleted, pointer_error
 
     # ---- restore -------------------------------------------------------
 
@@ -536,7 +400,7 @@ class CheckpointManager:
 
     def _restore_chiefs_pick(self, which: Which) -> CheckpointRecord | None:
         record = self._workers.agree_on(
-            lambda: self._pick_intact(which),
+            lambda: self._run.first_intact(which, verify=self.verify),
             lambda seq: next((r for r in self._run.checkpoints if r.seq == seq), None),
             self.directory,
         )
@@ -544,26 +408,6 @@ class CheckpointManager:
             return None
         return self._run.restore_into(
             self._objects(), record, strict=True, verify=False, mark_damaged=True
-        )
-
-    def _pick_intact(self, which: Which) -> CheckpointRecord | None:
-        """The first candidate of `which` whose manifest, sizes and small-file
-        checksums check out; `None` for an empty directory."""
-        candidates = self._run.select(which)
-        problems = self._store.scan()[1]
-        if not candidates and not problems:
-            return None
-        for record in candidates:
-            problem = self._store.check(record, data=False) if self.verify else None
-            if problem is None:
-                return record
-            self._store.mark_damaged(record.name, problem)
-            warnings.warn(
-                f"tfckpt: skipping {record.name} in {self.directory!r}: {problem}.", stacklevel=4
-            )
-        raise NoIntactCheckpointError(
-            f"None of the checkpoints selected by which={which!r} in {self.directory!r} "
-            "is intact. Nothing was deleted; run `tfckpt verify` for details."
         )
 
     def init_from(
@@ -666,13 +510,8 @@ class CheckpointManager:
                     mark_finished(self.directory)
         finally:
             self._closed = True
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
+            self._writer.close()
             self._store.close()
-            if self._checkpoint is not None:
-                # TF keeps an async helper (thread, host copies) until exit.
-                _async_fix.retire(self._checkpoint)
-                self._copied = None
             pending = self._signals.uninstall()
             if self._lock is not None:
                 self._lock.release()

@@ -4,6 +4,7 @@ after each one retention deletes."""
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import tensorflow as tf
@@ -101,3 +102,17 @@ class TensorBoardObserver(CheckpointObserver):
 
     def on_delete(self, record: CheckpointRecord) -> None:
         self._write(record, f"deleted {record.name} (retention)", scalars=False)
+
+
+def notify(observers: list[CheckpointObserver], event: str, record: CheckpointRecord) -> None:
+    """Calls `event` ("on_commit" or "on_delete") of each observer; an
+    observer's exception is a warning, never the caller's error."""
+    for observer in list(observers):
+        try:
+            getattr(observer, event)(record)
+        except Exception as e:
+            warnings.warn(
+                f"tfckpt: observer {observer!r} failed in {event}({record.name}): "
+                f"{type(e).__name__}: {e}. The checkpoint is unaffected.",
+                stacklevel=3,
+            )

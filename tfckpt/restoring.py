@@ -55,6 +55,36 @@ class Restorer:
         mark_damaged: bool = False,
     ) -> CheckpointRecord | None:
         """`Run.restore_into` (see there)."""
+        return self._first(
+            which,
+            epoch,
+            lambda record: self._read_into(objects, record, strict=strict, verify=verify),
+            mark_damaged=mark_damaged,
+        )
+
+    def first_intact(self, which: Any, *, verify: bool = True) -> CheckpointRecord | None:
+        """The first candidate of `which` whose manifest, sizes and small-file
+        checksums check out, reading no tensor (a multi-worker chief's pick,
+        which every worker then restores); damaged ones are marked and
+        skipped. `None` for an empty directory."""
+        return self._first(
+            which,
+            None,
+            lambda record: self.store.check(record, data=False) if verify else None,
+            mark_damaged=True,
+        )
+
+    def _first(
+        self,
+        which: Any,
+        epoch: int | None,
+        attempt: Callable[[CheckpointRecord], str | None],
+        *,
+        mark_damaged: bool,
+    ) -> CheckpointRecord | None:
+        """The first candidate of the selection that `attempt` takes (returns
+        `None` for), falling back past damaged ones and past those the
+        writer deletes meanwhile."""
         candidates = self.select(which, epoch=epoch)
         problems = self.store.scan()[1]
         if not candidates and not problems:
@@ -63,13 +93,13 @@ class Restorer:
             warnings.warn(
                 f"tfckpt: skipping {problem.name} in {self.store.directory!r}: "
                 f"{problem.reason}. It is left on disk for inspection.",
-                stacklevel=4,
+                stacklevel=5,
             )
         skipped, deleted = [], []
         while candidates:
             record = candidates.pop(0)
             try:
-                reason = self._read_into(objects, record, strict=strict, verify=verify)
+                reason = attempt(record)
             except (tf.errors.OpError, RuntimeError, ValueError):
                 if not self.store.vanished(record.name):
                     raise
@@ -90,7 +120,7 @@ class Restorer:
                 f"tfckpt: skipping {record.name} in {self.store.directory!r}: {reason}. "
                 "Falling back to the next intact checkpoint; the damaged one is "
                 "left on disk for inspection.",
-                stacklevel=4,
+                stacklevel=5,
             )
         if skipped or problems:
             damaged = skipped + [p.name for p in problems]

@@ -331,6 +331,12 @@ class Run:
             f"No checkpoint matches which={which!r} in {self.directory!r}. {_available(records)}"
         )
 
+    def first_intact(self, which: Which = None, *, verify: bool = True) -> CheckpointRecord | None:
+        """The first checkpoint of the selection `which` whose manifest, sizes
+        and small-file checksums check out (no tensor is read); damaged ones
+        are marked and skipped. `None` when the run holds no checkpoint."""
+        return self._restorer.first_intact(which, verify=verify)
+
     def restore_into(
         self,
         objects: Mapping[str, Any],

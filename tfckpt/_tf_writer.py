@@ -1,0 +1,120 @@
+"""Writing a checkpoint's TF files, in the caller's thread or, with async
+saves, from a copy of the state in host memory while training goes on; and the
+background thread that finishes async saves, one at a time."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from tfckpt import _async_fix, _shards, _tf_checkpoint
+from tfckpt._background import in_foreground, lower_thread_priority
+from tfckpt.store import CheckpointStore, PendingCheckpoint
+
+
+def _same_objects(a: Sequence[Any], b: Sequence[Any] | None) -> bool:
+    return b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+class TFWriter:
+    """Writes the TF files of checkpoints of `objects()`.
+
+    Args:
+        store: where the checkpoints go.
+        objects: returns the `tf.train.Checkpoint` children (model, optimizer).
+        async_save: `write` returns once TF has copied the state; `submit`
+            runs the rest in a background thread.
+        incremental: split tensors into data files that later saves can share.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        objects: Callable[[], dict[str, Any]],
+        *,
+        async_save: bool,
+        incremental: bool,
+    ):
+        self._store = store
+        self._objects = objects
+        self.async_save = async_save
+        self.incremental = incremental
+        self._checkpoint: tf.train.Checkpoint | None = None
+        # The variables `_checkpoint`'s async helper copies: TF fixes them at
+        # its first write and reads any variable created later live, from its
+        # thread. `None`: start a fresh tf.train.Checkpoint at the next save.
+        self._copied: list[Any] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflight: concurrent.futures.Future | None = None
+        if async_save:
+            _async_fix.enable()
+
+    def checkpoint(self, variables: list[Any]) -> tf.train.Checkpoint:
+        """The `tf.train.Checkpoint` that writes `variables` (the model's and
+        the optimizer's, as they are now)."""
+        if self._checkpoint is None or (
+            self.async_save and not _same_objects(variables, self._copied)
+        ):
+            # Variables created since the async helper's first write (optimizer
+            # slots built by the first step, a new layer or optimizer) would be
+            # read live while training goes on: a new helper copies them all.
+            if self._checkpoint is not None:
+                _async_fix.retire(self._checkpoint)  # its thread and host copies
+            self._checkpoint = _tf_checkpoint.checkpoint_for(self._objects())
+            self._copied = variables
+        return self._checkpoint
+
+    def write(self, pending: PendingCheckpoint, variables: list[Any]) -> None:
+        """Writes the TF files into `pending` (async: starts writing them)."""
+        checkpoint = self.checkpoint(variables)
+        with self._store.guard(pending), in_foreground():
+            if self.async_save:
+                # Blocks only while TF copies the variables to host memory.
+                options = _shards.ASYNC_OPTIONS if self.incremental else _shards.ASYNC_FULL_OPTIONS
+                checkpoint.write(pending.prefix, options=options)
+            elif self.incremental:
+                checkpoint.write(pending.prefix, options=_shards.OPTIONS)
+            else:
+                checkpoint.write(pending.prefix)
+
+    def written(self, pending: PendingCheckpoint) -> None:
+        """Waits for TF's background write into `pending`; raises its error."""
+        with self._store.guard(pending):
+            self._checkpoint.sync()
+            # TF keeps a failed write's error for the next write(): take it
+            # now, for this checkpoint, and never reuse that helper.
+            error = _async_fix.take_write_error(self._checkpoint)
+            if error is not None:
+                self._copied = None
+                raise error
+
+    def submit(self, finish: Callable[..., Any], *args: Any) -> None:
+        """Runs `finish(*args)` in the background save thread."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="tfckpt-save",
+                initializer=lower_thread_priority,  # yields to training
+            )
+        self._inflight = self._executor.submit(finish, *args)
+
+    def wait(self) -> Any:
+        """The result of the save in flight (`None` when there is none);
+        raises its error."""
+        if self._inflight is None:
+            return None
+        future, self._inflight = self._inflight, None
+        return future.result()
+
+    def close(self) -> None:
+        """Stops the background thread and frees TF's async helper."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._checkpoint is not None:
+            # TF keeps an async helper (thread, host copies) until exit.
+            _async_fix.retire(self._checkpoint)
+            self._copied = None
