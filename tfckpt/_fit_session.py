@@ -14,8 +14,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from tfckpt import _resume, _tf_checkpoint, _training_state
 from tfckpt._data_position import TrainingData, find_fit_frame
 from tfckpt._fit_hooks import ExitWatch, replace
@@ -166,13 +164,7 @@ class FitSession:
         """What later callbacks may change at an epoch end and a resume needs:
         the state saved beside the checkpoint and the optimizer's scalars
         (learning rate, iterations)."""
-        optimizer = self.manager.optimizer
-        scalars = [
-            np.asarray(v.numpy())
-            for v in (getattr(optimizer, "variables", None) or [])
-            if int(np.prod(v.shape)) == 1
-        ]
-        return self._state(0), scalars
+        return self._state(0), _training_state.optimizer_scalars(self.manager.optimizer)
 
     def _save_failed(self, error: CheckpointWriteError) -> None:
         if self.callback.on_save_error == "raise":
@@ -276,16 +268,7 @@ class FitSession:
         if self.restored is not None:
             model._initial_epoch = base.epoch or None
             epochs = (self.callback.params or {}).get("epochs")
-            where = "resuming the interrupted fit: " if start.resuming_here else ""
-            if epochs is not None and base.epoch >= epochs:
-                self._say(
-                    f"{where}restored {base.name}: {base.epoch} of {epochs} epochs already done."
-                )
-            else:
-                self._say(
-                    f"{where}restored {base.name} (epoch {base.epoch}, step {base.step}); "
-                    f"continuing at epoch {base.epoch + 1}."
-                )
+            self._say(_resume.restored_line(base, epochs, start.resuming_here))
 
     def _resume(self, record: CheckpointRecord, state: dict[str, Any]) -> None:
         """What a restored run needs beyond the TF checkpoint."""

@@ -193,3 +193,14 @@ def position_data(
             "counters are restored exactly, but the data order after the resume "
             "is not the one an uninterrupted run would have seen.",
         )
+
+
+def restored_line(base: CheckpointRecord, epochs: int | None, resuming_here: bool) -> str:
+    """What the callback says after restoring `base` for a fit of `epochs`."""
+    where = "resuming the interrupted fit: " if resuming_here else ""
+    if epochs is not None and base.epoch >= epochs:
+        return f"{where}restored {base.name}: {base.epoch} of {epochs} epochs already done."
+    return (
+        f"{where}restored {base.name} (epoch {base.epoch}, step {base.step}); "
+        f"continuing at epoch {base.epoch + 1}."
+    )

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from tfckpt.store import jsonable
+from tfckpt import _fs
+from tfckpt.store import CheckpointRecord, jsonable
 
 STATE = "state.json"
 ARRAYS = "state-arrays.npz"
@@ -52,3 +53,14 @@ def decode(state_bytes: bytes, arrays_bytes: bytes | None) -> dict[str, Any]:
         return value
 
     return walk(json.loads(state_bytes))
+
+
+def read(record: CheckpointRecord) -> dict[str, Any]:
+    """The state stored with `record` (`{}` when it holds none)."""
+    files = record.manifest["files"]
+    if STATE not in files:
+        return {}
+    arrays = None
+    if ARRAYS in files:
+        arrays = _fs.read_bytes(_fs.join(record.directory, ARRAYS))
+    return decode(_fs.read_bytes(_fs.join(record.directory, STATE)), arrays)

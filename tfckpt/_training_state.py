@@ -173,3 +173,13 @@ def same_state(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
         return True
     return bool(a == b)
+
+
+def optimizer_scalars(optimizer: Any) -> list[Any]:
+    """The optimizer's one-element variables (learning rate, iterations): what
+    a callback such as ReduceLROnPlateau changes at an epoch end."""
+    return [
+        np.asarray(v.numpy())
+        for v in (getattr(optimizer, "variables", None) or [])
+        if int(np.prod(v.shape)) == 1
+    ]

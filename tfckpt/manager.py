@@ -5,6 +5,7 @@ commits, best-metric tracking and retention. The Keras callback drives it from
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,7 @@ import tensorflow as tf
 
 from tfckpt import _fs, _state_files, _tf_checkpoint
 from tfckpt import retention as _retention
+from tfckpt._fork import fork
 from tfckpt._lock import DirectoryLock
 from tfckpt._preemption import (
     PREEMPTION_EXIT_CODE,
@@ -27,7 +29,6 @@ from tfckpt._takeover import take as take_directory
 from tfckpt._tf_writer import TFWriter
 from tfckpt._workers import Workers
 from tfckpt.errors import (
-    CheckpointError,
     CheckpointWriteError,
     CommittedWithError,
 )
@@ -38,7 +39,6 @@ from tfckpt.options import (
     KeepRules,
     check_backend,
     check_flag,
-    parse_source,
     run_options,
     validate_observers,
 )
@@ -426,26 +426,15 @@ class CheckpointManager:
         Returns:
             The parent's record, and the state saved with it.
         """
-        directory, which, epoch = parse_source(source)
-        parent = Run(directory)
-        objects = {"model": self.model}
-        if optimizer:
-            objects["optimizer"] = self.optimizer
         with self._strategy.scope():
-            record = parent.restore_into(
-                objects, which, epoch=epoch, strict=optimizer, verify=self.verify
+            record, state, self.parent = fork(
+                source,
+                self.model,
+                self.optimizer,
+                with_optimizer=bool(optimizer),
+                verify=self.verify,
             )
-        if record is None:
-            raise CheckpointError(f"init_from={source!r}: {directory!r} holds no checkpoint.")
-        self.parent = {
-            "directory": os.path.abspath(directory) if _fs.is_local(directory) else directory,
-            "name": record.name,
-            "step": record.step,
-            "epoch": record.epoch,
-            "batch": record.batch,
-            "optimizer": bool(optimizer),
-        }
-        return record, parent.state(record)
+        return record, state
 
     # ---- preemption ----------------------------------------------------
 
@@ -493,16 +482,18 @@ class CheckpointManager:
         self.close(finished=False)
         raise SystemExit(self.preemption_exit_code)
 
-    def close(self, *, finished: bool = True) -> None:
+    def close(self, *, finished: bool | None = None) -> None:
         """Waits for a save in flight, then releases the directory.
 
         Args:
-            finished: training ended normally: the directory is marked so,
-                and `tfckpt.watch` on it ends once it has yielded every
-                checkpoint. Pass `False` when closing after an error or a
-                preemption (the run will be resumed). Leaving a `with` block
-                passes whether it ended without an exception.
+            finished: whether training ended normally. Then the directory is
+                marked so, and `tfckpt.watch` on it ends once it has yielded
+                every checkpoint; otherwise watchers follow a restarted run on.
+                `None` (default): finished unless an exception is propagating
+                (a `close()` in a `finally:` or `__exit__` after an error).
         """
+        if finished is None:
+            finished = sys.exc_info()[0] is None
         try:
             self.wait()
             if self._lock is not None and not self._closed:

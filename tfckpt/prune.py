@@ -7,7 +7,7 @@ import dataclasses
 from tfckpt import retention as _retention
 from tfckpt.display import human_size
 from tfckpt.options import KeepRules
-from tfckpt.store import CheckpointRecord, Problem
+from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
 
 
 def prune_policy(
@@ -68,3 +68,36 @@ class PruneReport:
         ]
         lines += [f"  leave  {p.name}  (damaged: {p.reason})" for p in self.damaged]
         return "\n".join(lines) + ">"
+
+
+def prune_checkpoints(
+    store: CheckpointStore,
+    records: list[CheckpointRecord],
+    problems: list[Problem],
+    *,
+    dry_run: bool,
+) -> PruneReport:
+    """Deletes the `records` not kept (`record.kept` is `None`), after checking
+    each; a damaged one is left on disk and reported. `problems`: the run's
+    directories that are not committed checkpoints (never deleted)."""
+    kept = [r for r in records if r.kept]
+    doomed = [r for r in records if not r.kept]
+    damaged = list(problems)
+    deleted = []
+    for record in doomed:
+        reason = store.check(record)
+        if reason is None:
+            deleted.append(dataclasses.replace(record, kept=None))
+            continue
+        damaged.append(Problem(record.name, reason))
+        if not dry_run:
+            store.mark_damaged(record.name, reason)
+    freed = store.freed_bytes(deleted)
+    if not dry_run and deleted:
+        store.write_pointer(kept)
+        try:
+            for record in deleted:
+                store.delete(record)
+        finally:
+            store.close()  # the space is free when prune returns
+    return PruneReport(store.directory, dry_run, deleted, kept, damaged, freed)

@@ -9,20 +9,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _fs, _state_files, retention
+from tfckpt import _state_files, retention
 from tfckpt._lock import DirectoryLock
 from tfckpt.display import plot_run, table_html
 from tfckpt.errors import CheckpointNotFoundError, DirectoryLockedError
 from tfckpt.export import export_checkpoint
-from tfckpt.monitor import AUTO_MODES, check_mode, direction, metric_value, rank
+from tfckpt.monitor import rank
 from tfckpt.options import KeepRules
-from tfckpt.prune import PruneReport, prune_policy
+from tfckpt.prune import PruneReport, prune_checkpoints, prune_policy
 from tfckpt.restoring import Restorer
+from tfckpt.selection import best_by, select
 from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
 
 Which = Any  # None | "latest" | "best" | int step | checkpoint name | CheckpointRecord
@@ -173,21 +174,7 @@ class Run:
             CheckpointNotFoundError: no retained checkpoint recorded `metric`;
                 the message lists the metrics that were recorded.
         """
-        if not isinstance(metric, str) or not metric:
-            raise ValueError(
-                f"`metric` must be a metric name (e.g. 'val_accuracy'). Received: metric={metric!r}"
-            )
-        check_mode(mode, AUTO_MODES)
-        records = self.checkpoints
-        if not any(metric_value(r, metric) is not None for r in records):
-            recorded = sorted({k for r in records for k in r.metrics})
-            raise CheckpointNotFoundError(
-                f"No checkpoint in {self.directory!r} has a value of {metric!r}. "
-                f"Metrics recorded: {', '.join(recorded) or 'none'}."
-            )
-        if mode == "auto":
-            mode = _direction(metric, records.monitor)
-        return rank(records, metric, mode)[0]
+        return best_by(self.checkpoints, metric, mode, self.directory)
 
     @property
     def history(self) -> dict[str, list]:
@@ -242,15 +229,7 @@ class Run:
             # Read with the variables: still there when the writer's retention
             # has deleted the checkpoint since.
             return copy.deepcopy(restored[3])
-        files = record.manifest["files"]
-        if _state_files.STATE not in files:
-            return {}
-        arrays = None
-        if _state_files.ARRAYS in files:
-            arrays = _fs.read_bytes(_fs.join(record.directory, _state_files.ARRAYS))
-        return _state_files.decode(
-            _fs.read_bytes(_fs.join(record.directory, _state_files.STATE)), arrays
-        )
+        return _state_files.read(record)
 
     def select(self, which: Which = None, *, epoch: int | None = None) -> list[CheckpointRecord]:
         """Candidates for a selection, in the order a restore tries them.
@@ -276,60 +255,7 @@ class Run:
             CheckpointNotFoundError: nothing matches (the message lists the
                 checkpoints with their steps, and the epochs that have one).
         """
-        records = self.checkpoints
-        if epoch is not None:
-            if which is not None:
-                raise ValueError(
-                    "Pass either `which` or `epoch`, not both. "
-                    f"Received: which={which!r}, epoch={epoch!r}"
-                )
-            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-                raise ValueError(f"`epoch` must be an integer >= 0. Received: epoch={epoch!r}")
-            newest_first = [r for r in reversed(records) if r.epoch == epoch]
-            # At the epoch boundary; else the mid-epoch ones nearest to it.
-            found = [r for r in newest_first if r.batch == 0] or sorted(
-                newest_first, key=lambda r: r.batch
-            )
-            if found:
-                return found
-            raise CheckpointNotFoundError(
-                f"No checkpoint matches epoch={epoch} in {self.directory!r}. {_available(records)}"
-            )
-        if which is None:
-            which = "latest"
-        if isinstance(which, CheckpointRecord):
-            return [which]
-        if which == "latest":
-            return records[::-1]
-        if which == "best":
-            if records.monitor is None and records:
-                raise CheckpointNotFoundError(
-                    f"which='best': run {self.directory!r} tracks no metric "
-                    "(it was saved with monitor=None). Use 'latest' or a step."
-                )
-            ranked = rank(records, *records.monitor) if records else []
-            if records and not ranked:
-                raise CheckpointNotFoundError(
-                    f"which='best': no checkpoint in {self.directory!r} has a value "
-                    f"of {records.monitor[0]!r}."
-                )
-            return ranked
-        if isinstance(which, str):
-            found = [r for r in records if r.name == which]
-            if found:
-                return found
-        elif isinstance(which, int) and not isinstance(which, bool):
-            found = [r for r in reversed(records) if r.step == which]
-            if found:
-                return found
-        else:
-            raise TypeError(
-                "`which` must be 'latest', 'best', a step (int), a checkpoint name "
-                f"or a CheckpointRecord. Received: which={which!r}"
-            )
-        raise CheckpointNotFoundError(
-            f"No checkpoint matches which={which!r} in {self.directory!r}. {_available(records)}"
-        )
+        return select(self.checkpoints, which, epoch, self.directory)
 
     def first_intact(self, which: Which = None, *, verify: bool = True) -> CheckpointRecord | None:
         """The first checkpoint of the selection `which` whose manifest, sizes
@@ -519,39 +445,15 @@ class Run:
         if not isinstance(dry_run, bool):
             raise TypeError(f"`dry_run` must be True or False. Received: dry_run={dry_run!r}")
         if dry_run:
-            return self._prune(policy, dry_run=True)
+            return prune_checkpoints(self._store, *self._scan(policy), dry_run=True)
         try:
             lock = DirectoryLock(self.directory, exclusive=True)
         except DirectoryLockedError as e:
             raise DirectoryLockedError(f"Cannot prune while a writer is active: {e}") from None
         try:
-            return self._prune(policy, dry_run=False)
+            return prune_checkpoints(self._store, *self._scan(policy), dry_run=False)
         finally:
             lock.release()
-
-    def _prune(self, policy: retention.RetentionPolicy, *, dry_run: bool) -> PruneReport:
-        records, problems = self._scan(policy)
-        kept = [r for r in records if r.kept]
-        doomed = [r for r in records if not r.kept]
-        damaged = list(problems)
-        deleted = []
-        for record in doomed:
-            reason = self._store.check(record)
-            if reason is None:
-                deleted.append(dataclasses.replace(record, kept=None))
-                continue
-            damaged.append(Problem(record.name, reason))
-            if not dry_run:
-                self._store.mark_damaged(record.name, reason)
-        freed = self._store.freed_bytes(deleted)
-        if not dry_run and deleted:
-            self._store.write_pointer(kept)
-            try:
-                for record in deleted:
-                    self._store.delete(record)
-            finally:
-                self._store.close()  # the space is free when prune returns
-        return PruneReport(self.directory, dry_run, deleted, kept, damaged, freed)
 
     def plot(self, metric: str = "val_loss", *, ax: Any = None, label: str | None = None) -> Any:
         """Draws `metric` over the whole run, with the retained checkpoints
@@ -578,26 +480,6 @@ class Run:
             The matplotlib `Axes`.
         """
         return plot_run(self, metric, ax=ax, label=label)
-
-
-def _direction(metric: str, monitor: tuple[str, str] | None) -> str:
-    """`mode="auto"` for `metric`: the run's own mode for its monitor, else
-    `monitor.direction` (by name: no model here)."""
-    if monitor is not None and monitor[0] == metric:
-        return monitor[1]
-    found = direction(metric)
-    if found is not None:
-        return found
-    raise ValueError(
-        f"Cannot tell whether {metric!r} should be minimized or maximized. "
-        "Pass mode='min' or mode='max'."
-    )
-
-
-def _available(records: Sequence[CheckpointRecord]) -> str:
-    listed = ", ".join(f"{r.name} (step {r.step})" for r in records) or "none"
-    epochs = ", ".join(str(e) for e in sorted({r.epoch for r in records if r.batch == 0}))
-    return f"Available: {listed}; epochs with an epoch-end checkpoint: {epochs or 'none'}."
 
 
 def verify(directory: str | os.PathLike) -> list[tuple[str, str | None]]:
