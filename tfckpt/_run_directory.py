@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import tensorflow as tf
 
@@ -147,15 +148,22 @@ class RunDirectory:
 
     def check_sizes(self, record: CheckpointRecord) -> str | None:
         for fname, entry in record.manifest["files"].items():
-            try:
-                actual = _fs.size(self._path(record.name, fname))
-            except tf.errors.NotFoundError:
+            actual = self._measure(record, fname, _fs.size)
+            if actual is None:
                 return f"missing file {fname}"
-            except tf.errors.OpError as e:
-                raise self.read_error(e) from e
             if actual != entry["size"]:
                 return f"{fname} has {actual} bytes, manifest says {entry['size']}"
         return None
+
+    def _measure(self, record: CheckpointRecord, fname: str, measure: Any) -> Any:
+        """`measure(path)` of one of `record`'s files; `None` when it is
+        missing. An I/O error is raised as a read error (it is no damage)."""
+        try:
+            return measure(self._path(record.name, fname))
+        except tf.errors.NotFoundError:
+            return None
+        except tf.errors.OpError as e:
+            raise self.read_error(e) from e
 
     def _damage_reason(self, name: str) -> str:
         try:
@@ -191,12 +199,9 @@ class RunDirectory:
             if ".data-" in fname and (not data or "crc32" not in entry):
                 tensors_to_check = tensors_to_check or data
                 continue
-            try:
-                crc = _fs.crc32(self._path(record.name, fname))
-            except tf.errors.NotFoundError:
+            crc = self._measure(record, fname, _fs.crc32)
+            if crc is None:
                 return f"missing file {fname}"
-            except tf.errors.OpError as e:
-                raise self.read_error(e) from e
             if crc != entry["crc32"]:
                 return f"{fname} does not match its checksum (corrupted)"
         if not tensors_to_check:
