@@ -22,6 +22,19 @@ from tfckpt.store import CheckpointStore
 # ---- kill -9 fuzzing ---------------------------------------------------------
 
 
+def first_line(proc: subprocess.Popen) -> str:
+    """The first line of `proc`'s unbuffered stdout, read byte by byte: a
+    buffered readline could take later lines along, which `communicate` (it
+    reads the raw pipe) would then never see."""
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = proc.stdout.read(1)
+        if not byte:
+            break
+        line += byte
+    return line.decode()
+
+
 def fuzz(directory, kills, seed, epochs=3, extra=()):
     """Starts the training script, SIGKILLs it at a random moment, restarts it,
     `kills` times; then lets it finish. Returns counts for the report."""
@@ -43,22 +56,22 @@ def fuzz(directory, kills, seed, epochs=3, extra=()):
             directory.exists() and CheckpointStore(str(directory)).leftovers()
         )
         proc = subprocess.Popen(
-            cmd, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            cmd, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
         )
-        restored = int(proc.stdout.readline().split()[1])  # "restored STEP"
+        restored = int(first_line(proc).split()[1])  # "restored STEP"
         # Never backwards: at least the newest committed step seen, exactly the newest on disk.
         assert restored >= last_saved
         assert restored == (before.step if before else 0)
         stats["restores"] += before is not None
         if finishing:
-            out, err = proc.communicate(timeout=600)
+            out, err = (text.decode() for text in proc.communicate(timeout=600))
             assert proc.returncode == 0, err
             lines = out.split("\n")
             assert lines[-2].startswith("done"), out
             return stats, int(lines[-2].split()[1])
         time.sleep(rng.uniform(0.3, 2.5))  # warm-up is ~1.8 s, then a save every ~0.25 s
         proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate()
+        out = proc.communicate()[0].decode()
         if proc.returncode == 0:  # finished before the kill: start a fresh run
             shutil.rmtree(directory)
             last_saved = 0
