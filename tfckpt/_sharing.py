@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tfckpt import _fs
 from tfckpt._background import lower_thread_priority
+from tfckpt._run_directory import RunDirectory
 from tfckpt.errors import CheckpointReadError
 from tfckpt.layout import CHECKPOINT_NAME, DAMAGED, SHARD, CheckpointRecord
 
@@ -39,8 +40,6 @@ class FileSharing:
             for good when the filesystem has no hard links.
         fsync_file: how a file that is not linked is made durable.
         background: the threads yield the CPU to training (async saves).
-        newest: returns the newest committed checkpoint (a scan).
-        entries: lists the run directory.
     """
 
     def __init__(
@@ -50,15 +49,14 @@ class FileSharing:
         share_files: bool,
         fsync_file: Callable[[str], None],
         background: bool,
-        newest: Callable[[], CheckpointRecord | None],
-        entries: Callable[[], list[str]],
     ):
         self.directory = directory
         self.share_files = share_files and _fs.is_local(directory)
         self._fsync_file = fsync_file
         self._background = background
-        self._scan_newest = newest
-        self._entries = entries
+        # Its own reader, not the store: a store it referred back to would
+        # live (and keep this pool's threads) until the cyclic GC ran.
+        self._reader = RunDirectory(directory)
         self._newest: CheckpointRecord | None = None  # the one to share files with
         self._newest_known = False
         self._sealer: concurrent.futures.ThreadPoolExecutor | None = None
@@ -177,7 +175,7 @@ class FileSharing:
             if not stat.S_ISDIR(os.lstat(_fs.local_path(self._path(record.name))).st_mode):
                 return None  # a symlink in someone else's run directory
             damaged = set()
-            for entry in self._entries():
+            for entry in self._reader.entries():
                 if entry.startswith(DAMAGED) and CHECKPOINT_NAME.match(entry[len(DAMAGED) :]):
                     directory = _fs.local_path(self._path(entry[len(DAMAGED) :]))
                     for fname in os.listdir(directory) if os.path.isdir(directory) else []:
@@ -194,7 +192,8 @@ class FileSharing:
 
     def _share_source(self) -> CheckpointRecord | None:
         if not self._newest_known:
-            self._newest, self._newest_known = self._scan_newest(), True
+            records = self._reader.scan()[0]
+            self._newest, self._newest_known = (records[-1] if records else None), True
         newest = self._newest
         if newest is not None and tf.io.gfile.exists(self._path(DAMAGED + newest.name)):
             # Found damaged since: its files are not to be shared into new checkpoints.

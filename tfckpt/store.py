@@ -108,8 +108,6 @@ class CheckpointStore(RunDirectory):
             share_files=share_files,
             fsync_file=self._fsync_file,
             background=background,
-            newest=self._newest,
-            entries=self.entries,
         )
         self._last_seq = 0  # the newest seq this store reserved: never reused
         # Removes deleted checkpoints' files off the save's critical path.
@@ -120,10 +118,6 @@ class CheckpointStore(RunDirectory):
     def share_files(self) -> bool:
         """Whether equal data shards are hard-linked (see `_sharing`)."""
         return self._sharing.share_files
-
-    def _newest(self) -> CheckpointRecord | None:
-        records = self.scan()[0]
-        return records[-1] if records else None
 
     # ---- writing -------------------------------------------------------
 
