@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 
 import keras
 import numpy as np
@@ -14,6 +15,7 @@ import tensorflow as tf
 from conftest import SCRIPTS, run_script, script_env
 
 import tfckpt
+from tfckpt.finished import is_finished
 
 FIELDS = ("name", "step", "epoch", "batch", "metrics", "size", "time", "kept", "best")
 
@@ -179,7 +181,8 @@ def test_a_copy_killed_midway_leaves_complete_checkpoints_and_a_rerun_completes_
 
 
 def test_copy_to_and_from_ram(source, tmp_path):
-    ram = "ram://p16-copy/run"
+    base = f"ram://copy-{uuid.uuid4().hex}"
+    ram = f"{base}/run"
     report = tfckpt.copy(source, ram, quiet=True)
     assert [r.name for r in report.copied] == [f"ckpt-00000{i}" for i in range(1, 6)]
     assert intact(ram)
@@ -191,7 +194,7 @@ def test_copy_to_and_from_ram(source, tmp_path):
     for record in tfckpt.open(source).checkpoints:
         same_files(source, back, record.name)
 
-    one = tfckpt.copy(source, "ram://p16-copy/one", epoch=2, quiet=True)
+    one = tfckpt.copy(source, f"{base}/one", epoch=2, quiet=True)
     assert [(r.name, r.epoch) for r in one.copied] == [("ckpt-000002", 2)]
     report = tfckpt.copy(source, ram, quiet=True)  # rerun: all there already
     assert (len(report.copied), len(report.skipped)) == (0, 5)
@@ -288,3 +291,18 @@ def test_unchanged_data_files_are_hard_linked_at_a_local_destination(tmp_path):
     for a, b in zip(run.checkpoints, copied.checkpoints):
         assert copied.shared_bytes(b) == run.shared_bytes(a)
     assert intact(dst)
+
+
+def test_a_copy_of_a_finished_run_is_finished_so_a_watch_of_it_ends(source, tmp_path):
+    assert is_finished(source)  # train.py's fit ended normally
+    dst = str(tmp_path / "dst")
+    tfckpt.copy(source, dst, quiet=True)
+    assert is_finished(dst)
+    # No timeout: it ends by itself, having yielded every copied checkpoint.
+    with tfckpt.watch(dst, poll_interval=0.1) as records:
+        steps = [r.step for r in records]
+    assert steps == [r.step for r in tfckpt.open(source).checkpoints]
+    # One checkpoint of a finished run is no run whose training finished.
+    one = str(tmp_path / "one")
+    tfckpt.copy(source, one, which="best", quiet=True)
+    assert not is_finished(one)

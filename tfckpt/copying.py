@@ -25,6 +25,7 @@ from tfckpt.errors import (
     CheckpointWriteError,
     DirectoryLockedError,
 )
+from tfckpt.finished import is_finished, mark_finished
 from tfckpt.options import parse_source
 from tfckpt.run import Run, Which, open_run
 from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
@@ -75,7 +76,9 @@ def copy(
     steps, epochs, metrics, history and lineage are kept, so
     `tfckpt.open(dst).best` and `init_from=dst` work as on the source. The
     source is only read; `dst` (a new or existing run directory on any
-    `tf.io.gfile` filesystem) is locked as a writer for the copy.
+    `tf.io.gfile` filesystem) is locked as a writer for the copy. A whole-run
+    copy of a run whose training finished is marked finished too, so a
+    `tfckpt.watch` of `dst` ends once it has yielded every checkpoint.
 
     Example:
 
@@ -111,6 +114,10 @@ def copy(
     if not isinstance(quiet, bool):
         raise TypeError(f"`quiet` must be True or False. Received: quiet={quiet!r}")
     _refuse_overlap(src, dst)
+    whole = which is None and epoch is None
+    # The marker before the listing: every checkpoint committed before the
+    # source's training finished is then in it.
+    finished = whole and is_finished(src)
     run = open_run(src)
     records, problems = _selected(run, which, epoch)
 
@@ -178,6 +185,9 @@ def copy(
         final = store.scan()[0]
         if final and not store.pointer_is_current(final):
             store.write_pointer(final)
+        if finished and is_finished(src) and not is_finished(dst):
+            # A copy of a finished run is finished: `tfckpt.watch(dst)` ends.
+            mark_finished(dst)
     finally:
         store.close()
         lock.release()

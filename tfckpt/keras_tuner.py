@@ -221,7 +221,7 @@ class _Resumable:
 def _whole_history(results: Any, directory: str) -> Any:
     """`fit`'s History with the epochs before a resume put back in front, so
     KerasTuner scores the whole trial (a resumed `fit` only returns the
-    epochs it ran)."""
+    epochs it ran). Missing or non-finite values are NaN, as in Keras."""
     import keras
 
     if not isinstance(results, keras.callbacks.History):
@@ -230,6 +230,10 @@ def _whole_history(results: Any, directory: str) -> Any:
     epochs = history.pop("epoch")
     if len(epochs) <= len(results.epoch):
         return results  # nothing before this fit
-    results.history = history
+    # The run's history writes a non-finite value, or an epoch without that
+    # metric (e.g. `validation_freq`), as None: KerasTuner compares numbers.
+    results.history = {
+        name: [float("nan") if v is None else v for v in values] for name, values in history.items()
+    }
     results.epoch = [e - 1 for e in epochs]
     return results

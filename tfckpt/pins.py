@@ -20,6 +20,7 @@ the manifest (sizes, CRC-32 of the small files) before the pin counts.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 import weakref
 
 import tensorflow as tf
@@ -41,6 +43,8 @@ OWNER = "owner.json"
 STALE_SECONDS = 600.0  # a reader folder with no heartbeat for that long is removed
 STALE_ENV = "TFCKPT_PIN_STALE_SECONDS"
 _HEARTBEAT = 60.0
+# Opening a directory of the run: never through a symbolic link.
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
 def _stale_seconds() -> float:
@@ -72,37 +76,66 @@ class Pins:
     def __init__(self, directory: str):
         self.directory = directory
         self._folder: str | None = None  # <run>/.readers/<id> once made
+        self._name: str | None = None  # its name in .readers
+        # Open descriptors of .readers and of our folder: every write and
+        # removal there goes through them, so a `.readers` swapped for a
+        # symbolic link afterwards leads nowhere else.
+        self._fds: list[int] = []
         self._copies: str | None = None  # private temp dir (no hard links)
         self._linkable = _fs.is_local(directory)
         self._stop = threading.Event()
-        self._finalizer = weakref.finalize(self, _cleanup, self._stop, [])
+        self._lock = threading.Lock()  # the heartbeat against close()
+        self._finalizer = weakref.finalize(self, _cleanup, self._stop, self._lock, [], [], [])
         self.problem: str | None = None  # why the last pin failed
 
-    def _own_folder(self) -> str:
+    def _refinalize(self) -> None:
+        self._finalizer.detach()
+        copies = [self._copies] if self._copies else []
+        owned = [self._name] if self._name else []
+        self._finalizer = weakref.finalize(
+            self, _cleanup, self._stop, self._lock, self._fds, owned, copies
+        )
+
+    def _own_folder(self) -> int:
+        """The descriptor of this reader's folder (made on first use)."""
         if self._folder is None:
             name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
             root = os.path.join(_fs.local_path(self.directory), READERS)
-            if os.path.islink(root):
+            try:
+                os.mkdir(root)
+            except FileExistsError:
+                pass
+            try:
                 # Someone else's run directory may point it anywhere: not followed.
-                raise PermissionError(f"{root} is a symbolic link")
-            folder = os.path.join(root, name)
-            os.makedirs(folder)
-            _write_owner(folder)
-            self._folder = folder
-            self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _cleanup, self._stop, [folder])
+                root_fd = os.open(root, _DIR)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise PermissionError(f"{root} is not a directory of its own") from None
+                raise
+            try:
+                os.mkdir(name, dir_fd=root_fd)
+                folder_fd = os.open(name, _DIR, dir_fd=root_fd)
+            except BaseException:
+                os.close(root_fd)
+                raise
+            self._fds[:] = [root_fd, folder_fd]
+            self._name = name
+            self._folder = os.path.join(root, name)
+            self._refinalize()
+            _write_owner(folder_fd)
             threading.Thread(
-                target=_heartbeat, args=(self._stop, folder), name="tfckpt-pin", daemon=True
+                target=_heartbeat,
+                args=(self._stop, self._lock, folder_fd),
+                name="tfckpt-pin",
+                daemon=True,
             ).start()
-        return self._folder
+        return self._fds[1]
 
     def _copy_folder(self) -> str:
         if self._copies is None:
             self._copies = tempfile.mkdtemp(prefix="tfckpt-pins-")
-            self._finalizer.detach()
-            folders = [f for f in (self._folder, self._copies) if f]
-            self._finalizer = weakref.finalize(self, _cleanup, self._stop, folders)
+            self._refinalize()
         return self._copies
 
     def pin(self, record: CheckpointRecord) -> CheckpointRecord | None:
@@ -112,56 +145,105 @@ class Pins:
         self.problem = None
         if self._linkable:
             try:
-                parent = os.path.join(self._own_folder(), uuid.uuid4().hex[:8])
-                return self._pin_in(parent, record, link=True)
+                folder_fd = self._own_folder()
+                return self._pin_linked(folder_fd, uuid.uuid4().hex[:8], record)
             except FileNotFoundError:
                 return None  # deleted meanwhile
             except OSError:
                 self._linkable = False  # no links here (or not ours to write): copy
         try:
             parent = os.path.join(self._copy_folder(), uuid.uuid4().hex[:8])
-            return self._pin_in(parent, record, link=False)
+            return self._pin_copied(parent, record)
         except (FileNotFoundError, tf.errors.NotFoundError):
             return None
 
-    def _pin_in(
-        self, parent: str, record: CheckpointRecord, *, link: bool
+    def _pin_linked(
+        self, folder_fd: int, sub: str, record: CheckpointRecord
     ) -> CheckpointRecord | None:
+        assert self._folder is not None
+        os.mkdir(sub, dir_fd=folder_fd)
+        try:
+            sub_fd = os.open(sub, _DIR, dir_fd=folder_fd)
+            try:
+                os.mkdir(record.name, dir_fd=sub_fd)
+                target_fd = os.open(record.name, _DIR, dir_fd=sub_fd)
+                try:
+                    self._link_files(record, target_fd)
+                finally:
+                    os.close(target_fd)
+            finally:
+                os.close(sub_fd)
+            return self._checked(os.path.join(self._folder, sub), record)
+        except _Rejected:
+            shutil.rmtree(sub, dir_fd=folder_fd, ignore_errors=True)
+            return None
+        except BaseException:
+            shutil.rmtree(sub, dir_fd=folder_fd, ignore_errors=True)
+            raise
+
+    def _link_files(self, record: CheckpointRecord, target_fd: int) -> None:
+        checkpoint = _fs.local_path(_fs.join(self.directory, record.name))
+        try:
+            source_fd = os.open(checkpoint, _DIR)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                self.problem = f"{record.name} is not a directory"
+                raise _Rejected from None
+            raise
+        try:
+            for fname in [*record.manifest["files"], MANIFEST]:
+                # Names come from a manifest the store checked: plain file names.
+                mode = os.stat(fname, dir_fd=source_fd, follow_symlinks=False).st_mode
+                if not stat.S_ISREG(mode):
+                    self.problem = f"{fname} is not a regular file"
+                    raise _Rejected
+                os.link(
+                    fname,
+                    fname,
+                    src_dir_fd=source_fd,
+                    dst_dir_fd=target_fd,
+                    follow_symlinks=False,
+                )
+        finally:
+            os.close(source_fd)
+
+    def _pin_copied(self, parent: str, record: CheckpointRecord) -> CheckpointRecord | None:
         target = os.path.join(parent, record.name)
         os.makedirs(target)
         try:
             for fname in [*record.manifest["files"], MANIFEST]:
                 # Names come from a manifest the store checked: plain file names.
                 source = _fs.join(self.directory, record.name, fname)
-                if link:
-                    if not stat.S_ISREG(os.lstat(_fs.local_path(source)).st_mode):
-                        self.problem = f"{fname} is not a regular file"
-                        raise _Rejected
-                    os.link(_fs.local_path(source), os.path.join(target, fname))
-                else:
-                    tf.io.gfile.copy(source, os.path.join(target, fname), overwrite=True)
-            store = CheckpointStore(parent)
-            pinned = next((r for r in store.scan()[0] if r.name == record.name), None)
-            if pinned is None or pinned.manifest != record.manifest:
-                self.problem = "its files changed while they were pinned"
-                raise _Rejected
-            self.problem = store.check(pinned, data=False)
-            if self.problem is not None:
-                raise _Rejected
+                tf.io.gfile.copy(source, os.path.join(target, fname), overwrite=True)
+            return self._checked(parent, record)
         except _Rejected:
             _remove(parent)
             return None
         except BaseException:
             _remove(parent)
             raise
-        return dataclasses.replace(record, path=os.path.join(target, PREFIX))
+
+    def _checked(self, parent: str, record: CheckpointRecord) -> CheckpointRecord:
+        """The pinned record, once its files match the manifest; else `_Rejected`."""
+        store = CheckpointStore(parent)
+        pinned = next((r for r in store.scan()[0] if r.name == record.name), None)
+        if pinned is None or pinned.manifest != record.manifest:
+            self.problem = "its files changed while they were pinned"
+            raise _Rejected
+        self.problem = store.check(pinned, data=False)
+        if self.problem is not None:
+            raise _Rejected
+        return dataclasses.replace(record, path=os.path.join(parent, record.name, PREFIX))
 
     def release(self, pinned: CheckpointRecord) -> None:
         """Drops the pin of `pinned` (a record `pin` returned)."""
         parent = os.path.dirname(os.path.dirname(pinned.path))
-        for folder in (self._folder, self._copies):
-            if folder and os.path.dirname(parent) == folder:
-                _remove(parent)
+        if self._folder and os.path.dirname(parent) == self._folder:
+            with self._lock:
+                if not self._stop.is_set():
+                    shutil.rmtree(os.path.basename(parent), dir_fd=self._fds[1], ignore_errors=True)
+        elif self._copies and os.path.dirname(parent) == self._copies:
+            _remove(parent)
 
     def close(self) -> None:
         """Drops every pin and this reader's folder."""
@@ -179,30 +261,46 @@ def _pid_namespace() -> str | None:
         return None
 
 
-def _write_owner(folder: str) -> None:
+def _write_owner(folder_fd: int) -> None:
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "pidns": _pid_namespace(),
         "time": time.time(),
     }
-    tmp = os.path.join(folder, f".{OWNER}.tmp")
-    with open(tmp, "w") as f:
+    tmp = f".{OWNER}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    with open(os.open(tmp, flags, 0o644, dir_fd=folder_fd), "w") as f:
         json.dump(info, f)
-    os.replace(tmp, os.path.join(folder, OWNER))
+    os.replace(tmp, OWNER, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
 
 
-def _heartbeat(stop: threading.Event, folder: str) -> None:
+def _heartbeat(stop: threading.Event, lock: threading.Lock, folder_fd: int) -> None:
     while not stop.wait(_HEARTBEAT):
-        try:
-            _write_owner(folder)
-        except OSError:
-            return  # the folder is gone (removed as stale, or closed)
+        with lock:
+            if stop.is_set():
+                return  # closed: the descriptor is no longer ours
+            try:
+                _write_owner(folder_fd)
+            except OSError:
+                return  # the folder is gone (removed as stale)
 
 
-def _cleanup(stop: threading.Event, folders: list[str]) -> None:
-    stop.set()
-    for folder in folders:
+def _cleanup(
+    stop: threading.Event, lock: threading.Lock, fds: list[int], owned: list[str], copies: list[str]
+) -> None:
+    with lock:
+        stop.set()
+        if fds:
+            for name in owned:
+                shutil.rmtree(name, dir_fd=fds[0], ignore_errors=True)
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            fds.clear()
+    for folder in copies:
         _remove(folder)
 
 
@@ -234,46 +332,75 @@ def _alive(info: object, mtime: float) -> bool:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 return False
-            except OSError:
-                return True
+            except (OSError, OverflowError, ValueError):
+                return True  # not ours to signal, or no pid at all: no information
     return True
 
 
 def remove_stale(directory: str) -> list[str]:
     """Removes the pin folders of readers of `directory` that are gone (their
-    process ended on this host, or no heartbeat for `STALE_SECONDS`). Never
-    raises; returns the names removed. The writer calls it when it takes the
-    directory; each new reader too."""
+    process ended on this host, or no heartbeat for `STALE_SECONDS`). Only
+    folders owned by this user are considered, and nothing is followed out of
+    `.readers`. Never raises (a warning at most); returns the names removed.
+    The writer calls it when it takes the directory; each new reader too."""
+    try:
+        return _remove_stale(directory)
+    except Exception as e:  # a reader's leftovers never make the caller fail
+        warnings.warn(
+            f"tfckpt: could not clean up the readers' pins in {directory!r}: "
+            f"{type(e).__name__}: {e}",
+            stacklevel=2,
+        )
+        return []
+
+
+def _remove_stale(directory: str) -> list[str]:
     if not _fs.is_local(directory):
         return []
     root = os.path.join(_fs.local_path(directory), READERS)
-    removed = []
-    if os.path.islink(root):
-        return []  # not ours: never followed
     try:
-        names = os.listdir(root)
+        root_fd = os.open(root, _DIR)  # a symbolic link: not ours, never followed
     except OSError:
         return []
-    for name in names:
-        path = os.path.join(root, name)
-        try:
-            if os.path.islink(path) or not os.path.isdir(path):
-                os.unlink(path)  # nothing a reader makes: not followed
-                removed.append(name)
-                continue
-            owner = os.path.join(path, OWNER)
+    removed = []
+    try:
+        with os.scandir(root_fd) as entries:
+            names = [entry.name for entry in entries]
+        uid = os.getuid()
+        for name in names:
             try:
-                mtime = os.lstat(owner).st_mtime
-            except OSError:
-                mtime = os.lstat(path).st_mtime  # not written yet (or removed)
-            try:
-                with open(owner) as f:
-                    info = json.loads(f.read(4096))
-            except (OSError, ValueError):
-                info = None
-            if not _alive(info, mtime):
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(name)
-        except OSError:
-            continue
+                st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+                if st.st_uid != uid:
+                    continue  # another user's: not ours to judge
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=root_fd)  # nothing a reader makes: not followed
+                    removed.append(name)
+                    continue
+                if not _alive(*_owner(root_fd, name, st.st_mtime)):
+                    shutil.rmtree(name, dir_fd=root_fd, ignore_errors=True)
+                    removed.append(name)
+            except Exception:
+                continue  # malformed, or changed meanwhile: no information
+    finally:
+        os.close(root_fd)
     return removed
+
+
+def _owner(root_fd: int, name: str, folder_mtime: float) -> tuple[object, float]:
+    """A reader folder's owner.json (`None` when unreadable) and heartbeat time."""
+    folder_fd = os.open(name, _DIR, dir_fd=root_fd)
+    try:
+        try:
+            st = os.stat(OWNER, dir_fd=folder_fd, follow_symlinks=False)
+        except OSError:
+            return None, folder_mtime  # not written yet (or removed)
+        if not stat.S_ISREG(st.st_mode):
+            return None, st.st_mtime
+        try:
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+            with open(os.open(OWNER, flags, dir_fd=folder_fd), "rb") as f:
+                return json.loads(f.read(4096)), st.st_mtime
+        except Exception:
+            return None, st.st_mtime  # malformed: no information, the age decides
+    finally:
+        os.close(folder_fd)

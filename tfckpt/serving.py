@@ -4,6 +4,7 @@ a SavedModel in TF Serving's layout, `base_dir/<step>/`."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import re
 import threading
@@ -20,6 +21,9 @@ _WHEN = ("best", "every")
 _VERSION = re.compile(r"^\d+$")
 # write_atomically's temporary and old-version names: an interrupted export's.
 _LEFTOVER = re.compile(r"^\.(tmp|trash)-[0-9a-f]{8}-\d+$")
+# Inside each version a ServingExport writes: which run and checkpoint it is.
+# Only versions carrying it (of the same run) are ever pruned.
+MARKER = ".tfckpt-export.json"
 
 
 class ServingExport(CheckpointObserver):
@@ -27,13 +31,20 @@ class ServingExport(CheckpointObserver):
     a TF SavedModel into `base_dir/<step>/`, the layout TF Serving polls.
 
     Each version is written under a temporary name and renamed into place, so
-    a serving process never sees a partial one; at most `keep` versions stay
-    (the newest steps), and what an interrupted export left is removed by the
-    next one. The export is made from the committed checkpoint (restored into
-    a clone of `model`), not from the live model. With `async_save=True` it
+    a serving process never sees a partial one; at most `keep` versions of
+    this run stay (the newest steps, and always the one just exported), and
+    what an interrupted export left is removed by the next one. Versions are
+    checkpoint steps; versions in `base_dir` that this run did not export
+    (each export carries a small marker file saying which run and checkpoint
+    it is) are never removed, and a warning says so when one of them is
+    higher than the version just exported (TF Serving serves the highest).
+    The export is made from the committed checkpoint (restored into a clone
+    of `model`), not from the live model. With `async_save=True` it
     runs in a thread of its own from a pin of the checkpoint (see
-    `tfckpt.watch`), so `fit` never waits for it; otherwise in the save, as
-    other observers. A failed export is a warning: the checkpoint stays and
+    `tfckpt.watch`), so the next save does not wait for the export (making
+    the pin does wait: hard links on a local run directory, a copy of the
+    checkpoint's files where there are none); otherwise in the save, as other
+    observers. A failed export is a warning: the checkpoint stays and
     training goes on.
 
     Example:
@@ -86,6 +97,7 @@ class ServingExport(CheckpointObserver):
         self._pins: dict[str, Pins] = {}  # run directory -> pins of exports queued
         self._inflight: dict[str, int] = {}
         self._pins_lock = threading.Lock()
+        self._warned_higher = False
 
     def __repr__(self) -> str:
         return f"ServingExport({self.base_dir!r}, keep={self.keep}, when={self.when!r})"
@@ -137,7 +149,7 @@ class ServingExport(CheckpointObserver):
 
     def _export_pinned(self, run_dir: str, pins: Pins, pinned: CheckpointRecord) -> None:
         try:
-            self.export(pinned)
+            self.export(pinned, run=run_dir)
         except Exception as e:
             warnings.warn(
                 f"tfckpt: observer {self!r} failed in on_commit({pinned.name}): "
@@ -153,14 +165,35 @@ class ServingExport(CheckpointObserver):
                     pins.close()
                     del self._pins[run_dir], self._inflight[run_dir]
 
-    def export(self, record: CheckpointRecord) -> str:
+    def export(self, record: CheckpointRecord, *, run: str | None = None) -> str:
         """Exports `record` (readable at `record.path`) as version
-        `record.step`; returns the version's directory."""
+        `record.step`; returns the version's directory. A version of that
+        step already exported from the same checkpoint is kept as it is.
+
+        Args:
+            record: the checkpoint.
+            run: its run directory, where `record.path` is elsewhere (a pin);
+                default: the directory `record.path` is in.
+        """
         import keras
 
+        if run is None:
+            run = os.path.dirname(record.directory)
+        origin = {
+            "run": os.path.abspath(run) if "://" not in run else run,
+            "checkpoint": record.name,
+            "step": record.step,
+            "time": record.time,
+        }
         with self._lock:
             os.makedirs(self.base_dir, exist_ok=True)
             self._remove_leftovers()
+            path = os.path.join(self.base_dir, str(record.step))
+            if _origin(path) == origin:
+                # Already there (a rerun of the same commit): replacing it
+                # would leave TF Serving a moment without that version.
+                self._after_export(record.step, origin["run"])
+                return path
             if self._clone is None:
                 self._clone = keras.models.clone_model(self.model)
             _tf_checkpoint.ensure_built(self._clone, record.manifest.get("build_config"))
@@ -170,23 +203,48 @@ class ServingExport(CheckpointObserver):
                 saved=record.manifest.get("contents"),
                 strict=False,
             )
-            path = os.path.join(self.base_dir, str(record.step))
             clone = self._clone
-            write_atomically(
-                path, lambda tmp: clone.export(tmp, format="tf_saved_model", verbose=False)
-            )
-            self.exported.append(record.step)
-            self._prune()
+
+            def write(tmp: str) -> None:
+                clone.export(tmp, format="tf_saved_model", verbose=False)
+                with open(os.path.join(tmp, MARKER), "w") as f:
+                    json.dump(origin, f)
+
+            write_atomically(path, write)
+            self._after_export(record.step, origin["run"])
             return path
+
+    def _after_export(self, step: int, run: str) -> None:
+        if step not in self.exported:
+            self.exported.append(step)
+        self._prune(step, run)
+        higher = [v for v in self.versions() if v > step]
+        if higher and not self._warned_higher:
+            self._warned_higher = True
+            warnings.warn(
+                f"tfckpt: {self!r} exported version {step}, but {self.base_dir!r} also "
+                f"holds higher versions {higher}. TF Serving serves the highest version "
+                f"by default: it will not serve {step}. Versions are checkpoint steps, and "
+                "a ServingExport removes only versions its own run exported; remove the "
+                "others or export into a new base_dir.",
+                stacklevel=3,
+            )
 
     def _remove_leftovers(self) -> None:
         for name in os.listdir(self.base_dir):
             if _LEFTOVER.match(name):
                 remove_path(os.path.join(self.base_dir, name))
 
-    def _prune(self) -> None:
-        versions = sorted(int(n) for n in os.listdir(self.base_dir) if _VERSION.match(n))
-        for step in versions[: -self.keep]:
+    def _prune(self, written: int, run: str) -> None:
+        """Keeps the newest `keep` versions this run exported (`written`, the
+        one just exported, always); versions of other runs are never removed."""
+        ours = [
+            v
+            for v in self.versions()
+            if (_origin(os.path.join(self.base_dir, str(v))) or {}).get("run") == run
+        ]
+        ours = sorted(set(ours) - {written})
+        for step in ours[: max(0, len(ours) - (self.keep - 1))]:
             remove_path(os.path.join(self.base_dir, str(step)))
 
     def versions(self) -> list[int]:
@@ -199,3 +257,17 @@ class ServingExport(CheckpointObserver):
         """Waits for exports running in the background (async saves)."""
         pending, self._pending = self._pending, []
         concurrent.futures.wait(pending)
+
+
+def _origin(version: str) -> dict[str, Any] | None:
+    """What a version's marker says (which run and checkpoint it was exported
+    from); `None` where there is none (not written by a ServingExport)."""
+    marker = os.path.join(version, MARKER)
+    try:
+        if os.path.islink(marker) or not os.path.isfile(marker):
+            return None
+        with open(marker) as f:
+            origin = json.loads(f.read(65536))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return origin if isinstance(origin, dict) else None

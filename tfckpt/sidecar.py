@@ -182,13 +182,20 @@ class SidecarEvaluator:
         self._writer.flush()
         path = _fs.join(self.log_dir, LOG)
         line = json.dumps(row, sort_keys=True) + "\n"
+        # A line cut short by a crash is ended first: it must not swallow this one.
         if _fs.is_local(path):
-            with open(_fs.local_path(path), "a") as f:
-                f.write(line)
+            with open(_fs.local_path(path), "a+b") as f:
+                if f.seek(0, os.SEEK_END) > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        line = "\n" + line
+                f.write(line.encode())
                 f.flush()
                 os.fsync(f.fileno())
         else:  # object stores cannot append: the whole file again
-            old = _fs.read_bytes(path).decode() if tf.io.gfile.exists(path) else ""
+            old = _fs.read_bytes(path).decode(errors="replace") if tf.io.gfile.exists(path) else ""
+            if old and not old.endswith("\n"):
+                old += "\n"
             with tf.io.gfile.GFile(path, "w") as f:
                 f.write(old + line)
 

@@ -9,12 +9,19 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import tensorflow as tf
+
 from tfckpt.errors import CheckpointReadError
 from tfckpt.finished import is_finished
 from tfckpt.pins import Pins, remove_stale
 from tfckpt.store import CheckpointRecord, CheckpointStore
 
 _STARTS = ("all", "latest", "new")
+_TRIES = 3  # pinning attempts of a checkpoint that fail with an I/O error
+
+
+class _Retry(Exception):
+    """Pinning failed with an I/O error that may pass: try again after a listing."""
 
 
 class Watcher:
@@ -62,7 +69,8 @@ class Watcher:
         self._held: CheckpointRecord | None = None
         self._last_seq: int | None = None  # newest seq seen (yielded or skipped)
         self._last_step: int | None = None  # newest step yielded
-        self._first = True
+        self._first = True  # no listing has succeeded yet (`start` applies to it)
+        self._failures: dict[str, int] = {}  # record name -> failed pinning attempts
         self._told = False
         self._closed = False
         self._queue: list[CheckpointRecord] = []
@@ -75,24 +83,34 @@ class Watcher:
 
     def __next__(self) -> CheckpointRecord:
         self._release()
+        # The timeout counts while the caller waits here, from a listing made
+        # now: a consumer slower than `timeout` still gets what was committed
+        # meanwhile.
+        entered = time.monotonic()
+        polled = False
         while not self._closed:
             while self._queue:
-                record = self._queue.pop(0)
-                pinned = self._take(record)
+                record = self._queue[0]
+                try:
+                    pinned = self._take(record)
+                except _Retry:
+                    break  # after the next listing
+                self._queue.pop(0)
                 if pinned is not None:
                     self._held = pinned
                     return pinned
-            if self._finished:
+            if self._finished and not self._queue:
                 break  # everything committed before the marker was yielded
-            if not self._first:
-                waited = time.monotonic() - self._since
-                if self.timeout is not None and waited >= self.timeout:
+            if polled:
+                waited = time.monotonic() - max(entered, self._since)
+                if self.timeout is not None and waited >= self.timeout and not self._queue:
                     break
                 pause = self.poll_interval
-                if self.timeout is not None:
-                    pause = min(pause, self.timeout - waited)
+                if self.timeout is not None and not self._queue:
+                    pause = max(0.0, min(pause, self.timeout - waited))
                 time.sleep(pause)
             self._poll()
+            polled = True
         self.close()
         raise StopIteration
 
@@ -130,6 +148,17 @@ class Watcher:
             pinned = self._pins.pin(record)
         except CheckpointReadError as e:
             warnings.warn(f"tfckpt.watch: skipping {record.name}: {e}", stacklevel=3)
+            return None
+        except (OSError, tf.errors.OpError) as e:
+            # Shared storage hiccups, as in a listing: try again, then skip it.
+            tries = self._failures[record.name] = self._failures.get(record.name, 0) + 1
+            if tries < _TRIES:
+                raise _Retry from None
+            warnings.warn(
+                f"tfckpt.watch: skipping {record.name} in {self.directory!r}: it could "
+                f"not be pinned ({tries} tries): {type(e).__name__}: {e}",
+                stacklevel=3,
+            )
             return None
         if pinned is None:
             if self._pins.problem is not None:
@@ -189,8 +218,11 @@ def watch(
 
     Args:
         directory: the run directory; it need not exist yet.
-        timeout: end after this many seconds without a new checkpoint;
-            `None` (default): only when training has finished.
+        timeout: end when a call for the next record has waited this many
+            seconds without a new checkpoint (each call lists the directory
+            first, so a consumer slower than `timeout` still gets what was
+            committed meanwhile); `None` (default): only when training has
+            finished.
         poll_interval: seconds between listings of the directory.
         start: `"all"` (every checkpoint already there, then new ones),
             `"latest"` (the newest one already there, then new ones), `"new"`
