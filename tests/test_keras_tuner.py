@@ -9,7 +9,7 @@ import keras
 import keras_tuner  # the test extra installs it: pip install ".[test]"
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import make_data, make_model, run_script
 
 import tfckpt
 import tfckpt.keras_tuner
@@ -104,3 +104,36 @@ def test_bad_arguments_are_named(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "keras_tuner", None)  # as if not installed
     with pytest.raises(ImportError, match=r'pip install "tfckpt\[tuner\]"'):
         tfckpt.keras_tuner.resumable(same)
+
+
+def test_a_resumed_trials_history_lists_a_metric_only_where_it_was_logged(tmp_path):
+    # validation_freq=2: epochs 1 and 3 log no val_loss. The trial's whole
+    # history is what Keras's own History of an uninterrupted fit holds.
+    from keras_tuner.src.engine import tuner_utils  # what a trial's scoring runs
+
+    from tfckpt.keras_tuner import _whole_history
+
+    x, y = make_data()
+    model = make_model()
+    directory = str(tmp_path / "trial")
+
+    def fit(epochs):
+        cb = tfckpt.CheckpointCallback(directory, monitor="loss", verbose=0)
+        return model.fit(
+            x, y, epochs=epochs, validation_split=0.25, validation_freq=2, verbose=0, callbacks=[cb]
+        )
+
+    fit(2)
+    model = make_model()  # a new process's model: the next fit resumes at epoch 3
+    resumed = fit(4)
+    assert resumed.epoch == [2, 3]
+    whole = _whole_history(resumed, directory)
+    assert whole.epoch == [0, 1, 2, 3]
+    val_loss = whole.history["val_loss"]
+    # As in Keras's History: only the epochs that logged it (2 and 4).
+    assert len(val_loss) == 2 and len(whole.history["loss"]) == 4
+    assert all(np.isfinite(v) for v in (*val_loss, *whole.history["loss"]))
+    # What KerasTuner scores a trial by, from a History as Keras writes it.
+    objective = keras_tuner.Objective("loss", "min")
+    best = tuner_utils.convert_to_metrics_dict(whole, objective)
+    assert best["loss"] == min(whole.history["loss"])

@@ -78,5 +78,30 @@ def test_invalid_arguments_are_named(tmp_path):
             tfckpt.ServingExport(tmp_path, model=model, **kwargs)
     with pytest.raises(ValueError, match="base_dir.*local"):
         tfckpt.ServingExport("gs://bucket/model", model=model)
-    with pytest.raises(ValueError, match="model"):
-        tfckpt.ServingExport(tmp_path, model=None)
+    with pytest.raises(ValueError, match="model.*Keras model or None"):
+        tfckpt.ServingExport(tmp_path, model="not a model")
+
+
+def test_the_callbacks_model_is_exported_and_other_versions_are_left_alone(tmp_path):
+    # base_dir already holds versions this run did not write (an earlier
+    # training of the model), one of them higher than any step of this run.
+    x, y = make_data()
+    base = tmp_path / "serving"
+    for old in ("7", "50000"):
+        (base / old).mkdir(parents=True)
+        (base / old / "saved_model.pb").write_bytes(b"an earlier export")
+    model = make_model()
+    serving = tfckpt.ServingExport(base, keep=1, when="every")  # the callback's model
+    cb = tfckpt.CheckpointCallback(tmp_path / "run", verbose=0, observers=[serving])
+    with pytest.warns(UserWarning, match="50000"):
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[cb])
+    latest = tfckpt.open(tmp_path / "run").latest
+    # keep=1 applies to this run's versions; the others are untouched.
+    assert sorted(os.listdir(base)) == sorted(["7", "50000", str(latest.step)])
+    assert (base / "50000" / "saved_model.pb").read_bytes() == b"an earlier export"
+    served = tf.saved_model.load(str(base / str(latest.step)))
+    np.testing.assert_allclose(served.serve(x[:4]).numpy(), model(x[:4]).numpy(), rtol=1e-5)
+    # The same commit exported again is kept as it is (no moment without it).
+    before = os.stat(base / str(latest.step)).st_mtime_ns
+    assert serving.export(latest) == str(base / str(latest.step))
+    assert os.stat(base / str(latest.step)).st_mtime_ns == before

@@ -221,19 +221,24 @@ class _Resumable:
 def _whole_history(results: Any, directory: str) -> Any:
     """`fit`'s History with the epochs before a resume put back in front, so
     KerasTuner scores the whole trial (a resumed `fit` only returns the
-    epochs it ran). Missing or non-finite values are NaN, as in Keras."""
+    epochs it ran), as Keras's History would have it: a metric lists the
+    epochs that logged it, a non-finite value as NaN."""
     import keras
 
     if not isinstance(results, keras.callbacks.History):
         return results
-    history = Run(directory).history
-    epochs = history.pop("epoch")
+    run = Run(directory)
+    latest = run.latest
+    epochs = run.state(latest).get("history", []) if latest is not None else []
     if len(epochs) <= len(results.epoch):
         return results  # nothing before this fit
-    # The run's history writes a non-finite value, or an epoch without that
-    # metric (e.g. `validation_freq`), as None: KerasTuner compares numbers.
-    results.history = {
-        name: [float("nan") if v is None else v for v in values] for name, values in history.items()
-    }
-    results.epoch = [e - 1 for e in epochs]
+    # Each epoch's logs as saved: a metric an epoch did not log is absent
+    # (`validation_freq`), a non-finite value is None (JSON).
+    history: dict[str, list] = {}
+    for logs in epochs:
+        for name, value in logs.items():
+            if name != "epoch":
+                history.setdefault(name, []).append(float("nan") if value is None else value)
+    results.history = history
+    results.epoch = [logs["epoch"] - 1 for logs in epochs]
     return results

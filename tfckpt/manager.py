@@ -34,7 +34,7 @@ from tfckpt.errors import (
 )
 from tfckpt.finished import mark_finished
 from tfckpt.monitor import check_mode, is_better
-from tfckpt.observers import CheckpointObserver, notify
+from tfckpt.observers import CheckpointObserver, bind_model, notify
 from tfckpt.options import (
     KeepRules,
     check_backend,
@@ -196,6 +196,7 @@ class CheckpointManager:
             incremental=self.incremental,
         )
         self.observers: list[CheckpointObserver] = validate_observers(observers)
+        bind_model(self.observers, model)
         self.parent: dict | None = None  # the checkpoint this run was forked from
         self._lock: DirectoryLock | None = None
         self._closed = False

@@ -44,6 +44,10 @@ class CheckpointObserver:
     still runs, and training goes on.
     """
 
+    def set_model(self, model: Any) -> None:
+        """Called with the model the manager saves, when the manager is
+        created (the callback creates one at the start of each `fit`)."""
+
     def on_commit(self, record: CheckpointRecord) -> None:
         """After `record` is committed."""
 
@@ -114,5 +118,22 @@ def notify(observers: list[CheckpointObserver], event: str, record: CheckpointRe
             warnings.warn(
                 f"tfckpt: observer {observer!r} failed in {event}({record.name}): "
                 f"{type(e).__name__}: {e}. The checkpoint is unaffected.",
+                stacklevel=3,
+            )
+
+
+def bind_model(observers: list[CheckpointObserver], model: Any) -> None:
+    """Calls `set_model(model)` of each observer that has one; an error is a
+    warning, as in `notify`."""
+    for observer in list(observers):
+        set_model = getattr(observer, "set_model", None)
+        if not callable(set_model):
+            continue
+        try:
+            set_model(model)
+        except Exception as e:
+            warnings.warn(
+                f"tfckpt: observer {observer!r} failed in set_model: "
+                f"{type(e).__name__}: {e}. The checkpoints are unaffected.",
                 stacklevel=3,
             )

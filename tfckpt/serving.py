@@ -50,7 +50,7 @@ class ServingExport(CheckpointObserver):
     Example:
 
     ```python
-    serving = tfckpt.ServingExport("serving/my_model", model=model, keep=3)
+    serving = tfckpt.ServingExport("serving/my_model", keep=3)
     cb = tfckpt.CheckpointCallback("runs/exp1", monitor="val_loss", observers=[serving])
     model.fit(..., callbacks=[cb])
     # tensorflow_model_server --model_base_path=$PWD/serving/my_model ...
@@ -60,14 +60,20 @@ class ServingExport(CheckpointObserver):
         base_dir: the model's base path for TF Serving (a local directory,
             outside the run directory); created if missing.
         model: the Keras model being trained (a Functional or Sequential
-            model, which `keras.models.clone_model` can clone).
+            model, which `keras.models.clone_model` can clone). By default,
+            the model of the callback or manager it is passed to.
         keep: how many versions to keep (>= 1).
         when: `"best"`: each checkpoint that is a new best of the callback's
             (or manager's) `monitor`; `"every"`: every checkpoint.
     """
 
     def __init__(
-        self, base_dir: str | os.PathLike, *, model: Any, keep: int = 3, when: str = "best"
+        self,
+        base_dir: str | os.PathLike,
+        *,
+        keep: int = 3,
+        when: str = "best",
+        model: Any = None,
     ):
         if not isinstance(base_dir, (str, os.PathLike)) or not os.fspath(base_dir):
             raise ValueError(
@@ -78,8 +84,8 @@ class ServingExport(CheckpointObserver):
                 "`base_dir` must be a local directory (versions are renamed into place). "
                 f"Received: base_dir={base_dir!r}"
             )
-        if model is None or not hasattr(model, "export"):
-            raise ValueError(f"`model` must be a Keras model. Received: model={model!r}")
+        if model is not None and not hasattr(model, "export"):
+            raise ValueError(f"`model` must be a Keras model or None. Received: model={model!r}")
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"`keep` must be an integer >= 1. Received: keep={keep!r}")
         if when not in _WHEN:
@@ -98,6 +104,12 @@ class ServingExport(CheckpointObserver):
         self._inflight: dict[str, int] = {}
         self._pins_lock = threading.Lock()
         self._warned_higher = False
+
+    def set_model(self, model: Any) -> None:
+        """The model of the callback or manager this observer is passed to
+        (unless one was given)."""
+        if self.model is None and hasattr(model, "export"):
+            self.model = model
 
     def __repr__(self) -> str:
         return f"ServingExport({self.base_dir!r}, keep={self.keep}, when={self.when!r})"
@@ -195,6 +207,11 @@ class ServingExport(CheckpointObserver):
                 self._after_export(record.step, origin["run"])
                 return path
             if self._clone is None:
+                if self.model is None:
+                    raise ValueError(
+                        "ServingExport has no model: pass it in observers=[...] of a "
+                        "CheckpointCallback or CheckpointManager, or model=..."
+                    )
                 self._clone = keras.models.clone_model(self.model)
             _tf_checkpoint.ensure_built(self._clone, record.manifest.get("build_config"))
             _tf_checkpoint.read(
