@@ -52,7 +52,7 @@ if args.kill_in_export is not None:
 
     keras.Sequential.export = export
 
-serving = tfckpt.ServingExport(args.base_dir, model=model, keep=2)
+serving = tfckpt.ServingExport(args.base_dir, keep=2)  # the callback's model
 cb = tfckpt.CheckpointCallback(
     args.directory,
     monitor="val_loss",
