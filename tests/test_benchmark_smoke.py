@@ -61,3 +61,17 @@ def test_compare_benchmark_runs_at_a_tiny_size(tmp_path):
     assert (tmp_path / "scale.png").stat().st_size > 0
     # The tables docs/performance.md shows, generated from the same figures.
     assert "| durable sync save within 1.1x of raw write+fsync" in proc.stdout
+
+
+def test_serving_export_benchmark_runs_at_a_tiny_size():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "serving_export.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[: proc.stdout.rindex("}") + 1])
+    assert summary["async + ServingExport"]["export_per_save_s"] > 0
+    assert summary["async"]["export_per_save_s"] == 0
