@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 from tfckpt import _tf_checkpoint
+from tfckpt._background import lower_thread_priority
 from tfckpt.export import remove_path, write_atomically
 from tfckpt.observers import CheckpointObserver
 from tfckpt.pins import Pins
@@ -155,7 +156,9 @@ class ServingExport(CheckpointObserver):
             self._inflight[run_dir] = self._inflight.get(run_dir, 0) + 1
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="tfckpt-serving"
+                max_workers=1,
+                thread_name_prefix="tfckpt-serving",
+                initializer=lower_thread_priority,  # yields the CPU to training
             )
         self._pending.append(self._executor.submit(self._export_pinned, run_dir, pins, pinned))
 
