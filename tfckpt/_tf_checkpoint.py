@@ -141,3 +141,10 @@ def state_bytes(variables: Sequence[Any]) -> int:
             sizes[dtype] = np.dtype(getattr(dtype, "name", dtype)).itemsize
         total += math.prod(v.shape) * sizes[dtype]
     return total
+
+
+def read_model(model: Any, path: str, manifest: Mapping[str, Any]) -> None:
+    """Reads a checkpoint's model weights into `model` (built first from the
+    manifest's build config), ignoring what `model` has no place for."""
+    ensure_built(model, manifest.get("build_config"))
+    read(path, {"model": model}, saved=manifest.get("contents"), strict=False)

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -25,30 +26,31 @@ def mark_finished(directory: str) -> None:
     """Records that training into `directory` ended normally. Only the writer
     (the lock holder) calls it; a failure is a warning, never an error."""
     info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
-    try:
+
+    def write() -> None:
         with tf.io.gfile.GFile(_fs.join(directory, MARKER), "wb") as f:
             f.write(json.dumps(info).encode())
-    except (OSError, tf.errors.OpError) as e:
-        warnings.warn(
-            f"tfckpt: could not mark {directory!r} as finished ({e}); a tfckpt.watch "
-            "on it ends by its timeout instead.",
-            stacklevel=2,
-        )
+
+    _or_warn(write, f"could not mark {directory!r} as finished", "ends by its timeout instead")
 
 
 def clear_finished(directory: str) -> None:
     """Removes the marker: a writer took `directory` and training goes on. A
     failure is a warning (a watcher may then stop early), never an error."""
     path = _fs.join(directory, MARKER)
-    try:
+
+    def remove() -> None:
         if tf.io.gfile.exists(path):
             tf.io.gfile.remove(path)
+
+    _or_warn(remove, f"could not remove {path!r}", "started now may take the run as finished")
+
+
+def _or_warn(action: Callable[[], None], what: str, consequence: str) -> None:
+    try:
+        action()
     except (OSError, tf.errors.OpError) as e:
-        warnings.warn(
-            f"tfckpt: could not remove {path!r} ({e}); a tfckpt.watch started now may "
-            "take the run as finished.",
-            stacklevel=2,
-        )
+        warnings.warn(f"tfckpt: {what} ({e}); a tfckpt.watch on it {consequence}.", stacklevel=3)
 
 
 def is_finished(directory: str) -> bool:

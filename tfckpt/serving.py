@@ -216,13 +216,7 @@ class ServingExport(CheckpointObserver):
                         "CheckpointCallback or CheckpointManager, or model=..."
                     )
                 self._clone = keras.models.clone_model(self.model)
-            _tf_checkpoint.ensure_built(self._clone, record.manifest.get("build_config"))
-            _tf_checkpoint.read(
-                record.path,
-                {"model": self._clone},
-                saved=record.manifest.get("contents"),
-                strict=False,
-            )
+            _tf_checkpoint.read_model(self._clone, record.path, record.manifest)
             clone = self._clone
 
             def write(tmp: str) -> None:

@@ -142,13 +142,7 @@ class SidecarEvaluator:
     def evaluate(self, record: CheckpointRecord) -> dict[str, Any]:
         """Restores `record` (readable at `record.path`) into the model,
         evaluates it and logs the result; returns the logged row."""
-        _tf_checkpoint.ensure_built(self.model, record.manifest.get("build_config"))
-        _tf_checkpoint.read(
-            record.path,
-            {"model": self.model},
-            saved=record.manifest.get("contents"),
-            strict=False,
-        )
+        _tf_checkpoint.read_model(self.model, record.path, record.manifest)
         data = self.data
         if isinstance(data, tuple) and 2 <= len(data) <= 3:  # (x, y[, sample_weight])
             inputs = dict(zip(("x", "y", "sample_weight"), data))
