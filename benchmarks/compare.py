@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfckpt
-from tfckpt import _fs
+from tfckpt.store import fs
 
 
 def build_model(size_mb: float) -> keras.Model:
@@ -109,7 +109,7 @@ def raw_writer(arrays: list[np.ndarray], directory: str):
                 f.write(memoryview(np.ascontiguousarray(a)).cast("B"))
             f.flush()
             os.fsync(f.fileno())
-        _fs.fsync_dir(directory)
+        fs.fsync_dir(directory)
         old = os.path.join(directory, f"state-{i - 2}.bin")
         if os.path.exists(old):
             os.remove(old)
@@ -284,8 +284,8 @@ def state_arrays(model) -> list[np.ndarray]:
 def fsync_tree(path: str) -> None:
     for root, _, files in os.walk(path):
         for f in files:
-            _fs.fsync_file(os.path.join(root, f))
-        _fs.fsync_dir(root)
+            fs.fsync_file(os.path.join(root, f))
+        fs.fsync_dir(root)
 
 
 def perturb(model) -> None:

@@ -19,7 +19,8 @@ import keras
 import numpy as np
 
 import tfckpt
-from tfckpt import _state_files, _training_state
+from tfckpt.fit import training_state
+from tfckpt.store import state_files
 
 p = argparse.ArgumentParser()
 p.add_argument("--repeats", type=int, default=50)
@@ -47,11 +48,11 @@ with tempfile.TemporaryDirectory() as d, tfckpt.CheckpointManager(d, model) as m
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         state = {
-            "rng": _training_state.random_state(model),
-            "callbacks": _training_state.callback_states(stoppers),
-            "metrics_variables": _training_state.metric_values(model),
+            "rng": training_state.random_state(model),
+            "callbacks": training_state.callback_states(stoppers),
+            "metrics_variables": training_state.metric_values(model),
         }
-        _state_files.encode(state)
+        state_files.encode(state)
         t1 = time.perf_counter()
         manager.save(epoch=1, state=state)
         t2 = time.perf_counter()

@@ -10,7 +10,7 @@ import tensorflow as tf
 from conftest import make_model, run_script
 
 import tfckpt
-import tfckpt._fit_session
+import tfckpt.fit.session
 
 
 def tensors(path):
@@ -173,7 +173,7 @@ def test_async_fit_checkpoints_hold_the_state_at_the_save_call(tmp_path, monkeyp
             )
             return super().save(step, **kwargs)
 
-    monkeypatch.setattr(tfckpt._fit_session, "CheckpointManager", Recording)
+    monkeypatch.setattr(tfckpt.fit.session, "CheckpointManager", Recording)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 64)).astype("float32")
     y = rng.normal(size=(256, 1)).astype("float32")
@@ -228,7 +228,7 @@ def test_background_writes_yield_to_training(tmp_path, incremental, monkeypatch)
     model = make_model()
     main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     seen = {"seal": []}
-    real_finish = tfckpt.store.CheckpointStore.finish
+    real_finish = tfckpt.store.checkpoint_store.CheckpointStore.finish
 
     def finish(self, *args, **kwargs):
         # The commit thread, and the TF writer thread it waited for.
@@ -245,7 +245,9 @@ def test_background_writes_yield_to_training(tmp_path, incremental, monkeypatch)
         ]
         return real_finish(self, *args, **kwargs)
 
-    monkeypatch.setattr(tfckpt.store.CheckpointStore, "finish", finish)  # observes only
+    monkeypatch.setattr(
+        tfckpt.store.checkpoint_store.CheckpointStore, "finish", finish
+    )  # observes only
     with tfckpt.CheckpointManager(
         tmp_path, model, async_save=True, keep_last=1, incremental=incremental
     ) as manager:

@@ -21,7 +21,7 @@ from conftest import make_data, make_model, script_env
 
 import tfckpt
 from tfckpt import cli
-from tfckpt._lock import DirectoryLock
+from tfckpt.store.lock import DirectoryLock
 
 MODEL_DEF = """
 import keras

@@ -15,7 +15,7 @@ import tensorflow as tf
 from conftest import Recorder, make_model, run_script, script_env
 
 import tfckpt
-from tfckpt.store import CheckpointStore
+from tfckpt.store.checkpoint_store import CheckpointStore
 
 
 def small_model():

@@ -15,7 +15,7 @@ import tensorflow as tf
 from conftest import SCRIPTS, run_script, script_env
 
 import tfckpt
-from tfckpt.finished import is_finished
+from tfckpt.store.finished import is_finished
 
 FIELDS = ("name", "step", "epoch", "batch", "metrics", "size", "time", "kept", "best")
 
@@ -273,7 +273,7 @@ def test_a_damaged_source_checkpoint_is_reported_and_not_copied(source, tmp_path
 
 def test_unchanged_data_files_are_hard_linked_at_a_local_destination(tmp_path):
     keras.utils.set_random_seed(0)
-    # A frozen 4 MiB kernel: a data file of its own (see tfckpt._shards).
+    # A frozen 4 MiB kernel: a data file of its own (see tfckpt.store.shards).
     backbone = keras.layers.Dense(1024, activation="relu", trainable=False)
     model = keras.Sequential([keras.Input((1024,)), backbone, keras.layers.Dense(1)])
     model.compile(keras.optimizers.Adam(1e-2), "mse")

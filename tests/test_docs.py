@@ -51,8 +51,9 @@ def test_benchmark_tables_are_generated_from_the_results():
     assert os.path.getsize(ROOT / "benchmarks" / "scale.png") > 0
 
 
-def test_modules_import_only_from_their_layer_or_below():
-    # The layers as docs/architecture.md lists them, top to bottom.
+def _layers():
+    """Each module's layer (0 = top), from docs/architecture.md's table: a
+    folder gives its layer to every module in it."""
     import re
 
     rows = [
@@ -60,19 +61,87 @@ def test_modules_import_only_from_their_layer_or_below():
         for line in (ROOT / "docs" / "architecture.md").read_text().splitlines()
         if line.startswith("| ") and "`" in line
     ]
-    layer, current = {}, -1
-    for row in rows:
-        if row[1].strip():
-            current += 1
-        for module in re.findall(r"`(\w+)\.py`", row[2]):
-            layer[module] = current
-    modules = {p.stem for p in (ROOT / "tfckpt").glob("*.py")} - {"__init__"}
-    assert modules <= set(layer), sorted(modules - set(layer))  # every module is listed
-    upward = []
-    for module in modules:
-        text = (ROOT / "tfckpt" / f"{module}.py").read_text()
-        imported = set(re.findall(r"from tfckpt\.(\w+) import", text))
-        for names in re.findall(r"from tfckpt import ([\w, ]+)", text):
-            imported |= {n.split(" as ")[0].strip() for n in names.split(",")}
-        upward += [(module, d) for d in imported if d in layer and layer[d] < layer[module]]
+    package = ROOT / "tfckpt"
+    layer = {}
+    for i, row in enumerate(rows):
+        for entry in re.findall(r"`([\w/.]+)`", row[2]):
+            if entry.endswith("/"):
+                for path in (package / entry).glob("*.py"):
+                    layer[path.relative_to(package).with_suffix("").as_posix()] = i
+            else:
+                layer[entry.removesuffix(".py")] = i
+    return layer
+
+
+def _imports(path):
+    """(module imported, name imported or None) for each tfckpt import of `path`."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tfckpt"):
+            base = node.module.removeprefix("tfckpt").removeprefix(".").replace(".", "/")
+            for alias in node.names:
+                sub = f"{base}/{alias.name}".lstrip("/")
+                if (ROOT / "tfckpt" / f"{sub}.py").exists():
+                    out.append((sub, None))  # `from tfckpt.store import fs`: a module
+                else:
+                    out.append((base, alias.name))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("tfckpt."):
+                    out.append((alias.name.removeprefix("tfckpt.").replace(".", "/"), None))
+    return out
+
+
+def _modules():
+    package = ROOT / "tfckpt"
+    return {
+        p.relative_to(package).with_suffix("").as_posix(): p
+        for p in package.rglob("*.py")
+        if p.name != "__init__.py"
+    }
+
+
+def test_every_module_is_in_a_layer_and_imports_only_its_layer_or_below():
+    layer = _layers()
+    modules = _modules()
+    assert set(modules) <= set(layer), sorted(set(modules) - set(layer))
+    upward = [
+        (module, imported)
+        for module, path in modules.items()
+        for imported, _ in _imports(path)
+        if imported in layer and layer[imported] < layer[module]
+    ]
     assert upward == []
+
+
+def test_no_private_name_is_reached_across_folders():
+    import ast
+
+    def folder(module):
+        return module.rpartition("/")[0]
+
+    modules = _modules()
+    reached = []
+    for module, path in modules.items():
+        module_names = {}  # local name -> module, for `mod._private` below
+        for imported, name in _imports(path):
+            if name is None:
+                module_names[imported.rpartition("/")[2]] = imported
+            elif (
+                name.startswith("_")
+                and name != "__version__"
+                and folder(imported) != folder(module)
+            ):
+                reached.append((module, f"{imported}.{name}"))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in module_names
+                and node.attr.startswith("_")
+                and folder(module_names[node.value.id]) != folder(module)
+            ):
+                reached.append((module, f"{module_names[node.value.id]}.{node.attr}"))
+    assert reached == []

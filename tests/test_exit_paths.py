@@ -19,7 +19,7 @@ import pytest
 from conftest import make_model, run_script, script_env
 
 import tfckpt
-from tfckpt._lock import DirectoryLock
+from tfckpt.store.lock import DirectoryLock
 
 # 10 samples, batch_size=4: 3 batches per epoch.
 X = np.ones((10, 10), "float32")

@@ -16,8 +16,8 @@ import tensorflow as tf
 from conftest import SCRIPTS, make_model, run_script, script_env
 
 import tfckpt
-from tfckpt import _fs
-from tfckpt.store import CheckpointStore
+from tfckpt.store import fs
+from tfckpt.store.checkpoint_store import CheckpointStore
 
 # ---- kill -9 fuzzing ---------------------------------------------------------
 
@@ -242,7 +242,7 @@ def test_disk_full_warn_option_trains_on(tmp_path):
 def test_not_enough_free_space_fails_before_writing(tmp_path):
     # The pre-check compares with the free space the OS reports (statvfs) for
     # this directory; a checkpoint 1 GiB larger than that cannot fit.
-    free = _fs.free_bytes(str(tmp_path))
+    free = fs.free_bytes(str(tmp_path))
     assert free is not None
     with pytest.raises(tfckpt.CheckpointWriteError, match="Not enough space.*Nothing was written"):
         CheckpointStore(str(tmp_path)).commit(lambda prefix: None, {}, expected_size=free + 2**30)

@@ -20,7 +20,7 @@ import tensorflow as tf
 from conftest import make_model, script_env
 
 import tfckpt
-from tfckpt import _lock
+from tfckpt.store import lock
 
 # A writer that saves as fast as it can, keeping only the newest checkpoint:
 # every save deletes the previous one while readers read.
@@ -183,8 +183,8 @@ def small_model(value=0.0):
 
 @pytest.fixture
 def short_lease(monkeypatch):
-    monkeypatch.setenv(_lock.LEASE_ENV, "1.5")
-    monkeypatch.setenv(_lock.SETTLE_ENV, "0.05")
+    monkeypatch.setenv(lock.LEASE_ENV, "1.5")
+    monkeypatch.setenv(lock.SETTLE_ENV, "0.05")
 
 
 def unpublish(directory, name):
@@ -286,7 +286,7 @@ def test_an_expired_lease_is_taken_over_whatever_its_pid_and_host(short_lease):
 def test_a_live_lease_blocks_and_a_dead_holder_expires(short_lease):
     d = ram_dir()
     tf.io.gfile.makedirs(d)
-    other = _lock.Lease(d)  # another writer (in its own process, on its own host)
+    other = lock.Lease(d)  # another writer (in its own process, on its own host)
     other.acquire()
     try:
         time.sleep(1.6)  # longer than the lease: only its renewals keep it
@@ -303,7 +303,7 @@ def test_a_live_lease_blocks_and_a_dead_holder_expires(short_lease):
             assert time.monotonic() - started < 6.0  # about the lease (1.5 s), then taken
             time.sleep(2.0)  # the new holder renews its own lease
             with pytest.raises(tfckpt.DirectoryLockedError):
-                _lock.Lease(d).acquire()
+                lock.Lease(d).acquire()
             manager.save(epoch=1)
     finally:
         other.release()
@@ -314,7 +314,7 @@ def test_racing_writers_one_wins(short_lease):
     for _ in range(5):
         d = ram_dir()
         tf.io.gfile.makedirs(d)
-        contenders = [_lock.Lease(d) for _ in range(4)]
+        contenders = [lock.Lease(d) for _ in range(4)]
         barrier = threading.Barrier(len(contenders))
         won, lost = [], []
 
@@ -341,7 +341,7 @@ def test_racing_writers_one_wins(short_lease):
 def test_a_holder_that_lost_its_lease_never_overwrites_the_new_one(short_lease):
     d = ram_dir()
     tf.io.gfile.makedirs(d)
-    stalled = _lock.Lease(d)
+    stalled = lock.Lease(d)
     stalled.acquire()
     try:
         # Its renewals did not reach the storage for longer than the lease

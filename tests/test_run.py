@@ -20,7 +20,7 @@ import tensorflow as tf
 from conftest import make_data, make_model
 
 import tfckpt
-from tfckpt.export import write_atomically
+from tfckpt.browse.export import write_atomically
 
 
 def architecture():

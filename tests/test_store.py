@@ -11,7 +11,7 @@ import tensorflow as tf
 from conftest import SCRIPTS, make_model, script_env
 
 import tfckpt
-from tfckpt.store import CheckpointStore
+from tfckpt.store.checkpoint_store import CheckpointStore
 
 # Every step of a save, in order; the script crashes right after the named one.
 STEPS = [

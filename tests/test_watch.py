@@ -19,9 +19,10 @@ import tensorflow as tf
 from conftest import SCRIPTS, make_model, run_script, script_env
 
 import tfckpt
-from tfckpt.finished import MARKER
-from tfckpt.pins import READERS, Pins
-from tfckpt.sidecar import LOG
+from tfckpt.serve.sidecar import LOG
+from tfckpt.store.finished import MARKER
+from tfckpt.store.layout import READERS
+from tfckpt.store.pins import Pins
 
 
 def _start(name, *args):

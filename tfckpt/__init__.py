@@ -10,8 +10,8 @@ model.fit(x, y, validation_data=(xv, yv), epochs=50, callbacks=[cb])
 __version__ = "0.1.0"
 
 from tfckpt import retention
+from tfckpt.browse.copying import CopyReport, copy
 from tfckpt.callback import CheckpointCallback
-from tfckpt.copying import CopyReport, copy
 from tfckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -26,11 +26,11 @@ from tfckpt.manager import CheckpointManager
 from tfckpt.observers import CheckpointObserver, TensorBoardObserver
 from tfckpt.run import Run, restore, verify
 from tfckpt.run import open_run as open
-from tfckpt.serving import ServingExport
-from tfckpt.sidecar import SidecarEvaluator, read_evaluations
+from tfckpt.serve.serving_export import ServingExport
+from tfckpt.serve.sidecar import SidecarEvaluator, read_evaluations
+from tfckpt.serve.watch import Watcher, watch
 from tfckpt.stateful import StatefulCallback
-from tfckpt.store import CheckpointRecord
-from tfckpt.watch import Watcher, watch
+from tfckpt.store.layout import CheckpointRecord
 
 __all__ = [
     "CheckpointCallback",

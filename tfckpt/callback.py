@@ -9,8 +9,7 @@ from typing import Any
 
 import keras
 
-from tfckpt._fit_session import FitSession
-from tfckpt._preemption import PREEMPTION_EXIT_CODE, validate_exit_code, validate_signals
+from tfckpt.fit.session import FitSession
 from tfckpt.manager import CheckpointManager
 from tfckpt.monitor import AUTO_MODES, check_mode
 from tfckpt.options import (
@@ -24,7 +23,8 @@ from tfckpt.options import (
     run_options,
     validate_observers,
 )
-from tfckpt.store import CheckpointRecord
+from tfckpt.saving.preemption import PREEMPTION_EXIT_CODE, validate_exit_code, validate_signals
+from tfckpt.store.layout import CheckpointRecord
 
 
 class CheckpointCallback(keras.callbacks.Callback):

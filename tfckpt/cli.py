@@ -38,7 +38,7 @@ def _open(directory: str) -> Any:
     import tensorflow as tf
 
     from tfckpt.run import open_run
-    from tfckpt.store import is_run_entry
+    from tfckpt.store.layout import is_run_entry
 
     run = open_run(directory)  # FileNotFoundError for a missing directory
     entries = [e.rstrip("/") for e in tf.io.gfile.listdir(directory)]
@@ -113,7 +113,7 @@ def _ls(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import tensorflow as tf
 
-    from tfckpt.display import human_size
+    from tfckpt.browse.display import human_size
     from tfckpt.errors import CheckpointNotFoundError
 
     run = _open(args.directory)
@@ -182,7 +182,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from tfckpt.display import human_size
+    from tfckpt.browse.display import human_size
 
     run = _open(args.directory)
     report = run.prune(
@@ -218,7 +218,7 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _cp(args: argparse.Namespace) -> int:
-    from tfckpt.copying import copy
+    from tfckpt.browse.copying import copy
 
     report = copy(args.source, args.destination, quiet=args.quiet)
     print(
@@ -280,7 +280,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import keras
     import numpy as np
 
-    from tfckpt.sidecar import SidecarEvaluator
+    from tfckpt.serve.sidecar import SidecarEvaluator
 
     if args.model_from.endswith(".keras") and os.path.isfile(args.model_from):
         model = keras.saving.load_model(args.model_from)

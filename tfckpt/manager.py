@@ -13,26 +13,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _fs, _state_files, _tf_checkpoint
 from tfckpt import retention as _retention
-from tfckpt._fork import fork
-from tfckpt._lock import DirectoryLock
-from tfckpt._preemption import (
-    PREEMPTION_EXIT_CODE,
-    SignalWatch,
-    deliver,
-    validate_exit_code,
-    validate_signals,
-)
-from tfckpt._retain import apply_retention
-from tfckpt._takeover import take as take_directory
-from tfckpt._tf_writer import TFWriter
-from tfckpt._workers import Workers
 from tfckpt.errors import (
     CheckpointWriteError,
     CommittedWithError,
 )
-from tfckpt.finished import mark_finished
 from tfckpt.monitor import check_mode, is_better
 from tfckpt.observers import CheckpointObserver, bind_model, notify
 from tfckpt.options import (
@@ -43,7 +28,23 @@ from tfckpt.options import (
     validate_observers,
 )
 from tfckpt.run import Run, Which
-from tfckpt.store import CheckpointRecord, CheckpointStore, jsonable, now, versions
+from tfckpt.saving.fork import fork
+from tfckpt.saving.preemption import (
+    PREEMPTION_EXIT_CODE,
+    SignalWatch,
+    deliver,
+    validate_exit_code,
+    validate_signals,
+)
+from tfckpt.saving.retain import apply_retention
+from tfckpt.saving.tf_writer import TFWriter
+from tfckpt.saving.workers import Workers
+from tfckpt.store import fs, state_files, tf_checkpoint
+from tfckpt.store.checkpoint_store import CheckpointStore
+from tfckpt.store.finished import mark_finished
+from tfckpt.store.layout import CheckpointRecord, jsonable, now, versions
+from tfckpt.store.lock import DirectoryLock
+from tfckpt.store.takeover import take as take_directory
 
 _told_full: set[str] = set()  # directories told once that saves are full
 
@@ -161,8 +162,8 @@ class CheckpointManager:
             "keep_every_n_hours": keep_every_n_hours,
             "custom": repr(retention) if retention is not None else None,
         }
-        self.directory_key = os.path.realpath(directory) if _fs.is_local(directory) else directory
-        self.incremental = check_flag("incremental", incremental) and _fs.is_local(directory)
+        self.directory_key = os.path.realpath(directory) if fs.is_local(directory) else directory
+        self.incremental = check_flag("incremental", incremental) and fs.is_local(directory)
         if incremental and not self.incremental and directory not in _told_full:
             _told_full.add(directory)
             warnings.warn(
@@ -290,9 +291,7 @@ class CheckpointManager:
                 "out, so another writer may be writing there; stop one of them."
             )
         if step is None:
-            step = (
-                _tf_checkpoint.optimizer_step(self.optimizer) if self.optimizer is not None else 0
-            )
+            step = tf_checkpoint.optimizer_step(self.optimizer) if self.optimizer is not None else 0
         metrics = jsonable(dict(metrics or {}))
         best = self._best
         if self.monitor is not None:
@@ -301,7 +300,7 @@ class CheckpointManager:
                 value, best["value"] if best else None, self.mode
             ):
                 best = {"value": value, "step": int(step), "epoch": int(epoch)}
-        variables = _tf_checkpoint.variables(self.model, self.optimizer)
+        variables = tf_checkpoint.variables(self.model, self.optimizer)
         metadata = {
             "step": int(step),
             "epoch": int(epoch),
@@ -312,8 +311,8 @@ class CheckpointManager:
             "best": best,
             "retention": self._retention_config,
             "contents": [k for k, v in self._objects().items() if v is not None]
-            + [_tf_checkpoint.SAVE_COUNTER],
-            "build_config": _tf_checkpoint.build_config(self.model),
+            + [tf_checkpoint.SAVE_COUNTER],
+            "build_config": tf_checkpoint.build_config(self.model),
             "parent": self.parent,
             "versions": versions(),
         }
@@ -323,8 +322,8 @@ class CheckpointManager:
             self._workers.write_elsewhere(self._writer.checkpoint(variables))
             self._best = best
             return None
-        files = _state_files.encode(dict(state)) if state else {}
-        pending = self._store.begin(_tf_checkpoint.state_bytes(variables))
+        files = state_files.encode(dict(state)) if state else {}
+        pending = self._store.begin(tf_checkpoint.state_bytes(variables))
         self._writer.write(pending, variables)
         if self.async_save:
             self._writer.submit(self._complete, pending, metadata, files, best)

@@ -10,7 +10,7 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from tfckpt.store import CheckpointRecord
+from tfckpt.store.layout import CheckpointRecord
 
 
 def _plugin(name: str) -> summary_pb2.SummaryMetadata:

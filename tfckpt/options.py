@@ -14,7 +14,7 @@ import tensorflow as tf
 from tfckpt import retention as _retention
 from tfckpt.errors import CheckpointReadError
 from tfckpt.observers import CheckpointObserver
-from tfckpt.store import CheckpointRecord
+from tfckpt.store.layout import CheckpointRecord
 
 
 def check_backend() -> None:

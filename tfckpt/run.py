@@ -14,17 +14,19 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _state_files, retention
-from tfckpt._lock import DirectoryLock
-from tfckpt.display import plot_run, table_html
+from tfckpt import retention
+from tfckpt.browse.display import plot_run, table_html
+from tfckpt.browse.export import export_checkpoint
+from tfckpt.browse.prune import PruneReport, prune_checkpoints, prune_policy
+from tfckpt.browse.restoring import Restorer
+from tfckpt.browse.selection import best_by, select
 from tfckpt.errors import CheckpointNotFoundError, DirectoryLockedError
-from tfckpt.export import export_checkpoint
 from tfckpt.monitor import rank
 from tfckpt.options import KeepRules
-from tfckpt.prune import PruneReport, prune_checkpoints, prune_policy
-from tfckpt.restoring import Restorer
-from tfckpt.selection import best_by, select
-from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
+from tfckpt.store import state_files
+from tfckpt.store.checkpoint_store import CheckpointStore
+from tfckpt.store.layout import CheckpointRecord, Problem
+from tfckpt.store.lock import DirectoryLock
 
 Which = Any  # None | "latest" | "best" | int step | checkpoint name | CheckpointRecord
 
@@ -229,7 +231,7 @@ class Run:
             # Read with the variables: still there when the writer's retention
             # has deleted the checkpoint since.
             return copy.deepcopy(restored[3])
-        return _state_files.read(record)
+        return state_files.read(record)
 
     def select(self, which: Which = None, *, epoch: int | None = None) -> list[CheckpointRecord]:
         """Candidates for a selection, in the order a restore tries them.

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 
 import tfckpt
-from tfckpt import store
+from tfckpt.store import checkpoint_store
 
 directory, scenario = sys.argv[1], sys.argv[2]
 SOFT, HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -66,7 +66,7 @@ def lower(name):
         resource.setrlimit(resource.RLIMIT_NOFILE, (3, HARD))  # fds 0-2 only
 
 
-store._commit_step = lower
+checkpoint_store._commit_step = lower
 result = {}
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")

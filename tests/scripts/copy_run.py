@@ -12,7 +12,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tfckpt
-from tfckpt import store
+from tfckpt.store import checkpoint_store
 
 src, dst = sys.argv[1], sys.argv[2]
 kill_at = int(sys.argv[3]) if len(sys.argv) > 3 else None
@@ -27,6 +27,6 @@ def crash(name):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-store._commit_step = crash
+checkpoint_store._commit_step = crash
 report = tfckpt.copy(src, dst)
 print("copied", len(report.copied), "skipped", len(report.skipped), flush=True)

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 import tfckpt
-from tfckpt import store
+from tfckpt.store import checkpoint_store
 
 directory, crash_at = sys.argv[1], sys.argv[2]
 model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
@@ -40,7 +40,7 @@ def crash(name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-store._commit_step = crash
+checkpoint_store._commit_step = crash
 set_all(2.0)
 manager.save(epoch=2)
 print("no crash")

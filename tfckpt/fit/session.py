@@ -14,16 +14,17 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from tfckpt import _resume, _tf_checkpoint, _training_state
-from tfckpt._data_position import TrainingData, find_fit_frame
-from tfckpt._fit_hooks import ExitWatch, replace
-from tfckpt._progress import FitProgress
-from tfckpt.display import save_line
+from tfckpt.browse.display import save_line
 from tfckpt.errors import CheckpointWriteError, CommittedWithError
+from tfckpt.fit import resume, training_state
+from tfckpt.fit.data_position import TrainingData, find_fit_frame
+from tfckpt.fit.exit_watch import ExitWatch, replace
+from tfckpt.fit.progress import FitProgress
 from tfckpt.manager import CheckpointManager
 from tfckpt.monitor import in_logs, resolve_mode
 from tfckpt.observers import CheckpointObserver
-from tfckpt.store import CheckpointRecord, jsonable
+from tfckpt.store import tf_checkpoint
+from tfckpt.store.layout import CheckpointRecord, jsonable
 
 
 class _Report(CheckpointObserver):
@@ -80,7 +81,7 @@ class FitSession:
         state: dict[str, Any] = {
             "batches": self.progress.batches_total,
             "history": self.progress.history,
-            "callbacks": _training_state.callback_states(self.others),
+            "callbacks": training_state.callback_states(self.others),
         }
         if self.data is not None:
             state["data"] = self.data.state()
@@ -90,9 +91,9 @@ class FitSession:
             # pipeline again (e.g. PyDataset's shuffle, NumPy augmentation),
             # which brings them to where they are now.
             host = self.host_rng if batch else None
-            state["rng"] = _training_state.random_state(self.model, host)
+            state["rng"] = training_state.random_state(self.model, host)
         if batch:  # mid-epoch: the epoch's metric accumulators, to continue them
-            state["metrics_variables"] = _training_state.metric_values(self.model)
+            state["metrics_variables"] = training_state.metric_values(self.model)
         return state
 
     def _watch_fit(self, fit_locals: dict[str, Any]) -> None:
@@ -118,7 +119,7 @@ class FitSession:
             self.undo.append(self.data.undo)
             dataset = self.data.py_dataset()
             if isinstance(
-                dataset, _training_state.StatefulCallback
+                dataset, training_state.StatefulCallback
             ):  # a PyDataset with its own order
                 self.others.append(dataset)
 
@@ -158,13 +159,13 @@ class FitSession:
 
     def _optimizer_step(self) -> int | None:
         optimizer = self.manager.optimizer
-        return _tf_checkpoint.optimizer_step(optimizer) if optimizer is not None else None
+        return tf_checkpoint.optimizer_step(optimizer) if optimizer is not None else None
 
     def _epoch_end_state(self) -> tuple[Any, list[Any]]:
         """What later callbacks may change at an epoch end and a resume needs:
         the state saved beside the checkpoint and the optimizer's scalars
         (learning rate, iterations)."""
-        return self._state(0), _training_state.optimizer_scalars(self.manager.optimizer)
+        return self._state(0), training_state.optimizer_scalars(self.manager.optimizer)
 
     def _save_failed(self, error: CheckpointWriteError) -> None:
         if self.callback.on_save_error == "raise":
@@ -201,7 +202,7 @@ class FitSession:
         put back what this fit installed, before the user sees the error."""
         if self.manager is None:
             return  # on_train_end already ran (e.g. the preemption exit)
-        _resume.mark_interrupted(self.manager.directory_key, self.model)
+        resume.mark_interrupted(self.manager.directory_key, self.model)
         if self.amend is not None and self.amend[1] is None:
             # An async epoch-end save not started yet (a later callback raised
             # at that epoch end): the epoch is complete, so it is saved.
@@ -248,7 +249,7 @@ class FitSession:
         self._watch_fit(fit_frame.f_locals if fit_frame is not None else {})
         del fit_frame  # not kept: it holds fit's data
         self._wrap_finalize()
-        start = _resume.decide(
+        start = resume.decide(
             self.manager,
             model,
             restore=self.callback.restore,
@@ -268,21 +269,21 @@ class FitSession:
         if self.restored is not None:
             model._initial_epoch = base.epoch or None
             epochs = (self.callback.params or {}).get("epochs")
-            self._say(_resume.restored_line(base, epochs, start.resuming_here))
+            self._say(resume.restored_line(base, epochs, start.resuming_here))
 
     def _resume(self, record: CheckpointRecord, state: dict[str, Any]) -> None:
         """What a restored run needs beyond the TF checkpoint."""
         if self.callback.restore_random_state and "rng" in state:
-            _training_state.set_random_state(self.model, state["rng"])
+            training_state.set_random_state(self.model, state["rng"])
         self.resume_states = state.get("callbacks") or {}
-        _resume.position_data(self.data, record, state.get("data"), self._say, self._warn_once)
-        batch = _resume.batch_to_resume_at(self.model, record, self._warn_once)
+        resume.position_data(self.data, record, state.get("data"), self._say, self._warn_once)
+        batch = resume.batch_to_resume_at(self.model, record, self._warn_once)
         if batch != record.batch:
             self.progress.start_epoch_partway(record.batch)
         if not batch:
             return
         self.progress.resume_batch = batch
-        put_back = _resume.skip_batches(
+        put_back = resume.skip_batches(
             self.model, batch, dict(record.metrics), state.get("metrics_variables"), self._warn_once
         )
         self.undo.append(put_back)
@@ -297,7 +298,7 @@ class FitSession:
         (logs, before), self.amend = self.amend, None
         if before is None:
             self._save(logs, batch=0)
-        elif not _training_state.same_state(before, self._epoch_end_state()):
+        elif not training_state.same_state(before, self._epoch_end_state()):
             self._save(logs, batch=0, supersede=True)
 
     def _wrap_finalize(self) -> None:
@@ -334,10 +335,10 @@ class FitSession:
         if self.data is not None:
             self.data.epoch_begin()
         if self.callback.restore_random_state:
-            self.host_rng = _training_state.host_random_state()
+            self.host_rng = training_state.host_random_state()
         if self.progress.epoch_begins(epoch, self.continuing) and self.resume_states:
             # After every callback's on_train_begin reset itself.
-            _training_state.set_callback_states(self.others, self.resume_states)
+            training_state.set_callback_states(self.others, self.resume_states)
 
     def batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.flush()
@@ -424,7 +425,7 @@ class FitSession:
         finally:
             self.model._initial_epoch = None
             if self.preempted:  # a preemption that returned from fit: resumed next time
-                _resume.mark_interrupted(self.manager.directory_key, self.model)
+                resume.mark_interrupted(self.manager.directory_key, self.model)
             while self.undo:
                 self.undo.pop()()
             manager, self.manager = self.manager, None

@@ -5,12 +5,12 @@ runs/exp1/
   checkpoint                 TF's state file: `tf.train.latest_checkpoint` reads it
   ckpt-000007/
     ckpt.index               written by tf.train.Checkpoint.write
-    ckpt.data-0000i-of-0000N one per large tensor (see `_shards`); a file equal
+    ckpt.data-0000i-of-0000N one per large tensor (see `shards`); a file equal
                              to the newest checkpoint's is a hard link to it
     manifest.json            metadata + size and checksum of every file above
   ckpt-000008/ ...
   .tmp-ckpt-000009-<id>/     a save in progress (or left by a crash)
-  .lock                      held by the process that writes (see `_lock`)
+  .lock                      held by the process that writes (see `lock`)
 ```
 
 A checkpoint is *committed* when its final directory exists and holds a
@@ -37,12 +37,10 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _fs
-from tfckpt._background import lower_thread_priority
-from tfckpt._run_directory import RunDirectory
-from tfckpt._sharing import FileSharing
 from tfckpt.errors import CheckpointReadError, CheckpointWriteError, CommittedWithError
-from tfckpt.layout import (
+from tfckpt.store import fs
+from tfckpt.store.background import lower_thread_priority
+from tfckpt.store.layout import (
     CHECKPOINT_NAME,
     DAMAGED,
     FORMAT,
@@ -64,6 +62,8 @@ from tfckpt.layout import (
     record_from_manifest,
     versions,
 )
+from tfckpt.store.run_directory import RunDirectory
+from tfckpt.store.sharing import FileSharing
 
 __all__ = [
     "CheckpointRecord",
@@ -99,8 +99,8 @@ class CheckpointStore(RunDirectory):
         self._background = background
         # fsync=False: a process crash is still safe (rename is atomic), but
         # a power loss may lose or tear the newest checkpoints.
-        self._fsync_file = _fs.fsync_file if fsync else _no_op
-        self._fsync_dir = _fs.fsync_dir if fsync else _no_op
+        self._fsync_file = fs.fsync_file if fsync else _no_op
+        self._fsync_dir = fs.fsync_dir if fsync else _no_op
         # share_files: a data shard with the same size and hash as one of the
         # newest checkpoint's is hard-linked to it instead of kept as a copy.
         self._sharing = FileSharing(
@@ -116,7 +116,7 @@ class CheckpointStore(RunDirectory):
 
     @property
     def share_files(self) -> bool:
-        """Whether equal data shards are hard-linked (see `_sharing`)."""
+        """Whether equal data shards are hard-linked (see `sharing`)."""
         return self._sharing.share_files
 
     # ---- writing -------------------------------------------------------
@@ -145,7 +145,7 @@ class CheckpointStore(RunDirectory):
             except CheckpointReadError as e:
                 raise CheckpointWriteError(f"Could not save a checkpoint: {e}") from e
         name = f"ckpt-{seq:06d}"
-        free = _fs.free_bytes(self.directory)
+        free = fs.free_bytes(self.directory)
         if free is not None and expected_size > free:
             raise CheckpointWriteError(
                 f"Not enough space to save checkpoint {name} in {self.directory!r}: it "
@@ -167,8 +167,8 @@ class CheckpointStore(RunDirectory):
         try:
             yield
         except (OSError, tf.errors.OpError) as e:
-            _fs.remove_quietly(pending.tmp)
-            free = _fs.free_bytes(self.directory)
+            fs.remove_quietly(pending.tmp)
+            free = fs.free_bytes(self.directory)
             space = f" {mb(free)} are free." if free is not None else ""
             raise CheckpointWriteError(
                 f"Could not save checkpoint {pending.name} in {self.directory!r}: "
@@ -177,11 +177,11 @@ class CheckpointStore(RunDirectory):
                 "earlier checkpoints are intact."
             ) from e
         except BaseException:
-            _fs.remove_quietly(pending.tmp)
+            fs.remove_quietly(pending.tmp)
             raise
 
     def abort(self, pending: PendingCheckpoint) -> None:
-        _fs.remove_quietly(pending.tmp)
+        fs.remove_quietly(pending.tmp)
 
     def commit(
         self,
@@ -247,7 +247,7 @@ class CheckpointStore(RunDirectory):
         name: str,
     ) -> dict[str, Any]:
         for fname, data in extra.items():
-            with tf.io.gfile.GFile(_fs.join(tmp, fname), "wb") as f:
+            with tf.io.gfile.GFile(fs.join(tmp, fname), "wb") as f:
                 f.write(data)
         _commit_step("write")
         files = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(tmp))
@@ -263,9 +263,9 @@ class CheckpointStore(RunDirectory):
             "files": entries,
         }
         manifest["checksum"] = manifest_checksum(manifest)
-        with tf.io.gfile.GFile(_fs.join(tmp, MANIFEST), "wb") as f:
+        with tf.io.gfile.GFile(fs.join(tmp, MANIFEST), "wb") as f:
             f.write(json.dumps(manifest, indent=1, sort_keys=True).encode())
-        self._fsync_file(_fs.join(tmp, MANIFEST))
+        self._fsync_file(fs.join(tmp, MANIFEST))
         _commit_step("manifest")
         self._fsync_dir(tmp)
         _commit_step("fsync_tmpdir")
@@ -275,7 +275,7 @@ class CheckpointStore(RunDirectory):
 
     @staticmethod
     def _publish(tmp: str, final: str, files: list[str]) -> None:
-        if _fs.is_local(final):
+        if fs.is_local(final):
             tf.io.gfile.rename(tmp, final)  # atomic: the commit point
             return
         # Object stores and ram:// cannot rename a directory with its contents:
@@ -283,8 +283,8 @@ class CheckpointStore(RunDirectory):
         # point (a directory without it is never taken for a checkpoint).
         tf.io.gfile.makedirs(final)
         for fname in [*files, MANIFEST]:
-            tf.io.gfile.rename(_fs.join(tmp, fname), _fs.join(final, fname))
-        _fs.remove_quietly(tmp)
+            tf.io.gfile.rename(fs.join(tmp, fname), fs.join(final, fname))
+        fs.remove_quietly(tmp)
 
     def write_pointer(self, records: list[CheckpointRecord]) -> None:
         """Points TF's `checkpoint` state file at the newest of `records`.
@@ -301,7 +301,7 @@ class CheckpointStore(RunDirectory):
         tmp = f"{final}.tmp{uuid.uuid4().hex}"
         try:
             text = _state_file_text(self.directory, records)
-            if not _fs.is_local(final):
+            if not fs.is_local(final):
                 # Object stores write an object atomically (TF writes it directly too).
                 with tf.io.gfile.GFile(final, "wb") as f:
                     f.write(text)
@@ -312,7 +312,7 @@ class CheckpointStore(RunDirectory):
                 tf.io.gfile.rename(tmp, final, overwrite=True)
                 self._fsync_dir(self.directory)
         except (OSError, tf.errors.OpError) as e:
-            _fs.remove_quietly(tmp)
+            fs.remove_quietly(tmp)
             raise CheckpointWriteError(
                 f"Could not write TF's checkpoint state file {final!r} (what "
                 f"tf.train.latest_checkpoint reads): {os_error_text(e)}. The checkpoints "
@@ -337,11 +337,11 @@ class CheckpointStore(RunDirectory):
         trash = self._path(f"{TRASH}{record.name}-{uuid.uuid4().hex[:8]}")
         self._sharing.deleted(record.name)
         try:
-            if not _fs.is_local(trash):
+            if not fs.is_local(trash):
                 # No directory rename there: the manifest goes first, so a crash
                 # mid-delete leaves an uncommitted directory, never a torn checkpoint.
                 tf.io.gfile.remove(self._path(record.name, MANIFEST))
-                _fs.remove_quietly(self._path(record.name))
+                fs.remove_quietly(self._path(record.name))
                 return
             tf.io.gfile.rename(self._path(record.name), trash)
         except (OSError, tf.errors.OpError) as e:
@@ -352,7 +352,7 @@ class CheckpointStore(RunDirectory):
         try:
             self._fsync_dir(self.directory)
         except OSError as e:
-            _fs.remove_quietly(trash)  # its space all the same
+            fs.remove_quietly(trash)  # its space all the same
             raise CheckpointWriteError(
                 f"Deleted checkpoint {record.name} in {self.directory!r}, but the run "
                 f"directory could not be synced: {os_error_text(e)}. After a power loss "
@@ -367,7 +367,7 @@ class CheckpointStore(RunDirectory):
                 thread_name_prefix="tfckpt-reap",
                 initializer=lower_thread_priority if self._background else None,
             )
-        self._reaping.append(self._reaper.submit(_fs.remove_quietly, trash))
+        self._reaping.append(self._reaper.submit(fs.remove_quietly, trash))
 
     def drain(self) -> None:
         """Waits until the files of deleted checkpoints are gone."""
@@ -386,7 +386,7 @@ class CheckpointStore(RunDirectory):
         """Removes temporaries of interrupted saves and deletions; only the writer calls it."""
         names = self.leftovers()
         for name in names:
-            _fs.remove_quietly(self._path(name))
+            fs.remove_quietly(self._path(name))
         return names
 
 
@@ -404,10 +404,10 @@ def _check_tf_files(tmp: str, files: list[str]) -> list[str]:
         problems.append(f"no {PREFIX}.index")
     if len(counts) != 1 or found != set(range(counts.pop())):
         problems.append(f"data shards {sorted(m.group(0) for m in shards)} are not a full set")
-    dirs = [f for f in files if tf.io.gfile.isdir(_fs.join(tmp, f))]
+    dirs = [f for f in files if tf.io.gfile.isdir(fs.join(tmp, f))]
     if not problems and dirs == [f"{PREFIX}_temp"]:
-        _fs.remove_quietly(_fs.join(tmp, dirs[0]))  # TF's merged parts: garbage
-        if not tf.io.gfile.exists(_fs.join(tmp, dirs[0])):
+        fs.remove_quietly(fs.join(tmp, dirs[0]))  # TF's merged parts: garbage
+        if not tf.io.gfile.exists(fs.join(tmp, dirs[0])):
             return [f for f in files if f not in dirs]
     if dirs:
         problems.append(f"unexpected directories {dirs}")

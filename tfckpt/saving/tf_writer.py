@@ -10,9 +10,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _async_fix, _shards, _tf_checkpoint
-from tfckpt._background import in_foreground, lower_thread_priority
-from tfckpt.store import CheckpointStore, PendingCheckpoint
+from tfckpt.saving import async_fix
+from tfckpt.store import shards, tf_checkpoint
+from tfckpt.store.background import in_foreground, lower_thread_priority
+from tfckpt.store.checkpoint_store import CheckpointStore
+from tfckpt.store.layout import PendingCheckpoint
 
 
 def _same_objects(a: Sequence[Any], b: Sequence[Any] | None) -> bool:
@@ -50,7 +52,7 @@ class TFWriter:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._inflight: concurrent.futures.Future | None = None
         if async_save:
-            _async_fix.enable()
+            async_fix.enable()
 
     def checkpoint(self, variables: list[Any]) -> tf.train.Checkpoint:
         """The `tf.train.Checkpoint` that writes `variables` (the model's and
@@ -62,8 +64,8 @@ class TFWriter:
             # slots built by the first step, a new layer or optimizer) would be
             # read live while training goes on: a new helper copies them all.
             if self._checkpoint is not None:
-                _async_fix.retire(self._checkpoint)  # its thread and host copies
-            self._checkpoint = _tf_checkpoint.checkpoint_for(self._objects())
+                async_fix.retire(self._checkpoint)  # its thread and host copies
+            self._checkpoint = tf_checkpoint.checkpoint_for(self._objects())
             self._copied = variables
         return self._checkpoint
 
@@ -73,10 +75,10 @@ class TFWriter:
         with self._store.guard(pending), in_foreground():
             if self.async_save:
                 # Blocks only while TF copies the variables to host memory.
-                options = _shards.ASYNC_OPTIONS if self.incremental else _shards.ASYNC_FULL_OPTIONS
+                options = shards.ASYNC_OPTIONS if self.incremental else shards.ASYNC_FULL_OPTIONS
                 checkpoint.write(pending.prefix, options=options)
             elif self.incremental:
-                checkpoint.write(pending.prefix, options=_shards.OPTIONS)
+                checkpoint.write(pending.prefix, options=shards.OPTIONS)
             else:
                 checkpoint.write(pending.prefix)
 
@@ -86,7 +88,7 @@ class TFWriter:
             self._checkpoint.sync()
             # TF keeps a failed write's error for the next write(): take it
             # now, for this checkpoint, and never reuse that helper.
-            error = _async_fix.take_write_error(self._checkpoint)
+            error = async_fix.take_write_error(self._checkpoint)
             if error is not None:
                 self._copied = None
                 raise error
@@ -116,5 +118,5 @@ class TFWriter:
             self._executor = None
         if self._checkpoint is not None:
             # TF keeps an async helper (thread, host copies) until exit.
-            _async_fix.retire(self._checkpoint)
+            async_fix.retire(self._checkpoint)
             self._copied = None

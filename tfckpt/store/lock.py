@@ -28,9 +28,9 @@ import warnings
 
 import tensorflow as tf
 
-from tfckpt import _fs
 from tfckpt.errors import CheckpointWriteError, DirectoryLockedError
-from tfckpt.layout import LOCK
+from tfckpt.store import fs
+from tfckpt.store.layout import LOCK
 
 # The lease on storage without flock. The environment variables override them
 # (read when a lock is taken), e.g. a short lease for tests.
@@ -63,7 +63,7 @@ def _read(path: str, *, strict: bool = False) -> dict:
     """The lock file's content; `{}` when there is none (or it is garbled).
     `strict`: an I/O error is raised, not taken for "no lock"."""
     try:
-        return json.loads(_fs.read_bytes(path) or b"{}")
+        return json.loads(fs.read_bytes(path) or b"{}")
     except tf.errors.NotFoundError:
         return {}
     except tf.errors.OpError:
@@ -132,7 +132,7 @@ class Lease:
 
     def __init__(self, directory: str):
         self.directory = directory
-        self.path = _fs.join(directory, LOCK)
+        self.path = fs.join(directory, LOCK)
         self.duration = _seconds(LEASE_ENV, LEASE_SECONDS)
         self.settle = _seconds(SETTLE_ENV, SETTLE_SECONDS)
         self.token = uuid.uuid4().hex
@@ -238,8 +238,8 @@ class DirectoryLock:
 
     def __init__(self, directory: str, *, exclusive: bool = False):
         self.directory = directory
-        self.path = _fs.join(directory, LOCK)
-        self._key = os.path.realpath(self.path) if _fs.is_local(self.path) else self.path
+        self.path = fs.join(directory, LOCK)
+        self._key = os.path.realpath(self.path) if fs.is_local(self.path) else self.path
         self._released = False
         with _guard:
             entry = _held.get(self._key)
@@ -257,9 +257,9 @@ class DirectoryLock:
             _held[self._key] = [fd, 1]
 
     def _acquire(self) -> int | Lease:
-        if _fs.is_local(self.path) and fcntl is not None:
+        if fs.is_local(self.path) and fcntl is not None:
             try:
-                fd = os.open(_fs.local_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(fs.local_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
                 raise CheckpointWriteError(
                     f"Cannot take the lock {self.path!r} of the run directory: {e.strerror}. "

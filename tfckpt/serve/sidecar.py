@@ -10,9 +10,9 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from tfckpt import _fs, _tf_checkpoint
-from tfckpt.store import CheckpointRecord, jsonable
-from tfckpt.watch import watch
+from tfckpt.serve.watch import watch
+from tfckpt.store import fs, tf_checkpoint
+from tfckpt.store.layout import CheckpointRecord, jsonable
 
 LOG = "evaluations.jsonl"
 _WHICH = ("all", "best")
@@ -90,8 +90,8 @@ class SidecarEvaluator:
             raise ValueError(f"`which` must be one of {_WHICH}. Received: which={which!r}")
         directory = os.fspath(directory)
         log_dir = os.fspath(log_dir) if log_dir is not None else directory.rstrip("/") + "-eval"
-        if _fs.is_local(directory) and _fs.is_local(log_dir):
-            run, logs = (os.path.realpath(_fs.local_path(p)) for p in (directory, log_dir))
+        if fs.is_local(directory) and fs.is_local(log_dir):
+            run, logs = (os.path.realpath(fs.local_path(p)) for p in (directory, log_dir))
             if logs == run or logs.startswith(run + os.sep):
                 raise ValueError(
                     "`log_dir` must be outside the run directory (one writer per run "
@@ -142,7 +142,7 @@ class SidecarEvaluator:
     def evaluate(self, record: CheckpointRecord) -> dict[str, Any]:
         """Restores `record` (readable at `record.path`) into the model,
         evaluates it and logs the result; returns the logged row."""
-        _tf_checkpoint.read_model(self.model, record.path, record.manifest)
+        tf_checkpoint.read_model(self.model, record.path, record.manifest)
         data = self.data
         if isinstance(data, tuple) and 2 <= len(data) <= 3:  # (x, y[, sample_weight])
             inputs = dict(zip(("x", "y", "sample_weight"), data))
@@ -174,11 +174,11 @@ class SidecarEvaluator:
                         metadata=_SCALARS,
                     )
         self._writer.flush()
-        path = _fs.join(self.log_dir, LOG)
+        path = fs.join(self.log_dir, LOG)
         line = json.dumps(row, sort_keys=True) + "\n"
         # A line cut short by a crash is ended first: it must not swallow this one.
-        if _fs.is_local(path):
-            with open(_fs.local_path(path), "a+b") as f:
+        if fs.is_local(path):
+            with open(fs.local_path(path), "a+b") as f:
                 if f.seek(0, os.SEEK_END) > 0:
                     f.seek(-1, os.SEEK_END)
                     if f.read(1) != b"\n":
@@ -187,7 +187,7 @@ class SidecarEvaluator:
                 f.flush()
                 os.fsync(f.fileno())
         else:  # object stores cannot append: the whole file again
-            old = _fs.read_bytes(path).decode(errors="replace") if tf.io.gfile.exists(path) else ""
+            old = fs.read_bytes(path).decode(errors="replace") if tf.io.gfile.exists(path) else ""
             if old and not old.endswith("\n"):
                 old += "\n"
             with tf.io.gfile.GFile(path, "w") as f:
@@ -209,9 +209,9 @@ def read_evaluations(log_dir: str | os.PathLike) -> list[dict[str, Any]]:
     Args:
         log_dir: the evaluator's `log_dir`.
     """
-    path = _fs.join(os.fspath(log_dir), LOG)
+    path = fs.join(os.fspath(log_dir), LOG)
     try:
-        text = _fs.read_bytes(path).decode(errors="replace")
+        text = fs.read_bytes(path).decode(errors="replace")
     except tf.errors.NotFoundError:
         return []
     rows: dict[int, dict[str, Any]] = {}

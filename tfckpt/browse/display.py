@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tfckpt.monitor import metric_value, rank
-from tfckpt.store import CheckpointRecord, Problem
+from tfckpt.store.layout import CheckpointRecord, Problem
 
 
 def human_size(n: int) -> str:

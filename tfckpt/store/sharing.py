@@ -19,11 +19,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _fs
-from tfckpt._background import lower_thread_priority
-from tfckpt._run_directory import RunDirectory
 from tfckpt.errors import CheckpointReadError
-from tfckpt.layout import CHECKPOINT_NAME, DAMAGED, SHARD, CheckpointRecord
+from tfckpt.store import fs
+from tfckpt.store.background import lower_thread_priority
+from tfckpt.store.layout import CHECKPOINT_NAME, DAMAGED, SHARD, CheckpointRecord
+from tfckpt.store.run_directory import RunDirectory
 
 _SEAL_THREADS = 4  # files hashed, linked or fsynced at once by a commit
 # errnos of a filesystem without hard links (or across devices)
@@ -51,7 +51,7 @@ class FileSharing:
         background: bool,
     ):
         self.directory = directory
-        self.share_files = share_files and _fs.is_local(directory)
+        self.share_files = share_files and fs.is_local(directory)
         self._fsync_file = fsync_file
         self._background = background
         # Its own reader, not the store: a store it referred back to would
@@ -62,7 +62,7 @@ class FileSharing:
         self._sealer: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _path(self, *names: str) -> str:
-        return _fs.join(self.directory, *names)
+        return fs.join(self.directory, *names)
 
     def committed(self, record: CheckpointRecord | None) -> None:
         """`record` is now the newest checkpoint (`None`: not known; scan)."""
@@ -79,12 +79,12 @@ class FileSharing:
 
     def _file_entry(self, path: str) -> dict[str, Any]:
         if not SHARD.match(os.path.basename(path)):
-            return {"size": _fs.size(path), "crc32": _fs.crc32(path)}
+            return {"size": fs.size(path), "crc32": fs.crc32(path)}
         # TF's per-tensor CRC32C covers a data shard; the hash is what a later
         # save compares its own shard with, to share the file.
         if self.share_files:
-            return {"size": _fs.size(path), "xxh3": _fs.content_hash(path)}
-        return {"size": _fs.size(path)}
+            return {"size": fs.size(path), "xxh3": fs.content_hash(path)}
+        return {"size": fs.size(path)}
 
     def seal(self, tmp: str, files: list[str]) -> dict[str, dict[str, Any]]:
         """The manifest entries of `files` in `tmp`, each file made durable:
@@ -111,7 +111,7 @@ class FileSharing:
         return {f: future.result() for f, future in futures.items()}
 
     def _seal_one(self, tmp: str, fname: str, sources: _Sources | None) -> dict[str, Any]:
-        path = _fs.join(tmp, fname)
+        path = fs.join(tmp, fname)
         entry = self._file_entry(path)
         if sources is not None and "xxh3" in entry and self._link_to(sources, entry, path):
             return entry  # synced when it was first committed
@@ -119,7 +119,7 @@ class FileSharing:
         if "xxh3" in entry:
             # What a later save checks before it links to this file: a file
             # changed in place since has another modification time.
-            entry["mtime_ns"] = os.stat(_fs.local_path(path)).st_mtime_ns
+            entry["mtime_ns"] = os.stat(fs.local_path(path)).st_mtime_ns
         return entry
 
     def _link_to(self, sources: _Sources, entry: dict[str, Any], path: str) -> bool:
@@ -134,7 +134,7 @@ class FileSharing:
         # The run directory may come from someone else: link only our own
         # regular files, unchanged since their commit and not found damaged.
         try:
-            st = os.lstat(_fs.local_path(source))
+            st = os.lstat(fs.local_path(source))
         except OSError:
             return False
         if (
@@ -146,7 +146,7 @@ class FileSharing:
         ):
             return False
         try:
-            _fs.replace_with_link(source, path)
+            fs.replace_with_link(source, path)
         except OSError as e:
             # The copy just written is complete: a link that cannot be made
             # (source deleted meanwhile, too many links, an I/O error) only
@@ -172,12 +172,12 @@ class FileSharing:
             record = self._share_source()
             if record is None:
                 return None
-            if not stat.S_ISDIR(os.lstat(_fs.local_path(self._path(record.name))).st_mode):
+            if not stat.S_ISDIR(os.lstat(fs.local_path(self._path(record.name))).st_mode):
                 return None  # a symlink in someone else's run directory
             damaged = set()
             for entry in self._reader.entries():
                 if entry.startswith(DAMAGED) and CHECKPOINT_NAME.match(entry[len(DAMAGED) :]):
-                    directory = _fs.local_path(self._path(entry[len(DAMAGED) :]))
+                    directory = fs.local_path(self._path(entry[len(DAMAGED) :]))
                     for fname in os.listdir(directory) if os.path.isdir(directory) else []:
                         st = os.lstat(os.path.join(directory, fname))
                         damaged.add((st.st_dev, st.st_ino))

@@ -12,7 +12,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfckpt.errors import CheckpointError
-from tfckpt.store import CheckpointRecord
+from tfckpt.store.layout import CheckpointRecord
 
 
 class Workers:

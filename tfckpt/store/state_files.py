@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from tfckpt import _fs
-from tfckpt.store import CheckpointRecord, jsonable
+from tfckpt.store import fs
+from tfckpt.store.layout import CheckpointRecord, jsonable
 
 STATE = "state.json"
 ARRAYS = "state-arrays.npz"
@@ -62,5 +62,5 @@ def read(record: CheckpointRecord) -> dict[str, Any]:
         return {}
     arrays = None
     if ARRAYS in files:
-        arrays = _fs.read_bytes(_fs.join(record.directory, ARRAYS))
-    return decode(_fs.read_bytes(_fs.join(record.directory, STATE)), arrays)
+        arrays = fs.read_bytes(fs.join(record.directory, ARRAYS))
+    return decode(fs.read_bytes(fs.join(record.directory, STATE)), arrays)

@@ -16,19 +16,20 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _fs
-from tfckpt._lock import DirectoryLock
-from tfckpt.display import human_size
+from tfckpt.browse.display import human_size
 from tfckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     CheckpointWriteError,
     DirectoryLockedError,
 )
-from tfckpt.finished import is_finished, mark_finished
 from tfckpt.options import parse_source
 from tfckpt.run import Run, Which, open_run
-from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
+from tfckpt.store import fs
+from tfckpt.store.checkpoint_store import CheckpointStore
+from tfckpt.store.finished import is_finished, mark_finished
+from tfckpt.store.layout import CheckpointRecord, Problem
+from tfckpt.store.lock import DirectoryLock
 
 # The marker of a damaged checkpoint (docs/on-disk.md): its name is not reused.
 _DAMAGED = ".damaged-"
@@ -121,7 +122,7 @@ def copy(
     run = open_run(src)
     records, problems = _selected(run, which, epoch)
 
-    _fs.makedirs(dst)
+    fs.makedirs(dst)
     try:
         lock = DirectoryLock(dst, exclusive=True)
     except DirectoryLockedError as e:
@@ -144,7 +145,7 @@ def copy(
                     f"there is damaged or incomplete ({bad_names[record.name]}). Nothing "
                     "was overwritten; remove it or copy into another directory."
                 )
-            if tf.io.gfile.exists(_fs.join(dst, _DAMAGED + record.name)):
+            if tf.io.gfile.exists(fs.join(dst, _DAMAGED + record.name)):
                 raise CheckpointError(
                     f"Cannot copy {record.name} into {dst!r}: a checkpoint of that name "
                     f"was found damaged there ({_DAMAGED}{record.name}). Nothing was "
@@ -233,9 +234,9 @@ def _selected(
 
 def _refuse_overlap(src: str, dst: str) -> None:
     """`dst` may not be `src` or inside it: a copy never writes into its source."""
-    if _fs.is_local(src) and _fs.is_local(dst):
-        a = os.path.realpath(_fs.local_path(src))
-        b = os.path.realpath(_fs.local_path(dst))
+    if fs.is_local(src) and fs.is_local(dst):
+        a = os.path.realpath(fs.local_path(src))
+        b = os.path.realpath(fs.local_path(dst))
     else:
         a, b = src.rstrip("/"), dst.rstrip("/")
     if b == a or b.startswith(a.rstrip("/") + "/"):
@@ -266,7 +267,7 @@ def _same(a: CheckpointRecord, b: CheckpointRecord) -> bool:
 
 def _metadata(record: CheckpointRecord, src: str) -> dict[str, Any]:
     metadata = {k: v for k, v in record.manifest.items() if k not in _STORE_FIELDS}
-    origin = os.path.abspath(src) if _fs.is_local(src) else src
+    origin = os.path.abspath(src) if fs.is_local(src) else src
     metadata["copied_from"] = {"directory": origin, "name": record.name}
     return metadata
 
@@ -285,8 +286,8 @@ def _copy_one(
             for fname in files:
                 # Plain names inside the checkpoint (checked by the source's scan).
                 tf.io.gfile.copy(
-                    _fs.join(record.directory, fname),
-                    _fs.join(pending.tmp, fname),
+                    fs.join(record.directory, fname),
+                    fs.join(pending.tmp, fname),
                     overwrite=True,
                 )
             staged = dataclasses.replace(
@@ -313,7 +314,7 @@ def _copy_one(
 
 def _hashes_differ(tmp: str, files: Mapping[str, Any]) -> str | None:
     for fname, entry in files.items():
-        if "xxh3" in entry and _fs.content_hash(_fs.join(tmp, fname)) != entry["xxh3"]:
+        if "xxh3" in entry and fs.content_hash(fs.join(tmp, fname)) != entry["xxh3"]:
             return f"{fname} does not match its hash"
     return None
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tfckpt import _fs
 from tfckpt.errors import CheckpointError
 from tfckpt.options import parse_source
 from tfckpt.run import Run
-from tfckpt.store import CheckpointRecord
+from tfckpt.store import fs
+from tfckpt.store.layout import CheckpointRecord
 
 
 def fork(
@@ -31,7 +31,7 @@ def fork(
     if record is None:
         raise CheckpointError(f"init_from={source!r}: {directory!r} holds no checkpoint.")
     info = {
-        "directory": os.path.abspath(directory) if _fs.is_local(directory) else directory,
+        "directory": os.path.abspath(directory) if fs.is_local(directory) else directory,
         "name": record.name,
         "step": record.step,
         "epoch": record.epoch,

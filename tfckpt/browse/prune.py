@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from tfckpt import retention as _retention
-from tfckpt.display import human_size
+from tfckpt.browse.display import human_size
 from tfckpt.options import KeepRules
-from tfckpt.store import CheckpointRecord, CheckpointStore, Problem
+from tfckpt.store.checkpoint_store import CheckpointStore
+from tfckpt.store.layout import CheckpointRecord, Problem
 
 
 def prune_policy(

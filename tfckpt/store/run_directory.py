@@ -14,9 +14,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _fs
 from tfckpt.errors import CheckpointReadError
-from tfckpt.layout import (
+from tfckpt.store import fs
+from tfckpt.store.layout import (
     CHECKPOINT_NAME,
     DAMAGED,
     FORMAT,
@@ -45,7 +45,7 @@ class RunDirectory:
         self.directory = directory
 
     def _path(self, *names: str) -> str:
-        return _fs.join(self.directory, *names)
+        return fs.join(self.directory, *names)
 
     def entries(self) -> list[str]:
         # Not `isdir` first: it answers False on any error, and a listing that
@@ -113,7 +113,7 @@ class RunDirectory:
         # `ckpt-*` directory without its manifest was damaged after its commit.
         # Not `isdir`/`exists`: they answer False on an I/O error too, and an
         # I/O error is no deletion.
-        path = self._path(name) if _fs.is_local(self.directory) else self._path(name, MANIFEST)
+        path = self._path(name) if fs.is_local(self.directory) else self._path(name, MANIFEST)
         try:
             tf.io.gfile.stat(path)
         except tf.errors.NotFoundError:
@@ -125,7 +125,7 @@ class RunDirectory:
     def _load(self, name: str, seq: int) -> CheckpointRecord:
         path = self._path(name, MANIFEST)
         try:
-            manifest = json.loads(_fs.read_bytes(path))
+            manifest = json.loads(fs.read_bytes(path))
         except tf.errors.NotFoundError:
             raise Corrupt("no manifest.json (not committed)") from None
         except tf.errors.OpError as e:
@@ -148,7 +148,7 @@ class RunDirectory:
 
     def check_sizes(self, record: CheckpointRecord) -> str | None:
         for fname, entry in record.manifest["files"].items():
-            actual = self._measure(record, fname, _fs.size)
+            actual = self._measure(record, fname, fs.size)
             if actual is None:
                 return f"missing file {fname}"
             if actual != entry["size"]:
@@ -167,7 +167,7 @@ class RunDirectory:
 
     def _damage_reason(self, name: str) -> str:
         try:
-            reason = _fs.read_bytes(self._path(DAMAGED + name)).decode(errors="replace")
+            reason = fs.read_bytes(self._path(DAMAGED + name)).decode(errors="replace")
         except tf.errors.OpError:
             reason = "?"
         return f"found damaged earlier: {reason}"
@@ -199,7 +199,7 @@ class RunDirectory:
             if ".data-" in fname and (not data or "crc32" not in entry):
                 tensors_to_check = tensors_to_check or data
                 continue
-            crc = self._measure(record, fname, _fs.crc32)
+            crc = self._measure(record, fname, fs.crc32)
             if crc is None:
                 return f"missing file {fname}"
             if crc != entry["crc32"]:
@@ -251,7 +251,7 @@ class RunDirectory:
         while another checkpoint links them."""
         shared = 0
         for fname, entry in record.manifest["files"].items():
-            links = _fs.link_count(self._path(record.name, fname))
+            links = fs.link_count(self._path(record.name, fname))
             if links is not None and links > 1:
                 shared += int(entry["size"])
         return shared
@@ -265,7 +265,7 @@ class RunDirectory:
             for fname, entry in record.manifest["files"].items():
                 path = self._path(record.name, fname)
                 try:
-                    st = os.stat(_fs.local_path(path)) if _fs.is_local(path) else None
+                    st = os.stat(fs.local_path(path)) if fs.is_local(path) else None
                 except OSError:
                     st = None
                 if st is None or st.st_nlink == 1:
@@ -284,7 +284,7 @@ class RunDirectory:
         for fname, entry in sorted(record.manifest["files"].items()):
             path = self._path(record.name, fname)
             try:
-                if "xxh3" not in entry or _fs.content_hash(path) == entry["xxh3"]:
+                if "xxh3" not in entry or fs.content_hash(path) == entry["xxh3"]:
                     continue
                 inode = os.stat(path)
             except (OSError, tf.errors.OpError):

@@ -18,7 +18,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _fs
+from tfckpt.store import fs
 
 # tfckpt/2: data shards carry no CRC-32 of our own (TF's index holds a CRC32C
 # of every tensor, and the index is in the manifest with its CRC-32), so a
@@ -90,7 +90,7 @@ class PendingCheckpoint:
 
     @property
     def prefix(self) -> str:
-        return _fs.join(self.tmp, PREFIX)
+        return fs.join(self.tmp, PREFIX)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from tfckpt import _fs
-from tfckpt.layout import FINISHED as MARKER
+from tfckpt.store import fs
+from tfckpt.store.layout import FINISHED as MARKER
 
 
 def mark_finished(directory: str) -> None:
@@ -28,7 +28,7 @@ def mark_finished(directory: str) -> None:
     info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
 
     def write() -> None:
-        with tf.io.gfile.GFile(_fs.join(directory, MARKER), "wb") as f:
+        with tf.io.gfile.GFile(fs.join(directory, MARKER), "wb") as f:
             f.write(json.dumps(info).encode())
 
     _or_warn(write, f"could not mark {directory!r} as finished", "ends by its timeout instead")
@@ -37,7 +37,7 @@ def mark_finished(directory: str) -> None:
 def clear_finished(directory: str) -> None:
     """Removes the marker: a writer took `directory` and training goes on. A
     failure is a warning (a watcher may then stop early), never an error."""
-    path = _fs.join(directory, MARKER)
+    path = fs.join(directory, MARKER)
 
     def remove() -> None:
         if tf.io.gfile.exists(path):
@@ -57,6 +57,6 @@ def is_finished(directory: str) -> bool:
     """Whether the writer of `directory` recorded a normal end (and no writer
     took the directory since). `False` when that cannot be told."""
     try:
-        return tf.io.gfile.exists(_fs.join(directory, MARKER))
+        return tf.io.gfile.exists(fs.join(directory, MARKER))
     except tf.errors.OpError:
         return False

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from tfckpt._background import lower_thread_priority
+from tfckpt.store.background import lower_thread_priority
 
 # A tensor this large gets a data file of its own; smaller ones are packed, in
 # checkpoint-key order (a layer's variables are neighbours), into files of

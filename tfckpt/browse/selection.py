@@ -8,7 +8,7 @@ from typing import Any
 
 from tfckpt.errors import CheckpointNotFoundError
 from tfckpt.monitor import AUTO_MODES, check_mode, direction, metric_value, rank
-from tfckpt.store import CheckpointRecord
+from tfckpt.store.layout import CheckpointRecord
 
 
 def select(

@@ -11,12 +11,12 @@ import threading
 import warnings
 from typing import Any
 
-from tfckpt import _tf_checkpoint
-from tfckpt._background import lower_thread_priority
-from tfckpt.export import remove_path, write_atomically
+from tfckpt.browse.export import remove_path, write_atomically
 from tfckpt.observers import CheckpointObserver
-from tfckpt.pins import Pins
-from tfckpt.store import CheckpointRecord
+from tfckpt.store import tf_checkpoint
+from tfckpt.store.background import lower_thread_priority
+from tfckpt.store.layout import CheckpointRecord
+from tfckpt.store.pins import Pins
 
 _WHEN = ("best", "every")
 _VERSION = re.compile(r"^\d+$")
@@ -216,7 +216,7 @@ class ServingExport(CheckpointObserver):
                         "CheckpointCallback or CheckpointManager, or model=..."
                     )
                 self._clone = keras.models.clone_model(self.model)
-            _tf_checkpoint.read_model(self._clone, record.path, record.manifest)
+            tf_checkpoint.read_model(self._clone, record.path, record.manifest)
             clone = self._clone
 
             def write(tmp: str) -> None:

@@ -12,9 +12,10 @@ from typing import Any
 import tensorflow as tf
 
 from tfckpt.errors import CheckpointReadError
-from tfckpt.finished import is_finished
-from tfckpt.pins import Pins, remove_stale
-from tfckpt.store import CheckpointRecord, CheckpointStore
+from tfckpt.store.checkpoint_store import CheckpointStore
+from tfckpt.store.finished import is_finished
+from tfckpt.store.layout import CheckpointRecord
+from tfckpt.store.pins import Pins, remove_stale
 
 _STARTS = ("all", "latest", "new")
 _TRIES = 3  # pinning attempts of a checkpoint that fail with an I/O error

@@ -12,9 +12,10 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfckpt import _tf_checkpoint
 from tfckpt.errors import CheckpointNotFoundError, NoIntactCheckpointError
-from tfckpt.store import CheckpointRecord, CheckpointStore
+from tfckpt.store import tf_checkpoint
+from tfckpt.store.checkpoint_store import CheckpointStore
+from tfckpt.store.layout import CheckpointRecord
 
 # A reader gives up after this many candidates deleted under it (a writer that
 # deletes checkpoints faster than they can be read).
@@ -143,13 +144,13 @@ class Restorer:
         reason = self.store.check(record, data=False) if verify else None
         if reason is not None:
             return reason
-        _tf_checkpoint.ensure_built(objects["model"], record.manifest.get("build_config"))
-        _tf_checkpoint.build_optimizer(objects.get("optimizer"), objects["model"])
+        tf_checkpoint.ensure_built(objects["model"], record.manifest.get("build_config"))
+        tf_checkpoint.build_optimizer(objects.get("optimizer"), objects["model"])
         readable = dict(objects)
         if objects.get("optimizer") is None:
             readable["model"] = _model_only(objects["model"])
         try:
-            _tf_checkpoint.read(
+            tf_checkpoint.read(
                 record.path,
                 readable,
                 saved=record.manifest.get("contents"),

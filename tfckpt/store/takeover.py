@@ -9,12 +9,13 @@ import warnings
 
 import tensorflow as tf
 
-from tfckpt import _fs
-from tfckpt._lock import DirectoryLock
 from tfckpt.errors import CheckpointError, CheckpointWriteError
-from tfckpt.finished import clear_finished, is_finished
-from tfckpt.pins import remove_stale as remove_stale_pins
-from tfckpt.store import CheckpointRecord, CheckpointStore
+from tfckpt.store import fs
+from tfckpt.store.checkpoint_store import CheckpointStore
+from tfckpt.store.finished import clear_finished, is_finished
+from tfckpt.store.layout import CheckpointRecord
+from tfckpt.store.lock import DirectoryLock
+from tfckpt.store.pins import remove_stale as remove_stale_pins
 
 
 @dataclasses.dataclass
@@ -31,7 +32,7 @@ def take(store: CheckpointStore, *, fsync: bool = True) -> Takeover:
     `DirectoryLockedError` when another writer holds it."""
     directory = store.directory
     try:
-        _fs.makedirs(directory, fsync=fsync)
+        fs.makedirs(directory, fsync=fsync)
         lock = DirectoryLock(directory)
     except (OSError, tf.errors.OpError) as e:
         raise CheckpointError(

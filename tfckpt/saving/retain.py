@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 from tfckpt.errors import CheckpointWriteError
 from tfckpt.retention import RetentionPolicy
-from tfckpt.store import CheckpointRecord, CheckpointStore
+from tfckpt.store.checkpoint_store import CheckpointStore
+from tfckpt.store.layout import CheckpointRecord
 
 
 def apply_retention(

@@ -9,8 +9,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from tfckpt import _fs
-from tfckpt.store import CheckpointRecord
+from tfckpt.store import fs
+from tfckpt.store.layout import CheckpointRecord
 
 
 def export_checkpoint(
@@ -82,8 +82,8 @@ def write_atomically(path: str, write: Callable[[str], object]) -> None:
         write(tmp)
         for root, _, files in os.walk(tmp):
             for f in files:
-                _fs.fsync_file(os.path.join(root, f))
-            _fs.fsync_dir(root)
+                fs.fsync_file(os.path.join(root, f))
+            fs.fsync_dir(root)
         if os.path.isfile(tmp) and not os.path.isdir(path):
             os.replace(tmp, path)  # atomic, also over an existing file
         else:
@@ -94,7 +94,7 @@ def write_atomically(path: str, write: Callable[[str], object]) -> None:
                 os.replace(path, old)
             os.replace(tmp, path)
             remove_path(old)
-        _fs.fsync_dir(parent)
+        fs.fsync_dir(parent)
     finally:
         remove_path(tmp)
 

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tfckpt import _tf_checkpoint, _training_state
-from tfckpt.store import CheckpointRecord
+from tfckpt.fit import training_state
+from tfckpt.store import tf_checkpoint
+from tfckpt.store.layout import CheckpointRecord
 
 # Models this process has trained with a checkpoint directory (by directory):
 # a later fit of such a model trains on instead of restoring over it, even
@@ -66,7 +67,7 @@ def decide(
     latest = manager.latest
     if latest is not None:
         optimizer = manager.optimizer
-        step_now = _tf_checkpoint.optimizer_step(optimizer) if optimizer is not None else 0
+        step_now = tf_checkpoint.optimizer_step(optimizer) if optimizer is not None else 0
         if start.resuming_here:
             # An interrupted fit of this model: its state in memory may be
             # past the newest checkpoint by a partial step or epoch, so it
@@ -152,7 +153,7 @@ def skip_batches(
                 batch = next(iterator)
             if skip == 0:
                 model.train_function = original
-                if metrics is not None and not _training_state.set_metric_values(
+                if metrics is not None and not training_state.set_metric_values(
                     model, metrics, batch
                 ):
                     warn_once(

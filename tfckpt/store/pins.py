@@ -35,9 +35,9 @@ import weakref
 
 import tensorflow as tf
 
-from tfckpt import _fs
-from tfckpt.layout import MANIFEST, PREFIX, READERS
-from tfckpt.store import CheckpointRecord, CheckpointStore
+from tfckpt.store import fs
+from tfckpt.store.checkpoint_store import CheckpointStore
+from tfckpt.store.layout import MANIFEST, PREFIX, READERS, CheckpointRecord
 
 OWNER = "owner.json"
 STALE_SECONDS = 600.0  # a reader folder with no heartbeat for that long is removed
@@ -82,7 +82,7 @@ class Pins:
         # symbolic link afterwards leads nowhere else.
         self._fds: list[int] = []
         self._copies: str | None = None  # private temp dir (no hard links)
-        self._linkable = _fs.is_local(directory)
+        self._linkable = fs.is_local(directory)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the heartbeat against close()
         self._finalizer = weakref.finalize(self, _cleanup, self._stop, self._lock, [], [], [])
@@ -101,7 +101,7 @@ class Pins:
         if self._folder is None:
             name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-            root = os.path.join(_fs.local_path(self.directory), READERS)
+            root = os.path.join(fs.local_path(self.directory), READERS)
             try:
                 os.mkdir(root)
             except FileExistsError:
@@ -182,7 +182,7 @@ class Pins:
             raise
 
     def _link_files(self, record: CheckpointRecord, target_fd: int) -> None:
-        checkpoint = _fs.local_path(_fs.join(self.directory, record.name))
+        checkpoint = fs.local_path(fs.join(self.directory, record.name))
         try:
             source_fd = os.open(checkpoint, _DIR)
         except OSError as e:
@@ -213,7 +213,7 @@ class Pins:
         try:
             for fname in [*record.manifest["files"], MANIFEST]:
                 # Names come from a manifest the store checked: plain file names.
-                source = _fs.join(self.directory, record.name, fname)
+                source = fs.join(self.directory, record.name, fname)
                 tf.io.gfile.copy(source, os.path.join(target, fname), overwrite=True)
             return self._checked(parent, record)
         except _Rejected:
@@ -355,9 +355,9 @@ def remove_stale(directory: str) -> list[str]:
 
 
 def _remove_stale(directory: str) -> list[str]:
-    if not _fs.is_local(directory):
+    if not fs.is_local(directory):
         return []
-    root = os.path.join(_fs.local_path(directory), READERS)
+    root = os.path.join(fs.local_path(directory), READERS)
     try:
         root_fd = os.open(root, _DIR)  # a symbolic link: not ours, never followed
     except OSError:

@@ -1,0 +1,2 @@
+"""Beside training: following a run as it commits (`watch`), evaluating each
+checkpoint (`SidecarEvaluator`) and exporting for TF Serving (`ServingExport`)."""
