@@ -21,6 +21,7 @@ from conftest import make_data, make_model, script_env
 
 import tfckpt
 from tfckpt import cli
+from tfckpt.browse.display import human_size
 from tfckpt.store.lock import DirectoryLock
 
 MODEL_DEF = """
@@ -74,7 +75,10 @@ def processes(run_dir):
         "info_missing_step": [sys.executable, "-m", "tfckpt.cli", "info", run_dir, "999"],
         "ls_missing_dir": [*tfckpt_command(), "ls", root / "nope"],
         "prune_locked": [*tfckpt_command(), "prune", root / "locked", "--keep-last", "1"],
+        "ls_default_logging": [*tfckpt_command(), "ls", run_dir],
     }
+    # As a user runs it: no TF_CPP_MIN_LOG_LEVEL of their own.
+    default_logging = {k: v for k, v in script_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     lock = DirectoryLock(str(root / "locked"))  # this process is the live writer
     try:
         started = {
@@ -83,7 +87,7 @@ def processes(run_dir):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                env=script_env(),
+                env=default_logging if name == "ls_default_logging" else script_env(),
             )
             for name, command in commands.items()
         }
@@ -124,6 +128,17 @@ def test_ls_lists_the_run(processes, run_dir):
     assert [line.split()[0] for line in lines[1:]] == [r.name for r in run.checkpoints]
     best_line = next(line for line in lines if line.startswith(run.best.name))
     assert f"{run.best.metrics['val_loss']:.6g} *" in best_line
+    # Sizes as people read them (`--json` keeps bytes).
+    assert best_line.split()[4:6] == human_size(run.best.size).split()
+    assert best_line.split()[5] == "KiB"
+
+
+def test_the_command_is_quiet_about_tensorflow_start_up(processes):
+    # TensorFlow logs its start-up (absl's preamble, oneDNN, CPU instructions)
+    # before its log level is read; none of it comes above the table.
+    quiet = processes["ls_default_logging"]
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert quiet.stdout == processes["ls"].stdout
 
 
 def test_a_selection_that_matches_nothing_exits_1(processes):
@@ -248,6 +263,7 @@ def test_ls_json_and_verify(run_dir, capsys):
     run = tfckpt.open(run_dir)
     assert status == 0 and [r["name"] for r in rows] == [r.name for r in run.checkpoints]
     assert [r["name"] for r in rows if r["best"]] == [run.best.name]
+    assert [r["size"] for r in rows] == [r.size for r in run.checkpoints]  # bytes
     status, out, _ = run_main(capsys, "verify", run_dir)
     assert status == 0 and out.strip().endswith("4 intact, 0 damaged")
 

@@ -270,6 +270,45 @@ def test_export_is_read_back_bitwise_by_plain_keras(trained, tmp_path):
     )
 
 
+def test_tfckpt_export_is_a_function_of_a_run_directory(trained, tmp_path):
+    # `tfckpt.export` is the verb, as `tfckpt.restore`; `Run.export` is the same.
+    run = tfckpt.open(trained[0])
+    path = tmp_path / "best.weights.h5"
+    assert tfckpt.export(architecture(), trained[0], path) == run.best
+    assert tfckpt.export(architecture(), trained[0], path, epoch=2, overwrite=True).epoch == 2
+    model = architecture()
+    model.load_weights(path)
+    expected = architecture()
+    run.restore(expected, epoch=2)
+    for a, b in zip(model.get_weights(), expected.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for verb in ("export", "restore", "copy", "watch", "verify", "open"):
+        assert callable(getattr(tfckpt, verb)), verb
+
+
+def test_repr_shows_the_checkpoints_the_newest_and_the_best(trained, tmp_path):
+    run = tfckpt.open(trained[0])
+    first, *rows = repr(run).splitlines()
+    best, latest = run.best, run.latest
+    assert first.startswith(f"<tfckpt.Run {trained[0]}: 12 checkpoints")
+    assert f"newest {latest.name} (step {latest.step}, epoch {latest.epoch})" in first
+    assert f"best {best.name} (val_loss={best.metrics['val_loss']:.6g}, min)" in first
+    # A long run: a header, its first and last 5 rows.
+    assert rows[0].split()[:6] == ["name", "step", "epoch", "batch", "size", "val_loss"]
+    names = [r.name for r in run.checkpoints]
+    assert [row.split()[0] for row in rows[1:]] == [*names[:5], "...", *names[-5:]]
+    assert all(row.split()[5] in ("KiB", "MiB") for row in rows[1:] if row != "...")
+    # A short one shows every row; an empty one says so.
+    short = tmp_path / "short"
+    with tfckpt.CheckpointManager(str(short), make_model(), monitor="val_loss") as manager:
+        manager.save(epoch=1, metrics={"val_loss": 0.5})
+    assert repr(tfckpt.open(short)).splitlines()[2].startswith("ckpt-000001")
+    (tmp_path / "empty").mkdir()
+    assert (
+        repr(tfckpt.open(tmp_path / "empty")) == f"<tfckpt.Run {tmp_path / 'empty'}: 0 checkpoints>"
+    )
+
+
 def test_export_never_overwrites_unless_asked_and_never_leaves_a_partial_file(trained, tmp_path):
     run = tfckpt.open(trained[0])
     path = tmp_path / "model.weights.h5"

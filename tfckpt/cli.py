@@ -22,10 +22,9 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Any
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -80,6 +79,8 @@ def _saved(record: Any) -> str:
 
 
 def _ls(args: argparse.Namespace) -> int:
+    from tfckpt.browse.display import table_text
+
     run = _open(args.directory)
     records, problems = run.checkpoints, run.problems
     best = run.best
@@ -91,22 +92,8 @@ def _ls(args: argparse.Namespace) -> int:
     if not records and not problems:
         print(f"{args.directory}: no checkpoints")
         return 0
-    monitor = run.monitor[0] if run.monitor else None
-    print(
-        f"{'name':<12} {'step':>8} {'epoch':>6} {'batch':>6} {'size':>10} {'shared':>10}  "
-        f"{(monitor or ''):<12} {'saved':<19}  kept because"
-    )
-    for r in records:
-        value = r.metrics.get(monitor) if monitor else None
-        shown = f"{value:.6g}" if isinstance(value, (int, float)) else ""
-        mark = " *" if _is(r, best) else ""
-        print(
-            f"{r.name:<12} {r.step:>8} {r.epoch:>6} {r.batch:>6} {r.size:>10} "
-            f"{run.shared_bytes(r):>10}  "
-            f"{shown + mark:<12} {_saved(r):<19}  {r.kept or ''}"
-        )
-    for p in problems:
-        print(f"{p.name:<12} DAMAGED: {p.reason}")
+    shared = [run.shared_bytes(r) for r in records]
+    print("\n".join(table_text(records, run.monitor, problems, shared)))
     return 0
 
 
@@ -390,9 +377,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow and Keras without their start-up lines above our output.
+
+    TensorFlow logs its start-up (absl's preamble, oneDNN, CUDA, the CPU's
+    instructions) before its log level is read, so `TF_CPP_MIN_LOG_LEVEL`
+    alone does not silence it: standard error is held back during the import
+    and shown only if the import fails. A `TF_CPP_MIN_LOG_LEVEL` of the user's
+    own wins: then nothing is held back.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import keras
+        import tensorflow
+
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(stderr, 2)
+            held.seek(0)
+            sys.stderr.flush()
+            os.write(2, held.read())
+            raise
+        finally:
+            os.dup2(stderr, 2)
+            os.close(stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    _import_tensorflow_quietly()
     import tensorflow as tf
 
     from tfckpt.errors import CheckpointError, CheckpointNotFoundError

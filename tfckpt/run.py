@@ -15,7 +15,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfckpt import retention
-from tfckpt.browse.display import plot_run, table_html
+from tfckpt.browse.display import caption, plot_run, table_html, table_text
 from tfckpt.browse.export import export_checkpoint
 from tfckpt.browse.prune import PruneReport, prune_checkpoints, prune_policy
 from tfckpt.browse.restoring import Restorer
@@ -28,6 +28,7 @@ from tfckpt.store.checkpoint_store import CheckpointStore
 from tfckpt.store.layout import CheckpointRecord, Problem
 from tfckpt.store.lock import DirectoryLock
 
+_REPR_ROWS = 5  # rows shown at each end of a long run by repr()
 Which = Any  # None | "latest" | "best" | int step | checkpoint name | CheckpointRecord
 
 
@@ -63,19 +64,19 @@ class Run:
         )
 
     def __repr__(self) -> str:
-        n = len(self.checkpoints)
-        return f"<tfckpt.Run {self.directory!r}: {n} checkpoint{'s' * (n != 1)}>"
+        records, problems = self._scan()
+        text = f"<tfckpt.Run {caption(self.directory, records, records.monitor, problems)}>"
+        if not records and not problems:
+            return text
+        lines = table_text(records, records.monitor, problems)
+        if len(lines) > 2 * _REPR_ROWS + 2:  # a long run: its first and last rows, as pandas
+            lines = [*lines[: _REPR_ROWS + 1], "...", *lines[-_REPR_ROWS:]]
+        return "\n".join([text, *lines])
 
     def _repr_html_(self) -> str:
         records, problems = self._scan()
-        n = len(records)
-        caption = f"{self.directory}: {n} checkpoint{'s' * (n != 1)}"
-        if records.monitor:
-            caption += f", best by {records.monitor[0]} ({records.monitor[1]})"
-        parent = records[-1].manifest.get("parent") if records else None
-        if parent:
-            caption += f"; forked from {parent['directory']} {parent['name']}"
-        return table_html(records, records.monitor, problems, caption)
+        text = caption(self.directory, records, records.monitor, problems)
+        return table_html(records, records.monitor, problems, text)
 
     def _scan(
         self, policy: retention.RetentionPolicy | None = None
@@ -558,3 +559,42 @@ def restore(
         warning in favour of the next intact one of the selection.
     """
     return open_run(directory).restore(model, which, epoch=epoch, optimizer=optimizer)
+
+
+def export(
+    model: Any,
+    directory: str | os.PathLike,
+    path: str | os.PathLike,
+    which: Which = None,
+    *,
+    epoch: int | None = None,
+    format: str | None = None,
+    overwrite: bool = False,
+) -> CheckpointRecord:
+    """Writes a checkpoint of `directory` as a file plain Keras or TF Serving loads.
+
+    The checkpoint's weights are restored into `model`, which Keras then saves
+    in the format `path`'s suffix names (`.keras`, `.weights.h5`, or a
+    SavedModel directory); see `Run.export` for the details.
+
+    Example:
+
+    ```python
+    tfckpt.export(make_model(), "runs/exp1", "exports/best.keras")  # the best one
+    ```
+
+    Args:
+        model: a Keras model of the run's architecture (its weights are replaced).
+        directory: the run directory.
+        path: a local file or directory path.
+        which: `"best"` (the default), `"latest"`, a step or a checkpoint name.
+        epoch: instead of `which`: the checkpoint saved at the end of that epoch.
+        format: `None` (from the suffix) or `"tf_saved_model"`.
+        overwrite: replace an existing `path`; otherwise that is an error.
+
+    Returns:
+        The exported `CheckpointRecord`.
+    """
+    return open_run(directory).export(
+        model, path, which, epoch=epoch, format=format, overwrite=overwrite
+    )

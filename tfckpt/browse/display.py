@@ -14,12 +14,72 @@ from tfckpt.store.layout import CheckpointRecord, Problem
 
 
 def human_size(n: int) -> str:
+    """`n` bytes as people read sizes: `900 B`, `127 KiB`, `12.4 MiB`."""
     size, units = float(n), ("B", "KiB", "MiB", "GiB", "TiB")
     i = 0
     while size >= 1024 and i < len(units) - 1:
         size /= 1024
         i += 1
-    return f"{n} B" if i == 0 else f"{size:.1f} {units[i]}"
+    if i == 0:
+        return f"{n} B"
+    return f"{size:.0f} {units[i]}" if size >= 100 else f"{size:.1f} {units[i]}"
+
+
+def caption(
+    directory: str,
+    records: Sequence[CheckpointRecord],
+    monitor: tuple[str, str] | None,
+    problems: Sequence[Problem],
+) -> str:
+    """One line on a run: how many checkpoints, the newest, the best with its
+    value, damage. The caption of the notebook table and of `repr(Run)`."""
+    n = len(records)
+    parts = [f"{directory}: {n} checkpoint{'s' * (n != 1)}"]
+    if records:
+        r = records[-1]
+        parts.append(f"newest {r.name} (step {r.step}, epoch {r.epoch})")
+    ranked = rank(records, *monitor) if monitor else []
+    if ranked:
+        name, mode = monitor
+        best = ranked[0]
+        value = format_value(best.metrics.get(name))
+        parts.append(f"best {best.name} ({name}={value}, {mode})")
+    if problems:
+        parts.append(f"{len(problems)} damaged")
+    text = ", ".join(parts)
+    parent = records[-1].manifest.get("parent") if records else None
+    if parent:
+        text += f"; forked from {parent['directory']} {parent['name']}"
+    return text
+
+
+def table_text(
+    records: Sequence[CheckpointRecord],
+    monitor: tuple[str, str] | None,
+    problems: Sequence[Problem],
+    shared: Sequence[int] | None = None,
+) -> list[str]:
+    """The lines of `tfckpt ls` (a header, a row per checkpoint, the best one
+    marked `*`, then the damaged ones); `shared` adds the bytes each one shares."""
+    name = monitor[0] if monitor else None
+    ranked = rank(records, *monitor) if monitor else []
+    best = ranked[0].name if ranked else None
+    shared_header = f" {'shared':>9}" if shared is not None else ""
+    lines = [
+        f"{'name':<12} {'step':>8} {'epoch':>6} {'batch':>6} {'size':>9}{shared_header}  "
+        f"{(name or ''):<12} {'saved':<19}  kept because"
+    ]
+    for i, r in enumerate(records):
+        value = format_value(r.metrics.get(name)) if name else ""
+        mark = " *" if r.name == best else ""
+        saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
+        cell = f" {human_size(shared[i]):>9}" if shared is not None else ""
+        lines.append(
+            f"{r.name:<12} {r.step:>8} {r.epoch:>6} {r.batch:>6} {human_size(r.size):>9}{cell}  "
+            f"{value + mark:<12} {saved:<19}  {r.kept or ''}"
+        )
+    lines += [f"{p.name:<12} DAMAGED: {p.reason}" for p in problems]
+    return lines
 
 
 def format_value(value: Any) -> str:
