@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_model, run_script
+from support import fit, make_model, run_script
 
 import tfckpt
 import tfckpt.fit.session
@@ -24,12 +24,7 @@ def tensors(path):
 
 def run(directory, data, async_save):
     model = make_model()
-    cb = tfckpt.CheckpointCallback(
-        str(directory), save_freq=2, keep_last=None, verbose=0, async_save=async_save
-    )
-    history = model.fit(
-        *data, validation_split=0.25, epochs=3, batch_size=32, verbose=0, callbacks=[cb]
-    )
+    _, history = fit(model, directory, 3, data, save_freq=2, keep_last=None, async_save=async_save)
     return model, history
 
 
@@ -53,11 +48,7 @@ def test_async_checkpoints_equal_sync_ones(tmp_path, data):
 
 def test_async_resume(tmp_path, data):
     run(tmp_path, data, async_save=True)
-    model = make_model(seed=5)
-    cb = tfckpt.CheckpointCallback(str(tmp_path), async_save=True, verbose=0)
-    history = model.fit(
-        *data, validation_split=0.25, epochs=4, batch_size=32, verbose=0, callbacks=[cb]
-    )
+    cb, history = fit(make_model(seed=5), tmp_path, 4, data, async_save=True)
     assert cb.restored.epoch == 3 and history.epoch == [3]
 
 

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, script_env
+from support import ROOT, script_env
 
 
 def test_compare_benchmark_runs_at_a_tiny_size(tmp_path):

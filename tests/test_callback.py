@@ -2,40 +2,15 @@
 
 import json
 import signal
-import subprocess
-import sys
 import warnings
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import (
-    SCRIPTS,
-    all_variables,
-    assert_same_variables,
-    make_model,
-    run_script,
-    script_env,
-)
+from support import all_variables, assert_same_variables, fit, make_model, run_script, start_script
 
 import tfckpt
-
-
-def fit(model, directory, epochs, data, callbacks=(), **cb_kwargs):
-    x, y = data
-    cb_kwargs.setdefault("verbose", 0)
-    cb = tfckpt.CheckpointCallback(str(directory), **cb_kwargs)
-    history = model.fit(
-        x,
-        y,
-        validation_split=0.25,
-        epochs=epochs,
-        batch_size=32,
-        verbose=0,
-        callbacks=[cb, *callbacks],
-    )
-    return cb, history
 
 
 def test_kill_9_and_rerun_continues_where_it_stopped(tmp_path):
@@ -346,13 +321,7 @@ def test_a_fit_that_raises_does_not_keep_the_directory_locked(tmp_path, data):
         model.fit(*data, validation_split=0.25, epochs=3, verbose=0, callbacks=[cb, Boom()])
     model.fit(*data, validation_split=0.25, epochs=1, verbose=0, callbacks=[cb])
     # Nothing of this process holds the lock now: another process may take it.
-    holder = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "hold_lock.py"), str(tmp_path)],
-        env=script_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    holder = start_script("hold_lock.py", tmp_path)
     try:
         line = holder.stdout.readline()
         assert line.startswith("locked"), holder.stderr.read() if not line else line

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_data, make_model, script_env
+from support import architecture, fit, make_data, make_model, script_env
 
 import tfckpt
 from tfckpt import cli
@@ -48,18 +48,9 @@ def run_dir(tmp_path_factory):
     architecture saved as .keras."""
     root = tmp_path_factory.mktemp("cli")
     d = root / "run"
-    cb = tfckpt.CheckpointCallback(str(d), monitor="val_loss", keep_last=None, verbose=0)
-    make_model().fit(
-        *make_data(), validation_split=0.25, epochs=4, batch_size=32, verbose=0, callbacks=[cb]
-    )
+    fit(make_model(), d, 4, make_data(), monitor="val_loss", keep_last=None)
     (root / "model_def.py").write_text(MODEL_DEF)
-    keras.Sequential(
-        [
-            keras.Input((8,)),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    ).save(root / "arch.keras")
+    architecture().save(root / "arch.keras")
     (root / "not_a_run").mkdir()
     (root / "not_a_run" / "notes.txt").write_text("hello")
     return d

@@ -8,22 +8,13 @@ import subprocess
 import sys
 import uuid
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import Recorder, make_model, run_script, script_env
+from support import Recorder, make_model, run_script, script_env, small_model
 
 import tfckpt
 from tfckpt.store.checkpoint_store import CheckpointStore
-
-
-def small_model():
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
-    model.compile(keras.optimizers.Adam(), "mse")
-    model.optimizer.build(model.trainable_variables)
-    return model
-
 
 METADATA = {"step": 1, "epoch": 1, "batch": 0, "metrics": {}, "time": 0.0}
 

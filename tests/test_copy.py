@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SCRIPTS, run_script, script_env
+from support import draw_data, make_model, run_script, script_env, start_script
 
 import tfckpt
 from tfckpt.store.finished import is_finished
@@ -89,16 +89,9 @@ def same_files(a, b, name):
             assert fa.read() == fb.read(), (name, fname)
 
 
-def model_like_train_script():
-    model = keras.Sequential(
-        [
-            keras.Input((16,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy", metrics=["accuracy"])
-    return model
+def model_like_train_script(seed=0):
+    """The model of tests/scripts/train.py (its default --units)."""
+    return make_model(features=16, units=32, seed=seed)
 
 
 def test_copy_best_with_the_cli_then_fork_from_the_copy(source, tmp_path):
@@ -133,11 +126,8 @@ def test_copy_best_with_the_cli_then_fork_from_the_copy(source, tmp_path):
 
     # A colleague forks from the shared copy.
     fork = tmp_path / "fork"
-    keras.utils.set_random_seed(1)
-    model = model_like_train_script()
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(64, 16)).astype("float32")
-    y = (x[:, :4].sum(axis=1) > 0).astype("float32")
+    model = model_like_train_script(seed=1)
+    x, y = draw_data(np.random.default_rng(1), 64, 16, informative=4)
     cb = tfckpt.CheckpointCallback(str(fork), init_from=f"{dst}@best", monitor="loss")
     model.fit(x, y, epochs=best.epoch + 1, batch_size=32, verbose=0, callbacks=[cb])
     parent = tfckpt.open(str(fork)).parent
@@ -202,12 +192,7 @@ def test_copy_to_and_from_ram(source, tmp_path):
 
 def test_refuses_a_locked_destination_and_never_overwrites(source, tmp_path):
     dst = tmp_path / "held"
-    holder = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "hold_lock.py"), str(dst)],
-        env=script_env(),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = start_script("hold_lock.py", dst)
     try:
         assert holder.stdout.readline().startswith("locked")
         with pytest.raises(tfckpt.DirectoryLockedError, match=rf"pid {holder.pid}"):

@@ -4,14 +4,12 @@ processes on 127.0.0.1)."""
 
 import json
 import socket
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SCRIPTS, run_script, script_env
+from support import run_script, script_env, start_script
 
 import tfckpt
 
@@ -84,22 +82,16 @@ def two_workers(tmp_path, name, *args):
         out = tmp_path / f"{name}-{index}.json"
         out.unlink(missing_ok=True)
         procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(SCRIPTS / "mwms_train.py"),
-                    str(tmp_path / name),
-                    "--index",
-                    str(index),
-                    "--ports",
-                    ports,
-                    "--out",
-                    str(out),
-                    *map(str, args),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+            start_script(
+                "mwms_train.py",
+                tmp_path / name,
+                "--index",
+                index,
+                "--ports",
+                ports,
+                "--out",
+                out,
+                *args,
                 env=script_env(TMPDIR=tmpdir),
             )
         )

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, script_env
+from support import ROOT, script_env
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from report import END, START, render

@@ -2,7 +2,7 @@
 
 import keras
 import pytest
-from conftest import make_model, run_script
+from support import make_model, run_script
 
 import tfckpt
 

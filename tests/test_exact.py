@@ -4,7 +4,7 @@ interrupted (weights, optimizer state, per-epoch metrics, batches trained)."""
 import json
 
 import pytest
-from conftest import run_script
+from support import run_script
 
 import tfckpt
 

@@ -16,7 +16,7 @@ import threading
 import keras
 import numpy as np
 import pytest
-from conftest import make_model, run_script, script_env
+from support import make_model, run_script, script_env
 
 import tfckpt
 from tfckpt.store.lock import DirectoryLock

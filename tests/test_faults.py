@@ -10,7 +10,6 @@ call. `tests/scripts/faults.py` drives the operation and checks each outcome
 return; `-m soak` fails each with every such errno, and kills at every call.
 """
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,21 +18,15 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import SCRIPTS, script_env
-from scripts.fault_model import OPS, build
+from scripts.fault_model import OPS, compiled
+from support import digest, run_script, script_env
 
 import tfckpt
 
 
 def faults(inject_so, directory, *args, timeout=900):
     env = script_env(LD_PRELOAD=str(inject_so))
-    return subprocess.run(
-        [sys.executable, str(SCRIPTS / "faults.py"), str(directory), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_script("faults.py", directory, *args, timeout=timeout, env=env)
 
 
 def sweep(inject_so, tmp_path, scenario, *args):
@@ -107,20 +100,6 @@ def test_every_call_fails_with_every_errno(inject_so, tmp_path, scenario):
     assert_kept_the_promise(injections, scenario)
 
 
-def make_model(shared=True):
-    keras.utils.set_random_seed(0)
-    model = build(shared)
-    model.compile(keras.optimizers.Adam(1e-2), "mse")
-    return model
-
-
-def digest(model):
-    h = hashlib.sha256()
-    for v in model.weights + model.optimizer.variables:
-        h.update(np.ascontiguousarray(v.numpy()).tobytes())
-    return h.hexdigest()
-
-
 def kill_and_restart(inject_so, tmp_path, op, nth, *args):
     proc = faults(inject_so, tmp_path, "--scenario", "kill", "--at", f"{op}:{nth}", *args)
     header = json.loads(proc.stdout.splitlines()[0])
@@ -131,7 +110,8 @@ def kill_and_restart(inject_so, tmp_path, op, nth, *args):
     run_dir = tmp_path / "run"
     before = max(digests["saved"])
     # The restart: a new writer restores the newest committed checkpoint.
-    model = make_model(shared="--small" not in args)
+    keras.utils.set_random_seed(0)
+    model = compiled(shared="--small" not in args)
     with tfckpt.CheckpointManager(str(run_dir), model, keep_last=2) as manager:
         leftovers = [
             n for n in os.listdir(run_dir) if n.startswith((".tmp-", ".trash-", "checkpoint.tmp"))

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import Recorder, all_variables, assert_same_variables, make_data, make_model
+from support import Recorder, all_variables, assert_same_variables, make_data, make_model
 
 import tfckpt
 

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, script_env
+from support import ROOT, script_env
 
 import tfckpt
 from tfckpt.errors import NoIntactCheckpointError

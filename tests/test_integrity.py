@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SCRIPTS, make_model, run_script, script_env
+from support import SCRIPTS, make_model, run_script, script_env
 
 import tfckpt
 from tfckpt.store import fs

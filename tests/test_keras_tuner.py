@@ -9,7 +9,7 @@ import keras
 import keras_tuner  # the test extra installs it: pip install ".[test]"
 import numpy as np
 import pytest
-from conftest import make_data, make_model, run_script
+from support import make_data, make_model, run_script
 
 import tfckpt
 import tfckpt.keras_tuner

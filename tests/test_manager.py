@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_model
+from support import make_model
 
 import tfckpt
 

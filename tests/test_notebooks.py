@@ -7,8 +7,8 @@ import sys
 import keras
 import nbformat
 import numpy as np
-from conftest import ROOT, script_env
 from nbclient import NotebookClient
+from support import ROOT, script_env
 
 import tfckpt
 

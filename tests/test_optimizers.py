@@ -3,7 +3,7 @@ EMA weights and the mixed-precision loss scale."""
 
 import keras
 import pytest
-from conftest import all_variables, assert_same_variables, make_model
+from support import all_variables, assert_same_variables, fit, make_model
 
 import tfckpt
 
@@ -17,15 +17,7 @@ def mixed_precision():
 
 def run_fit(directory, epochs, data, make_optimizer, callbacks=()):
     model = make_model(optimizer=make_optimizer())
-    cb = tfckpt.CheckpointCallback(str(directory), verbose=0, keep_last=1)
-    history = model.fit(
-        *data,
-        validation_split=0.25,
-        epochs=epochs,
-        batch_size=32,
-        verbose=0,
-        callbacks=[cb, *callbacks],
-    )
+    _, history = fit(model, directory, epochs, data, callbacks, keep_last=1)
     return model, history
 
 
@@ -71,15 +63,7 @@ def test_reduce_lr_on_plateau_learning_rate_is_restored(tmp_path, data):
         )
     )
     model = make_model(optimizer=keras.optimizers.Adam(0.01))
-    cb = tfckpt.CheckpointCallback(str(tmp_path), verbose=0, keep_last=None)
-    model.fit(
-        *data,
-        validation_split=0.25,
-        epochs=3,
-        batch_size=32,
-        verbose=0,
-        callbacks=[cb, plateau, spy],
-    )
+    fit(model, tmp_path, 3, data, [plateau, spy], keep_last=None)
     lr_at_epoch_2, step = seen[2]
     assert lr_at_epoch_2 < 0.01  # reduced at the end of an earlier epoch
     resumed = make_model(optimizer=keras.optimizers.Adam(0.01))

@@ -3,12 +3,10 @@ stops; rerunning the script continues from exactly there."""
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import SCRIPTS, run_script, script_env
+from support import run_script, start_script
 from test_exact import assert_same_run, train
 
 import tfckpt
@@ -95,21 +93,8 @@ def test_sigterm_after_the_last_step_reaches_the_previous_handler(tmp_path):
 
 def test_external_sigterm_is_handled_within_a_step(tmp_path):
     out = tmp_path / "out.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(SCRIPTS / "exact.py"),
-            str(tmp_path / "run"),
-            "--data",
-            "arrays",
-            "--print-steps",
-            "--out",
-            str(out),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=script_env(),
+    proc = start_script(
+        "exact.py", tmp_path / "run", "--data", "arrays", "--print-steps", "--out", out
     )
     seen = -1
     for line in proc.stdout:
@@ -145,7 +130,7 @@ def test_invalid_preemption_arguments_are_named():
 
 
 def test_previous_signal_handlers_are_back_after_fit(tmp_path):
-    from conftest import make_data, make_model
+    from support import make_data, make_model
 
     x, y = make_data(64)
     model = make_model()

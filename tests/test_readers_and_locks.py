@@ -13,11 +13,10 @@ import time
 import uuid
 import warnings
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_model, script_env
+from support import fill, make_model, script_env, small_model
 
 import tfckpt
 from tfckpt.store import lock
@@ -124,8 +123,7 @@ def three_epochs(tmp_path_factory):
     model.optimizer.build(model.trainable_variables)
     with tfckpt.CheckpointManager(str(d), model, keep_last=None) as manager:
         for epoch in (1, 2, 3):
-            for v in model.weights:
-                v.assign(tf.fill(v.shape, float(epoch)))
+            fill(model, epoch)
             manager.save(epoch, epoch=epoch)
     return d
 
@@ -172,15 +170,6 @@ def ram_dir():
     return f"ram://tfckpt-readers-locks-{uuid.uuid4().hex}/run"
 
 
-def small_model(value=0.0):
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
-    model.compile(keras.optimizers.Adam(), "mse")
-    model.optimizer.build(model.trainable_variables)
-    for v in model.weights:
-        v.assign(tf.fill(v.shape, value))
-    return model
-
-
 @pytest.fixture
 def short_lease(monkeypatch):
     monkeypatch.setenv(lock.LEASE_ENV, "1.5")
@@ -225,8 +214,7 @@ def test_unpublished_newest_is_ignored_and_the_committed_one_restored(short_leas
     d = ram_dir()
     with tfckpt.CheckpointManager(d, small_model(1.0), keep_last=None) as manager:
         manager.save(epoch=1)
-        for v in manager.model.weights:
-            v.assign(tf.fill(v.shape, 2.0))
+        fill(manager.model, 2.0)
         manager.save(epoch=2)
     unpublish(d, "ckpt-000002")
     with warnings.catch_warnings(record=True) as caught:

@@ -17,21 +17,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_data, make_model
+from support import architecture, fit, make_data, make_model
 
 import tfckpt
 from tfckpt.browse.export import write_atomically
-
-
-def architecture():
-    """make_model's architecture, not compiled (what inference code has)."""
-    return keras.Sequential(
-        [
-            keras.Input((8,)),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
 
 
 def plain_tf_weights(path):
@@ -48,14 +37,10 @@ def trained(tmp_path_factory):
     6 batches per epoch: checkpoints at (epoch, batch) (0,4) (1,0) (1,2) (2,0)
     (2,4) (3,0), then (3,2) (4,0) (4,4) (5,0) (5,2) (6,0)."""
     d = tmp_path_factory.mktemp("run") / "exp"
-    x, y = make_data()
     histories = []
     for epochs in (3, 6):
-        cb = tfckpt.CheckpointCallback(
-            str(d), monitor="val_loss", keep_last=None, save_freq=4, verbose=0
-        )
-        history = make_model().fit(
-            x, y, validation_split=0.25, epochs=epochs, batch_size=32, verbose=0, callbacks=[cb]
+        _, history = fit(
+            make_model(), d, epochs, make_data(), monitor="val_loss", keep_last=None, save_freq=4
         )
         histories.append(history.history)
     return d, histories

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_data, make_model, run_script
+from support import make_data, make_model, run_script
 
 import tfckpt
 

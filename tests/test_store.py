@@ -1,14 +1,11 @@
 """The commit protocol under real crashes, and the store on TF's ram:// filesystem."""
 
 import signal
-import subprocess
-import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SCRIPTS, make_model, script_env
+from support import make_model, small_model, start_script
 
 import tfckpt
 from tfckpt.store.checkpoint_store import CheckpointStore
@@ -28,23 +25,8 @@ STEPS = [
 COMMITTED_FROM = STEPS.index("rename")
 
 
-def small_model():
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
-    model.compile(keras.optimizers.Adam(), "mse")
-    return model
-
-
 def test_crash_at_every_commit_step_leaves_old_or_new_never_a_mix(tmp_path):
-    procs = {
-        step: subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "crash_commit.py"), str(tmp_path / step), step],
-            env=script_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for step in STEPS
-    }
+    procs = {step: start_script("crash_commit.py", tmp_path / step, step) for step in STEPS}
     for step, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == -signal.SIGKILL, f"{step}: {out}{err}"
@@ -52,7 +34,7 @@ def test_crash_at_every_commit_step_leaves_old_or_new_never_a_mix(tmp_path):
     for i, step in enumerate(STEPS):
         d = str(tmp_path / step)
         expected = 2.0 if i >= COMMITTED_FROM else 1.0
-        model = small_model()
+        model = small_model(build=False)
         manager = tfckpt.CheckpointManager(d, model, keep_last=1)  # the restart
         record = manager.restore()
         values = np.concatenate([v.numpy().ravel() for v in model.weights])
@@ -133,23 +115,18 @@ def test_checkpoint_is_plain_tensorflow(tmp_path, data):
 
 
 def test_one_writer_per_directory_and_a_killed_holder_does_not_block(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "hold_lock.py"), str(tmp_path)],
-        env=script_env(),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = start_script("hold_lock.py", tmp_path)
     try:
         line = holder.stdout.readline()
         assert line.startswith("locked"), line
-        model = small_model()
+        model = small_model(build=False)
         with pytest.raises(tfckpt.DirectoryLockedError, match=rf"pid {holder.pid} on host"):
             tfckpt.CheckpointManager(str(tmp_path), model)
         assert tfckpt.open(str(tmp_path)).checkpoints == []  # readers are never blocked
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    manager = tfckpt.CheckpointManager(str(tmp_path), small_model())  # the restart
+    manager = tfckpt.CheckpointManager(str(tmp_path), small_model(build=False))  # the restart
     manager.save(epoch=1)
     manager.close()
 
@@ -163,7 +140,7 @@ def test_custom_retention_policy_is_applied_and_listed(tmp_path):
             return ["even step" if c.step % 2 == 0 else None for c in checkpoints]
 
     with tfckpt.CheckpointManager(
-        str(tmp_path), small_model(), keep_last=1, retention=KeepEvenSteps()
+        str(tmp_path), small_model(build=False), keep_last=1, retention=KeepEvenSteps()
     ) as manager:
         for step in range(1, 6):
             manager.save(step, epoch=step)

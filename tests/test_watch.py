@@ -16,23 +16,13 @@ import warnings
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SCRIPTS, make_model, run_script, script_env
+from support import make_model, run_script, start_script
 
 import tfckpt
 from tfckpt.serve.sidecar import LOG
 from tfckpt.store.finished import MARKER
 from tfckpt.store.layout import READERS
 from tfckpt.store.pins import Pins
-
-
-def _start(name, *args):
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPTS / name), *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=script_env(),
-    )
 
 
 def _scalars(log_dir, tag):
@@ -52,10 +42,10 @@ def test_watcher_and_sidecar_follow_a_killed_and_restarted_trainer(tmp_path):
     run = tmp_path / "run"  # does not exist yet: both followers start first
     # It holds the first checkpoint it gets until the trainer's retention has
     # deleted it from the run directory, then reads it again through its pin.
-    watcher = _start(
+    watcher = start_script(
         "watch_read.py", run, tmp_path / "seen.json", "--hold", "0.3", "--hold-first-until-gone"
     )
-    sidecar = _start("sidecar_eval.py", run, tmp_path / "eval", tmp_path / "evals.json")
+    sidecar = start_script("sidecar_eval.py", run, tmp_path / "eval", tmp_path / "evals.json")
     try:
         common = [run, "--epochs", "4", "--save-freq", "2", "--keep-last", "2"]
         killed = run_script("train.py", *common, "--kill-at-epoch", "2")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from typing import Any
 
 import keras
@@ -16,13 +17,50 @@ from tfckpt.errors import CheckpointReadError
 from tfckpt.observers import CheckpointObserver
 from tfckpt.store.layout import CheckpointRecord
 
+# The oldest Keras whose `fit` tfckpt resumes exactly (pyproject.toml's floor,
+# tested in CI): before 3.11, `on_train_batch_end` is given the first batch of
+# an execution of `steps_per_execution` batches; before 3.7, a tf.data
+# dataset is read through one iterator made before the first epoch.
+KERAS_FLOOR = (3, 11)
+_told_old_keras = False
+
+
+def keras_version() -> tuple[int, int]:
+    """The installed Keras's (major, minor)."""
+    major, minor = (keras.__version__.split(".") + ["0"])[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
 
 def check_backend() -> None:
+    global _told_old_keras
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
             "tfckpt needs Keras's TensorFlow backend, but Keras is using "
             f"{keras.backend.backend()!r}. Set the environment variable "
             "KERAS_BACKEND=tensorflow before importing keras."
+        )
+    if keras_version() < KERAS_FLOOR and not _told_old_keras:
+        _told_old_keras = True
+        warnings.warn(
+            f"tfckpt: Keras {keras.__version__} is older than "
+            f"{'.'.join(map(str, KERAS_FLOOR))}, the oldest Keras tfckpt is tested with: "
+            "step-level saves with steps_per_execution > 1 are refused, and a "
+            "tf.data resume is not exact before Keras 3.7. "
+            "Upgrade with: pip install -U 'keras>=3.11'",
+            stacklevel=3,
+        )
+
+
+def check_steps_per_execution(model: Any, save_freq: Any) -> None:
+    """Refuses step-level saves that the installed Keras would misplace."""
+    spe = int(getattr(model, "steps_per_execution", 1) or 1)
+    if spe > 1 and save_freq != "epoch" and keras_version() < KERAS_FLOOR:
+        raise ValueError(
+            f"save_freq={save_freq!r} with steps_per_execution={spe} needs Keras 3.11 or "
+            f"newer (found {keras.__version__}): older Keras tells callbacks the first "
+            "batch of each execution, so a checkpoint would record a batch it has not "
+            "trained to, and a resumed run would train batches twice. Upgrade Keras "
+            "(pip install -U 'keras>=3.11') or pass save_freq='epoch'."
         )
 
 

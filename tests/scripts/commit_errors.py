@@ -12,15 +12,11 @@ delete: lowered once TF's state file is written, so retention's deletions
 Prints one JSON line.
 """
 
+import support  # isort: skip (first: it sets the environment keras reads on import)
 import json
-import os
 import resource
 import sys
 import warnings
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import keras
 
 import tfckpt
 from tfckpt.store import checkpoint_store
@@ -34,21 +30,15 @@ def lift():
     resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT, HARD))
 
 
-class Recorder(tfckpt.CheckpointObserver):
-    def __init__(self):
-        self.events = []
+class Recorder(support.Recorder):
+    """Lifts the limit as soon as a commit is reported."""
 
     def on_commit(self, record):
         lift()
-        self.events.append(["commit", record.name])
-
-    def on_delete(self, record):
-        self.events.append(["delete", record.name])
+        super().on_commit(record)
 
 
-model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
-model.compile(keras.optimizers.Adam(), "mse")
-model.optimizer.build(model.trainable_variables)
+model = support.small_model()
 with tfckpt.CheckpointManager(directory, model, keep_last=None) as manager:
     manager.save(1, epoch=1, metrics={"loss": 0.5})
     manager.save(2, epoch=2, metrics={"loss": 0.4})

@@ -5,11 +5,10 @@ the temporary directory, not yet renamed into place).
     python copy_run.py SRC DST [KILL_AT]
 """
 
+import support  # noqa: F401  # isort: skip (first: it sets the environment keras reads on import)
 import os
 import signal
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tfckpt
 from tfckpt.store import checkpoint_store

@@ -7,31 +7,18 @@ mix) a crash left behind. keep_last=1 makes B's commit delete A, so the
 deletion steps are crash points too.
 """
 
+import support  # isort: skip (first: it sets the environment keras reads on import)
 import os
 import signal
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import keras
-import numpy as np
 
 import tfckpt
 from tfckpt.store import checkpoint_store
 
 directory, crash_at = sys.argv[1], sys.argv[2]
-model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
-model.compile(keras.optimizers.Adam(), "mse")
-model.optimizer.build(model.trainable_variables)
+model = support.small_model()
 manager = tfckpt.CheckpointManager(directory, model, keep_last=1)
-
-
-def set_all(value):
-    for v in model.weights:
-        v.assign(np.full(v.shape, value, dtype="float32"))
-
-
-set_all(1.0)
+support.fill(model, 1.0)
 manager.save(epoch=1)
 
 
@@ -41,6 +28,6 @@ def crash(name):
 
 
 checkpoint_store._commit_step = crash
-set_all(2.0)
+support.fill(model, 2.0)
 manager.save(epoch=2)
 print("no crash")

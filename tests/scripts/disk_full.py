@@ -4,13 +4,11 @@ real OS error (EFBIG), as a full disk would.
     python disk_full.py DIR raise|warn
 """
 
+import support  # noqa: F401  # isort: skip (first: it sets the environment keras reads on import)
 import json
-import os
 import resource
 import signal
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np

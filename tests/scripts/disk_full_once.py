@@ -6,6 +6,7 @@ for one checkpoint only; the next save, with the limit lifted, must succeed.
 Prints one JSON line: the tfckpt errors/warnings seen and what was committed.
 """
 
+import support  # noqa: F401  # isort: skip (first: it sets the environment keras reads on import)
 import json
 import os
 import resource
@@ -13,8 +14,6 @@ import signal
 import sys
 import time
 import warnings
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np

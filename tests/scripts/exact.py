@@ -13,14 +13,12 @@ kills and resumes it says whether a batch was trained twice or missed.
 `on_epoch_end` of epoch E of a callback listed after tfckpt's (a slow logger).
 """
 
+import support  # isort: skip (first: it sets the environment keras reads on import)
 import argparse
-import hashlib
 import json
 import os
 import signal
 import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
@@ -62,8 +60,7 @@ x = rng.normal(size=(N, F)).astype("float32")
 y = (x[:, :3].sum(axis=1) + 0.3 * rng.normal(size=N) > 0).astype("float32")
 ids = np.arange(N, dtype="float32")[:, None]
 xi = np.concatenate([x, ids], axis=1)
-xv = rng.normal(size=(64, F)).astype("float32")
-yv = (xv[:, :3].sum(axis=1) > 0).astype("float32")
+xv, yv = support.draw_data(rng, 64, F)
 xvi = np.concatenate([xv, np.full((64, 1), -1, "float32")], axis=1)
 
 
@@ -185,12 +182,9 @@ history = model.fit(
     **data, epochs=args.epochs, validation_data=(xvi, yv), verbose=0, callbacks=callbacks
 )
 
-digest = hashlib.sha256()
-for v in model.weights + model.optimizer.variables:
-    digest.update(np.ascontiguousarray(v.numpy()).tobytes())
 seen = model.layers[0].counts.numpy()
 result = {
-    "digest": digest.hexdigest(),
+    "digest": support.digest(model),
     "epochs_run": history.epoch,
     "history": history.history,
     "seen_min": float(seen.min()),

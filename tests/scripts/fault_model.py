@@ -37,3 +37,10 @@ def build(shared: bool = True):
             keras.layers.Dense(1),
         ]
     )
+
+
+def compiled(shared: bool = True):
+    """`build(shared)`, compiled as the fault scenarios train it."""
+    model = build(shared)
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    return model

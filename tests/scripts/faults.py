@@ -22,21 +22,19 @@ return. `--every K` injects at every K-th call only (a sample).
 state of the save that was killed, for the restart to check.
 """
 
+import support  # isort: skip (first: it sets the environment keras reads on import)
 import argparse
 import ctypes
 import errno
 import faulthandler
-import hashlib
 import json
 import os
 import shutil
 import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 import keras
 import numpy as np
-from fault_model import OPS, build
+from fault_model import OPS, compiled
 
 import tfckpt
 
@@ -97,20 +95,12 @@ def counts():
 
 
 keras.utils.set_random_seed(0)
-model = build(shared=not args.small)
-model.compile(keras.optimizers.Adam(1e-2), "mse")
+model = compiled(shared=not args.small)
 x, y = np.ones((16, 8), "float32"), np.zeros((16, 1), "float32")
 
 
 def train():
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)
-
-
-def digest(m):
-    h = hashlib.sha256()
-    for v in m.weights + m.optimizer.variables:
-        h.update(np.ascontiguousarray(v.numpy()).tobytes())
-    return h.hexdigest()
 
 
 def manager(**kwargs):
@@ -125,10 +115,9 @@ def manager(**kwargs):
 
 def state_of(record):
     """The digest a fresh model has after restoring `record`."""
-    fresh = build(shared=not args.small)
-    fresh.compile(keras.optimizers.Adam(1e-2), "mse")
+    fresh = compiled(shared=not args.small)
     tfckpt.open(run_dir).restore(fresh, record, optimizer=fresh.optimizer)
-    return digest(fresh)
+    return support.digest(fresh)
 
 
 saved_digest = {}  # checkpoint name -> digest of the state it was saved from
@@ -141,7 +130,7 @@ def committed():
 
 def save_once(m):
     train()
-    d = digest(model)
+    d = support.digest(model)
     try:
         record = m.save(epoch=int(model.optimizer.iterations))
         record = m.wait() or record  # and the deleted checkpoints' files are gone
@@ -280,7 +269,7 @@ elif args.scenario == "kill":
     nth = (total[op] + 1) // 2 if nth == "middle" else int(nth)
     report(kind="counts", scenario="kill", counts=total, op=op, nth=nth)
     train()
-    persist(pending=digest(model))
+    persist(pending=support.digest(model))
     watch()
     lib.fault_arm(OPS.index(op), nth, 0, 1)
     record = m.save(epoch=int(model.optimizer.iterations))
@@ -298,7 +287,7 @@ elif args.scenario == "restore":
         with manager() as m:
             record = m.restore()
         restored["name"] = record.name
-        if digest(model) != saved_digest[record.name]:
+        if support.digest(model) != saved_digest[record.name]:
             raise AssertionError(f"restored state is not {record.name}'s")
 
     sweep(operation, lambda: None)

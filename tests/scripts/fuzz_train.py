@@ -7,10 +7,8 @@ The model (~2.1 M weights, ~25 MB per checkpoint with Adam) is large enough for
 saves to take a good share of wall time, so random kills land inside writes.
 """
 
+import support  # noqa: F401  # isort: skip (first: it sets the environment keras reads on import)
 import argparse
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np

@@ -1,10 +1,9 @@
 """Opens a CheckpointManager on DIR (taking its writer lock), says so, and sleeps."""
 
+import support  # noqa: F401  # isort: skip (first: it sets the environment keras reads on import)
 import os
 import sys
 import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 

@@ -7,11 +7,10 @@ Writes the final model and optimizer variables to OUT (NumPy .npz), and the
 checkpoint it restored from (if any) as `restored_step`.
 """
 
+import support  # isort: skip (first: it sets the environment keras reads on import)
 import argparse
 import os
 import signal
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
@@ -34,9 +33,7 @@ strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 assert strategy.num_replicas_in_sync == 2
 
 keras.utils.set_random_seed(1)
-rng = np.random.default_rng(0)
-x = rng.normal(size=(256, 10)).astype("float32")
-y = (x[:, :3].sum(axis=1) > 0).astype("float32")
+x, y = support.draw_data(np.random.default_rng(0), 256, 10)
 
 with strategy.scope():
     model = keras.Sequential(

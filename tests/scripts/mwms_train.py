@@ -32,6 +32,8 @@ os.environ["TF_CONFIG"] = json.dumps(
         "task": {"type": "worker", "index": args.index},
     }
 )
+# Not support's preamble: docs/distributed.md runs this script by hand, with
+# no tests/ on the Python path.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402

@@ -9,12 +9,10 @@ prints one JSON line with both digests (weights + optimizer state).
 `--rebuild` builds the tf.data pipeline again (a new object) for the rerun.
 """
 
+import support  # isort: skip (first: it sets the environment keras reads on import)
 import argparse
-import hashlib
 import json
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
@@ -28,9 +26,7 @@ p.add_argument("--data", default="arrays")
 p.add_argument("--rebuild", action="store_true")
 args = p.parse_args()
 tf.config.experimental.enable_op_determinism()
-rng = np.random.default_rng(0)
-x = rng.normal(size=(200, 12)).astype("float32")
-y = (x[:, :3].sum(axis=1) > 0).astype("float32")
+x, y = support.draw_data(np.random.default_rng(0), 200, 12)
 
 
 def data():
@@ -51,13 +47,6 @@ def model():
     )
     m.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
     return m
-
-
-def digest(m):
-    h = hashlib.sha256()
-    for v in m.weights + m.optimizer.variables:
-        h.update(np.ascontiguousarray(v.numpy()).tobytes())
-    return h.hexdigest()
 
 
 class CtrlC(keras.callbacks.Callback):
@@ -91,8 +80,8 @@ history = m.fit(
 print(
     json.dumps(
         {
-            "reference": digest(reference),
-            "resumed": digest(m),
+            "reference": support.digest(reference),
+            "resumed": support.digest(m),
             "epochs_run": history.epoch,
             "iterations": int(m.optimizer.iterations),
         }

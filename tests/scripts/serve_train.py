@@ -7,12 +7,10 @@ subprocess.
 (the SavedModel written under its temporary name, not yet renamed).
 """
 
+import support  # isort: skip (first: it sets the environment keras reads on import)
 import argparse
 import os
 import signal
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras
 import numpy as np
@@ -27,18 +25,8 @@ p.add_argument("--async", dest="async_save", action="store_true")
 p.add_argument("--kill-in-export", type=int, default=None)
 args = p.parse_args()
 
-keras.utils.set_random_seed(1)
-rng = np.random.default_rng(0)
-x = rng.normal(size=(256, 16)).astype("float32")
-y = (x[:, :4].sum(axis=1) > 0).astype("float32")
-model = keras.Sequential(
-    [
-        keras.Input((16,)),
-        keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dense(1, activation="sigmoid"),
-    ]
-)
-model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
+x, y = support.draw_data(np.random.default_rng(0), 256, 16, informative=4)
+model = support.make_model(features=16, units=16, metrics=(), seed=1)
 
 if args.kill_in_export is not None:
     exports = []

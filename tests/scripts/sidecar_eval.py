@@ -6,30 +6,17 @@ Evaluates every checkpoint of the run (the architecture of train.py) on a
 fixed validation set until training finished; writes its results to OUT.
 """
 
+import support  # isort: skip (first: it sets the environment keras reads on import)
 import json
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-import keras
 import numpy as np
 
 import tfckpt
 
 directory, log_dir, out = sys.argv[1:4]
-rng = np.random.default_rng(5)
-xv = rng.normal(size=(128, 16)).astype("float32")
-yv = (xv[:, :4].sum(axis=1) > 0).astype("float32")
-model = keras.Sequential(
-    [
-        keras.Input((16,)),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(1, activation="sigmoid"),
-    ]
-)
-model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+xv, yv = support.draw_data(np.random.default_rng(5), 128, 16, informative=4)
+model = support.make_model(features=16, units=32, optimizer="adam")  # train.py's architecture
 evaluator = tfckpt.SidecarEvaluator(model, (xv, yv), directory, log_dir=log_dir, poll_interval=0.2)
 results = evaluator.start()
 with open(out, "w") as f:

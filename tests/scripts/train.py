@@ -7,14 +7,12 @@ between runs. `--kill-at-epoch K` sends SIGKILL to itself right after epoch K's
 checkpoint (a real kill -9, mid-run).
 """
 
+import support  # isort: skip (first: it sets the environment keras reads on import)
 import argparse
 import json
 import os
 import signal
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras
 import numpy as np
@@ -31,21 +29,10 @@ p.add_argument("--units", type=int, default=32)
 p.add_argument("--out", default=None)
 args = p.parse_args()
 
-keras.utils.set_random_seed(1)
 rng = np.random.default_rng(0)
-x = rng.normal(size=(512, 16)).astype("float32")
-y = (x[:, :4].sum(axis=1) > 0).astype("float32")
-xv = rng.normal(size=(128, 16)).astype("float32")
-yv = (xv[:, :4].sum(axis=1) > 0).astype("float32")
-
-model = keras.Sequential(
-    [
-        keras.Input((16,)),
-        keras.layers.Dense(args.units, activation="relu"),
-        keras.layers.Dense(1, activation="sigmoid"),
-    ]
-)
-model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy", metrics=["accuracy"])
+x, y = support.draw_data(rng, 512, 16, informative=4)
+xv, yv = support.draw_data(rng, 128, 16, informative=4)
+model = support.make_model(features=16, units=args.units, seed=1)
 
 
 class KillAt(keras.callbacks.Callback):

@@ -8,13 +8,11 @@ checkpoint of epoch K). Every fit it runs appends the epochs it trained
 (1-based) to DIR/epochs.log; OUT.json gets the final trials and best model.
 """
 
+import support  # isort: skip (first: it sets the environment keras reads on import)
 import json
 import os
 import signal
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras
 import keras_tuner
@@ -30,10 +28,8 @@ os.makedirs(directory, exist_ok=True)
 
 keras.utils.set_random_seed(1)
 rng = np.random.default_rng(0)
-x = rng.normal(size=(256, 8)).astype("float32")
-y = (x[:, :3].sum(axis=1) > 0).astype("float32")
-xv = rng.normal(size=(64, 8)).astype("float32")
-yv = (xv[:, :3].sum(axis=1) > 0).astype("float32")
+x, y = support.draw_data(rng, 256, 8)
+xv, yv = support.draw_data(rng, 64, 8)
 
 
 def build(hp):

@@ -10,16 +10,12 @@ retention has deleted that checkpoint from the run directory. Writes what it
 saw to OUT (JSON) when the watch ends by itself.
 """
 
+import support  # isort: skip (first: it sets the environment keras reads on import)
 import argparse
 import json
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
 import time
 
-import keras
 import tensorflow as tf
 
 import tfckpt
@@ -32,13 +28,7 @@ p.add_argument("--units", type=int, default=32)
 p.add_argument("--hold-first-until-gone", action="store_true")
 args = p.parse_args()
 
-model = keras.Sequential(
-    [
-        keras.Input((16,)),
-        keras.layers.Dense(args.units, activation="relu"),
-        keras.layers.Dense(1, activation="sigmoid"),
-    ]
-)
+model = support.architecture(features=16, units=args.units)  # train.py's, not compiled
 
 
 def read(path):

@@ -23,6 +23,8 @@ from typing import Any
 
 import keras
 
+from tfckpt.options import keras_version
+
 try:  # TF's global seed, read without drawing from TF's op-seed generator
     from tensorflow.python.eager.context import global_seed as _tf_global_seed
 except ImportError:  # pragma: no cover - other TF layouts
@@ -134,6 +136,12 @@ class TrainingData:
             return (
                 "the training data is a Python generator, which cannot be rewound: "
                 "the resumed run trains on what the new generator yields"
+            )
+        if adapter == "TFDatasetAdapter" and keras_version() < (3, 7):
+            return (
+                f"Keras {keras.__version__} reads a tf.data dataset through one iterator "
+                "made before the first epoch (Keras 3.7 and newer make one per epoch), so "
+                "tfckpt cannot bring its shuffle order to the saved epoch: upgrade Keras"
             )
         if adapter == "TFDatasetAdapter":
             dataset = getattr(self._epoch_iterator.data_adapter, "_dataset", None)

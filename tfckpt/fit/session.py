@@ -23,6 +23,7 @@ from tfckpt.fit.progress import FitProgress
 from tfckpt.manager import CheckpointManager
 from tfckpt.monitor import in_logs, resolve_mode
 from tfckpt.observers import CheckpointObserver
+from tfckpt.options import check_steps_per_execution
 from tfckpt.store import tf_checkpoint
 from tfckpt.store.layout import CheckpointRecord, jsonable
 
@@ -227,6 +228,7 @@ class FitSession:
 
     def begin(self) -> None:
         model = self.model
+        check_steps_per_execution(model, self.callback.save_freq)
         self.manager = CheckpointManager(
             self.callback.directory,
             model,
