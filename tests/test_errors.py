@@ -2,7 +2,7 @@
 
 import keras
 import pytest
-from support import make_model, run_script
+from support import architecture, make_model, run_script
 
 import tfckpt
 
@@ -139,4 +139,18 @@ def test_misspelt_monitor_with_auto_mode_names_the_metrics_that_exist(tmp_path, 
         r"It logs: loss, accuracy",
     ):
         model.fit(*data, validation_split=0.25, epochs=1, verbose=0, callbacks=[cb])
+    assert not any(tmp_path.glob("ckpt-*"))
+
+
+def test_misspelt_monitor_of_a_model_compiled_with_a_loss_alone(tmp_path, data):
+    # compile("adam", "mse"): no metrics, the commonest case. The mistake is the
+    # name, not the direction: say so, and list what the model logs.
+    model = architecture()
+    model.compile("adam", "mse")
+    cb = tfckpt.CheckpointCallback(str(tmp_path), monitor="val_los", verbose=0)
+    with pytest.raises(ValueError) as raised:
+        model.fit(*data, validation_split=0.25, epochs=1, verbose=0, callbacks=[cb])
+    message = str(raised.value)
+    assert "monitor='val_los' is not a metric this model logs. It logs: loss, val_loss" in message
+    assert "minimized or maximized" not in message
     assert not any(tmp_path.glob("ckpt-*"))

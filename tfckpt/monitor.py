@@ -100,12 +100,14 @@ def resolve_mode(monitor: str | None, mode: str, model: Any) -> str:
     found = direction(monitor, getattr(model, "metrics", []))
     if found is not None:
         return found
-    known = compiled_metric_names(model)
-    if known and monitor.removeprefix("val_") not in known:
-        logged = ", ".join(["loss", *known])
+    # A model compiled with a loss alone logs `loss` (and `val_loss`): a name
+    # that is none of these is most likely misspelt, not of unknown direction.
+    known = ["loss", *(n for n in compiled_metric_names(model) if n != "loss")]
+    if monitor.removeprefix("val_") not in known:
+        logged = ", ".join([*known, *(f"val_{n}" for n in known)])
         raise ValueError(
             f"CheckpointCallback: monitor={monitor!r} is not a metric this model "
-            f"logs. It logs: {logged} (and val_<name> of each with validation data). "
+            f"logs. It logs: {logged} (the val_ ones with validation data). "
             "Pass one of them, or mode='min' or mode='max' for a metric that "
             "another callback adds to the logs."
         )
