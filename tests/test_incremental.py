@@ -4,6 +4,7 @@ independent TF checkpoint."""
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import warnings
@@ -343,6 +344,45 @@ def test_never_links_a_file_changed_damaged_or_not_ours(tmp_path):
     with tfckpt.CheckpointManager(tmp_path, model, keep_last=None, monitor=None) as manager:
         model.fit(x, y, verbose=0)
         fifth = manager.save(epoch=5)
-    st = os.lstat(os.path.join(fifth.directory, a))
-    assert st.st_nlink == 1 and st.st_ino != os.stat(outside / "kernel").st_ino
-    assert dict(tfckpt.verify(tmp_path))[fifth.name] is None
+    # The checkpoint holding the planted link is damage, never read through:
+    # the save shares with the newest intact one instead.
+    assert stat.S_ISREG(os.lstat(os.path.join(fifth.directory, a)).st_mode)
+    assert fifth.manifest["files"][a].get("shared") == third.name
+    problems = dict(tfckpt.verify(tmp_path))
+    assert "is a symbolic link" in problems[fourth.name] and problems[fifth.name] is None
+
+
+def test_a_byte_that_rots_in_a_shared_file_is_never_linked_into_later_checkpoints(tmp_path):
+    # A media error flips a byte on disk and leaves the modification time as it
+    # was: the manifest's hash and mtime still match, the bytes do not.
+    model = finetune_model()
+    x, y = data()
+    with tfckpt.CheckpointManager(tmp_path, model, keep_last=None, monitor=None) as manager:
+        for epoch in (1, 2):
+            model.fit(x, y, verbose=0)
+            manager.save(epoch=epoch)
+        first, second = tfckpt.open(tmp_path).checkpoints
+        frozen = frozen_files(second)
+        assert all(second.manifest["files"][f].get("shared") for f in frozen)
+        path = os.path.join(second.directory, frozen[0])
+        st = os.stat(path)
+        with open(path, "r+b") as f:
+            f.seek(st.st_size // 3)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x01]))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        for epoch in (3, 4):  # from correct weights in memory
+            model.fit(x, y, verbose=0)
+            manager.save(epoch=epoch)
+    records = tfckpt.open(tmp_path).checkpoints
+    problems = dict(tfckpt.verify(tmp_path))
+    # The two that shared the file before it rotted are damaged; the ones saved
+    # after are whole (a full copy of that file, then shared again).
+    assert problems[first.name] and problems[second.name]
+    assert [problems[r.name] for r in records[2:]] == [None, None]
+    assert not records[2].manifest["files"][frozen[0]].get("shared")
+    assert records[3].manifest["files"][frozen[0]].get("shared") == records[2].name
+    fresh = finetune_model(seed=1)
+    fresh.optimizer.build(fresh.trainable_variables)
+    assert tfckpt.restore(fresh, str(tmp_path)).name == records[3].name

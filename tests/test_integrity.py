@@ -1,6 +1,7 @@
 """Integrity under attack: kill -9 fuzzing, corrupted files, a full disk."""
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -271,3 +272,31 @@ def test_a_manifest_naming_files_outside_its_checkpoint_is_not_followed(tmp_path
     run = tfckpt.open(str(d))
     assert [r.name for r in run.checkpoints] == ["ckpt-000001"]
     assert "outside the checkpoint" in dict((p.name, p.reason) for p in run.problems)["ckpt-000002"]
+
+
+def test_a_flipped_byte_among_a_shards_first_bytes_is_damage_not_a_read_error(tmp_path):
+    # A string tensor's record (TF's object graph) starts with its length and
+    # that length's own CRC: a flipped byte there makes TF say "The length
+    # checksum does not match", which is damage like any other checksum, never
+    # an I/O error to retry. The older checkpoint is a full one, so the newest
+    # (incremental, a data file per large tensor) shares no file with it.
+    model = make_model()
+    with tfckpt.CheckpointManager(str(tmp_path), model, incremental=False) as manager:
+        older = manager.save(epoch=1)
+    with tfckpt.CheckpointManager(str(tmp_path), model, keep_last=None) as manager:
+        newest = manager.save(epoch=2)
+    shards = [f for f in newest.manifest["files"] if ".data-" in f]
+    for shard in shards:
+        path = os.path.join(newest.directory, shard)
+        original = open(path, "rb").read()
+        for offset in range(min(6, len(original))):
+            damaged = bytearray(original)
+            damaged[offset] ^= 0xFF
+            with open(path, "wb") as f:
+                f.write(damaged)
+            problem = dict(tfckpt.verify(tmp_path))[newest.name]
+            assert problem and "corrupted" in problem, (shard, offset, problem)
+            with pytest.warns(UserWarning, match="damaged"):
+                assert tfckpt.restore(make_model(), str(tmp_path)).name == older.name
+        with open(path, "wb") as f:
+            f.write(original)

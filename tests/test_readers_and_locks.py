@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 import tensorflow as tf
-from support import fill, make_model, script_env, small_model
+from support import fill, make_data, make_model, script_env, small_model
 
 import tfckpt
 from tfckpt.store import lock
@@ -378,3 +378,32 @@ def test_a_manager_that_lost_its_lease_stops_saving(short_lease):
         assert [r.epoch for r in tfckpt.open(d).checkpoints] == [1]
     finally:
         manager.close()
+
+
+def test_a_second_writer_in_the_same_process_is_refused_naming_the_first(tmp_path):
+    d = str(tmp_path / "run")
+    first = tfckpt.CheckpointManager(d, small_model(), keep_last=None)
+    first.save(epoch=1)
+    with pytest.raises(
+        tfckpt.DirectoryLockedError,
+        match=r"open for writing in this process \(pid \d+\) by a CheckpointManager \(or "
+        r"fit\) started at .*test_readers_and_locks\.py:\d+\. Two writers would interleave",
+    ):
+        tfckpt.CheckpointManager(d, small_model())
+    # A notebook cell run twice: the second fit's callback is refused the same way.
+    with pytest.raises(tfckpt.DirectoryLockedError, match="open for writing in this process"):
+        make_model().fit(
+            *make_data(), epochs=1, verbose=0, callbacks=[tfckpt.CheckpointCallback(d)]
+        )
+    first.save(epoch=2)
+    assert [r.epoch for r in first.checkpoints] == [1, 2]  # nothing of another writer
+    first.close()
+    with tfckpt.CheckpointManager(d, small_model(), keep_last=None) as second:  # closed: free
+        second.save(epoch=3)
+    # One dropped without close(), even in a reference cycle, is taken over.
+    dropped = tfckpt.CheckpointManager(d, small_model(), keep_last=None)
+    dropped.save(epoch=4)
+    dropped.itself = dropped
+    del dropped
+    with tfckpt.CheckpointManager(d, small_model(), keep_last=None) as third:
+        assert [r.epoch for r in third.checkpoints] == [1, 2, 3, 4]

@@ -20,6 +20,11 @@ class CheckpointNotFoundError(CheckpointError, ValueError):
     "best" in a run without a monitor, or a metric no checkpoint recorded)."""
 
 
+class DamagedCheckpointError(CheckpointError, ValueError):
+    """A checkpoint's files are damaged, or are not what tfckpt writes (a run
+    directory from someone else): not read, and never deleted."""
+
+
 class DirectoryLockedError(CheckpointError):
     """Another live process is writing checkpoints into the same directory."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
@@ -206,7 +207,7 @@ class CheckpointManager:
         if not self.is_chief:
             self._signals.install()
             return  # a non-chief worker never writes into the run directory
-        taken = take_directory(self._store, fsync=fsync)
+        taken = take_directory(self._store, fsync=fsync, owner=_created_at())
         self._lock = taken.lock
         # A manager dropped without close() (a fit that raised) frees the directory.
         weakref.finalize(self, self._lock.release)
@@ -525,3 +526,12 @@ class CheckpointManager:
 
     def __exit__(self, *exc: object) -> None:
         self.close(finished=exc[0] is None)
+
+
+def _created_at() -> str:
+    """Where the user's code created this manager (or the fit that did), for
+    the error of a second writer of the same directory in this process."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        if not any(part in frame.filename for part in ("/tfckpt/", "/keras/", "/tensorflow/")):
+            return f"a CheckpointManager (or fit) started at {frame.filename}:{frame.lineno}"
+    return "a CheckpointManager"

@@ -160,11 +160,7 @@ class Restorer:
             # TF's per-tensor CRC32C check (DataLossError, or a bare
             # OpError/RuntimeError from inside a restore function).
             text = getattr(e, "message", None) or str(e)
-            if not (
-                isinstance(e, tf.errors.DataLossError)
-                or "Checksum does not match" in text
-                or "TensorBundle" in text
-            ):
+            if not tf_checkpoint.is_damage(e):
                 if isinstance(e, tf.errors.OpError) and not self.store.vanished(record.name):
                     # An I/O or permission error, not damage: nothing is marked.
                     raise self.store.read_error(e, record.name) from e

@@ -28,8 +28,7 @@ def mark_finished(directory: str) -> None:
     info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
 
     def write() -> None:
-        with tf.io.gfile.GFile(fs.join(directory, MARKER), "wb") as f:
-            f.write(json.dumps(info).encode())
+        fs.write_new_file(fs.join(directory, MARKER), json.dumps(info).encode())
 
     _or_warn(write, f"could not mark {directory!r} as finished", "ends by its timeout instead")
 
@@ -40,8 +39,13 @@ def clear_finished(directory: str) -> None:
     path = fs.join(directory, MARKER)
 
     def remove() -> None:
-        if tf.io.gfile.exists(path):
-            tf.io.gfile.remove(path)
+        # The entry itself, whatever it is (a link is removed, not followed):
+        # `exists` would answer False for a dangling link and leave it.
+        if fs.entry_kind(path) is not None:
+            if fs.is_local(path):
+                os.unlink(fs.local_path(path))
+            else:
+                tf.io.gfile.remove(path)
 
     _or_warn(remove, f"could not remove {path!r}", "started now may take the run as finished")
 
@@ -49,7 +53,7 @@ def clear_finished(directory: str) -> None:
 def _or_warn(action: Callable[[], None], what: str, consequence: str) -> None:
     try:
         action()
-    except (OSError, tf.errors.OpError) as e:
+    except (OSError, ValueError, tf.errors.OpError) as e:
         warnings.warn(f"tfckpt: {what} ({e}); a tfckpt.watch on it {consequence}.", stacklevel=3)
 
 
@@ -57,6 +61,6 @@ def is_finished(directory: str) -> bool:
     """Whether the writer of `directory` recorded a normal end (and no writer
     took the directory since). `False` when that cannot be told."""
     try:
-        return tf.io.gfile.exists(fs.join(directory, MARKER))
+        return fs.entry_kind(fs.join(directory, MARKER)) == "file"
     except tf.errors.OpError:
         return False

@@ -3,12 +3,22 @@
 Everything goes through `tf.io.gfile` so any TensorFlow filesystem works
 (local disk, `ram://`, `gs://`, ...). Durability calls (`fsync`) only exist for
 local paths; object stores make a file durable when it is closed.
+
+A run directory may come from someone else, so on local disks its entries are
+looked at, never through: reads open regular files only (never following a
+symbolic link, never blocking on a FIFO, bounded in size), and removals never
+follow a link (`remove_quietly`). Object stores have no links or special files.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import shutil
+import stat
 import zlib
+from typing import Any
 
 import tensorflow as tf
 import xxhash
@@ -120,8 +130,62 @@ def link_count(path: str) -> int | None:
         return None
 
 
+class NotRegularFile(ValueError):
+    """An entry that tfckpt neither reads nor writes through: a symbolic link, a
+    FIFO, a device or socket where a file belongs, or a file larger than allowed."""
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
+def _op_error(e: OSError, path: str) -> tf.errors.OpError:
+    """An OSError as the `tf.errors` type gfile would have raised."""
+    message = f"{path}; {e.strerror or e}"
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        return tf.errors.NotFoundError(None, None, message)
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return tf.errors.PermissionDeniedError(None, None, message)
+    return tf.errors.UnknownError(None, None, message)
+
+
+def entry_kind(path: str) -> str | None:
+    """`"file"`, `"directory"`, what else the entry is (`"a symbolic link"`,
+    `"a FIFO"`, ...) without following it, or `None` where there is none."""
+    try:
+        if not is_local(path):
+            return "directory" if tf.io.gfile.stat(path).is_directory else "file"
+        mode = os.lstat(local_path(path)).st_mode
+    except FileNotFoundError:
+        return None
+    except tf.errors.NotFoundError:
+        return None
+    except OSError as e:
+        raise _op_error(e, path) from e
+    if stat.S_ISREG(mode):
+        return "file"
+    return "directory" if stat.S_ISDIR(mode) else _kind(mode)
+
+
 def size(path: str) -> int:
-    return tf.io.gfile.stat(path).length
+    """A file's size; `NotRegularFile` for a local entry that is no regular file."""
+    if not is_local(path):
+        return tf.io.gfile.stat(path).length
+    try:
+        st = os.lstat(local_path(path))
+    except OSError as e:
+        raise _op_error(e, path) from e
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(f"{os.path.basename(path)} is {_kind(st.st_mode)}, not a file")
+    return st.st_size
 
 
 def free_bytes(path: str) -> int | None:
@@ -135,14 +199,69 @@ def free_bytes(path: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def read_bytes(path: str) -> bytes:
-    with tf.io.gfile.GFile(path, "rb") as f:
-        return f.read()
+def parse_json(data: bytes) -> Any:
+    """JSON from an untrusted file: every way it can be malformed (nesting
+    deep enough to exhaust the parser's recursion too) is a `ValueError`."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(str(e)) from None
+
+
+def read_bytes(path: str, limit: int | None = None) -> bytes:
+    """A file's bytes; more than `limit` bytes is a `NotRegularFile` error, not
+    a read. On local disks only a regular file is read: opened without
+    following a link or blocking (a FIFO), then checked with `fstat`."""
+    if not is_local(path):
+        if limit is not None and tf.io.gfile.stat(path).length > limit:
+            raise NotRegularFile(f"{os.path.basename(path)} is larger than {limit} bytes")
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(local_path(path), flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularFile(f"{os.path.basename(path)} is a symbolic link") from None
+        raise _op_error(e, path) from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"{os.path.basename(path)} is {_kind(st.st_mode)}, not a file")
+        if limit is not None and st.st_size > limit:
+            raise NotRegularFile(f"{os.path.basename(path)} is larger than {limit} bytes")
+        chunks = []
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+            if limit is not None and sum(map(len, chunks)) > limit:  # grew meanwhile
+                raise NotRegularFile(f"{os.path.basename(path)} is larger than {limit} bytes")
+        return b"".join(chunks)
+    except OSError as e:
+        raise _op_error(e, path) from e
+    finally:
+        os.close(fd)
 
 
 def remove_quietly(path: str) -> None:
     """Removes a file or directory tree, if it can (what is left of an
-    interrupted save or deletion; the next writer tries again)."""
+    interrupted save or deletion; the next writer tries again).
+
+    On local disks nothing is followed: a directory's tree is removed entry
+    by entry (`shutil.rmtree` unlinks a link inside it, never its target),
+    and an entry that is itself a link or a special file is left alone:
+    tfckpt never made it."""
+    if is_local(path):
+        try:
+            mode = os.lstat(local_path(path)).st_mode
+            if stat.S_ISDIR(mode):
+                shutil.rmtree(local_path(path), ignore_errors=True)
+            elif stat.S_ISREG(mode):
+                os.unlink(local_path(path))
+        except OSError:
+            pass
+        return
     try:
         if tf.io.gfile.isdir(path):
             tf.io.gfile.rmtree(path)
@@ -150,3 +269,29 @@ def remove_quietly(path: str) -> None:
             tf.io.gfile.remove(path)
     except tf.errors.OpError:
         pass
+
+
+def write_new_file(path: str, data: bytes) -> None:
+    """Writes `data` to `path` without writing through what stands there: on
+    local disks an existing link, special file or file with other names (hard
+    links) is refused with `NotRegularFile`, never followed or truncated."""
+    if not is_local(path):
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(data)
+        return
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(local_path(path), flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularFile(f"{os.path.basename(path)} is a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            what = _kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else "hard-linked"
+            raise NotRegularFile(f"{os.path.basename(path)} is {what}: not written")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)

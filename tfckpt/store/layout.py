@@ -39,6 +39,10 @@ DAMAGED = ".damaged-"  # marks a checkpoint that failed verification
 # TF's temporary name for the state file (`file_io.atomic_write_string_to_file`
 # appends ".tmp" and a uuid4 hex), also used by `store.write_pointer`.
 STATE_TMP = re.compile(r"^checkpoint\.tmp[0-9a-f]{32}$")
+# Exactly the temporaries the store makes (`begin`, `delete`): only these are
+# removed as leftovers, never a user's own `.tmp-draft/`.
+LEFTOVER = re.compile(r"^\.(tmp|trash)-ckpt-\d+-[0-9a-f]{8}$")
+MANIFEST_LIMIT = 16 << 20  # bytes: far above any manifest, far below harm
 
 
 class Corrupt(Exception):

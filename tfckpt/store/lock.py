@@ -18,9 +18,12 @@ within a lease.
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -47,7 +50,7 @@ except ImportError:  # pragma: no cover - Windows
 # Re-entrant: a dropped manager's finalizer may release a lock (GC) in a thread
 # that is taking another one.
 _guard = threading.RLock()
-_held: dict[str, list] = {}  # path -> [fd or Lease, count]
+_held: dict[str, list] = {}  # path -> [fd or Lease, count, who holds it]
 
 
 def _holder() -> dict:
@@ -63,7 +66,8 @@ def _read(path: str, *, strict: bool = False) -> dict:
     """The lock file's content; `{}` when there is none (or it is garbled).
     `strict`: an I/O error is raised, not taken for "no lock"."""
     try:
-        return json.loads(fs.read_bytes(path) or b"{}")
+        info = fs.parse_json(fs.read_bytes(path, 65536) or b"{}")
+        return info if isinstance(info, dict) else {}
     except tf.errors.NotFoundError:
         return {}
     except tf.errors.OpError:
@@ -236,35 +240,53 @@ class DirectoryLock:
     with it even in the same process.
     """
 
-    def __init__(self, directory: str, *, exclusive: bool = False):
+    def __init__(self, directory: str, *, exclusive: bool = False, owner: str = ""):
         self.directory = directory
         self.path = fs.join(directory, LOCK)
         self._key = os.path.realpath(self.path) if fs.is_local(self.path) else self.path
         self._released = False
+        if exclusive and self._key in _held:
+            # A holder nobody can reach any more (a manager dropped without
+            # close(), in a reference cycle) lets go in its finalizer.
+            gc.collect()
         with _guard:
             entry = _held.get(self._key)
             if entry is not None:
                 if exclusive:
                     self._released = True
+                    holder = entry[2] or "a CheckpointManager or a fit that has not ended"
                     raise DirectoryLockedError(
                         f"Checkpoint directory {directory!r} is open for writing in this "
-                        f"process (pid {os.getpid()}): a CheckpointManager or a fit that "
-                        "has not ended. Close it (manager.close()) first."
+                        f"process (pid {os.getpid()}) by {holder}. Two writers would "
+                        "interleave their checkpoints: close that one first "
+                        "(manager.close(), or let its fit end), or write elsewhere."
                     )
                 entry[1] += 1
                 return
             fd = self._acquire()
-            _held[self._key] = [fd, 1]
+            _held[self._key] = [fd, 1, owner]
 
     def _acquire(self) -> int | Lease:
         if fs.is_local(self.path) and fcntl is not None:
+            # Never through a link or into a special file: the run directory
+            # may be someone else's (a `.lock` linked to a file outside it).
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
             try:
-                fd = os.open(fs.local_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(fs.local_path(self.path), flags, 0o644)
+                st = os.fstat(fd)
             except OSError as e:
+                reason = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
                 raise CheckpointWriteError(
-                    f"Cannot take the lock {self.path!r} of the run directory: {e.strerror}. "
-                    "Nothing was written."
+                    f"Cannot take the lock {self.path!r} of the run directory: {reason}. "
+                    "Nothing was written. Remove it if no tfckpt process of yours made it."
                 ) from e
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                raise CheckpointWriteError(
+                    f"Cannot take the lock {self.path!r} of the run directory: it is not a "
+                    "regular file. Nothing was written. Remove it if no tfckpt process of "
+                    "yours made it."
+                )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -275,9 +297,11 @@ class DirectoryLock:
                 raise
             try:
                 # Who holds it, for the error message of another writer only:
-                # the flock is the lock, so a failed write does not matter.
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+                # the flock is the lock, so a failed write does not matter. Not
+                # into a file with other names (hard-linked from elsewhere).
+                if os.fstat(fd).st_nlink == 1:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, json.dumps(_holder()).encode(), 0)
             except OSError:
                 pass
             return fd

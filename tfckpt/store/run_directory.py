@@ -8,24 +8,23 @@ checkpoints is `store.CheckpointStore`'s job.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import tensorflow as tf
 
 from tfckpt.errors import CheckpointReadError
-from tfckpt.store import fs
+from tfckpt.store import fs, tf_checkpoint
 from tfckpt.store.layout import (
     CHECKPOINT_NAME,
     DAMAGED,
     FORMAT,
     FORMATS,
+    LEFTOVER,
     MANIFEST,
+    MANIFEST_LIMIT,
     PREFIX,
     STATE_TMP,
-    TMP,
-    TRASH,
     CheckpointRecord,
     Corrupt,
     Problem,
@@ -90,6 +89,11 @@ class RunDirectory:
             if name in damaged:
                 problems.append(Problem(name, self._damage_reason(name)))
                 continue
+            kind = fs.entry_kind(self._path(name))
+            if kind not in ("directory", None):
+                # Never followed: a link could lead into another run.
+                problems.append(Problem(name, f"{kind}, not a checkpoint directory: not read"))
+                continue
             try:
                 record = self._load(name, seq)
                 reason = self.check_sizes(record)
@@ -125,12 +129,12 @@ class RunDirectory:
     def _load(self, name: str, seq: int) -> CheckpointRecord:
         path = self._path(name, MANIFEST)
         try:
-            manifest = json.loads(fs.read_bytes(path))
+            manifest = fs.parse_json(fs.read_bytes(path, MANIFEST_LIMIT))
         except tf.errors.NotFoundError:
             raise Corrupt("no manifest.json (not committed)") from None
         except tf.errors.OpError as e:
             raise self.read_error(e) from e
-        except (ValueError, UnicodeDecodeError) as e:
+        except ValueError as e:  # NotRegularFile too: a link, a FIFO, too large
             raise Corrupt(f"unreadable manifest.json ({e})") from None
         try:
             if manifest.get("checksum") != manifest_checksum(manifest):
@@ -143,12 +147,15 @@ class RunDirectory:
             if unsafe or manifest["prefix"] != PREFIX:
                 raise Corrupt(f"manifest.json names files outside the checkpoint: {unsafe}")
             return record_from_manifest(name, seq, self._path(name, PREFIX), manifest)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
             raise Corrupt(f"malformed manifest.json ({e!r})") from None
 
     def check_sizes(self, record: CheckpointRecord) -> str | None:
         for fname, entry in record.manifest["files"].items():
-            actual = self._measure(record, fname, fs.size)
+            try:
+                actual = self._measure(record, fname, fs.size)
+            except fs.NotRegularFile as e:
+                return str(e)
             if actual is None:
                 return f"missing file {fname}"
             if actual != entry["size"]:
@@ -167,8 +174,8 @@ class RunDirectory:
 
     def _damage_reason(self, name: str) -> str:
         try:
-            reason = fs.read_bytes(self._path(DAMAGED + name)).decode(errors="replace")
-        except tf.errors.OpError:
+            reason = fs.read_bytes(self._path(DAMAGED + name), 4096).decode(errors="replace")
+        except (tf.errors.OpError, ValueError):
             reason = "?"
         return f"found damaged earlier: {reason}"
 
@@ -176,9 +183,8 @@ class RunDirectory:
         """Records that `name` failed verification: it no longer counts as a
         checkpoint (nor as the newest one), and retention never deletes it."""
         try:
-            with tf.io.gfile.GFile(self._path(DAMAGED + name), "wb") as f:
-                f.write(reason.encode())
-        except tf.errors.OpError:
+            fs.write_new_file(self._path(DAMAGED + name), reason.encode())
+        except (OSError, ValueError, tf.errors.OpError):
             pass  # a read-only directory: the checksum check catches it again
 
     def check(self, record: CheckpointRecord, *, data: bool = True) -> str | None:
@@ -215,13 +221,10 @@ class RunDirectory:
             reader = tf.compat.v1.train.NewCheckpointReader(record.path)
             for key in sorted(reader.get_variable_to_shape_map()):
                 reader.get_tensor(key)
-        except tf.errors.DataLossError as e:
-            return f"a data shard does not match its checksums (corrupted): {os_error_text(e)}"
         except (tf.errors.OpError, RuntimeError, ValueError) as e:
             # (NotFound included: the sizes of every file were just checked.)
-            text = os_error_text(e)
-            if "Checksum does not match" in text or "TensorBundle" in text:
-                return f"a data shard does not match its checksums (corrupted): {text}"
+            if tf_checkpoint.is_damage(e):
+                return f"a data shard does not match its checksums (corrupted): {os_error_text(e)}"
             raise self.read_error(e, record.name) from e
         return None
 
@@ -243,7 +246,7 @@ class RunDirectory:
             return True
 
     def leftovers(self) -> list[str]:
-        return [e for e in self.entries() if e.startswith((TMP, TRASH)) or STATE_TMP.match(e)]
+        return [e for e in self.entries() if LEFTOVER.match(e) or STATE_TMP.match(e)]
 
     def shared_bytes(self, record: CheckpointRecord) -> int:
         """Bytes of `record`'s files that are hard-linked (shared with other

@@ -3,7 +3,9 @@ checkpoint's is hard-linked to it instead of kept as a second copy.
 
 Which files are equal is decided by their bytes (size and xxh3-128 hash), at
 commit, before the commit rename; so every checkpoint stays a complete TF
-checkpoint, and deleting one never affects another.
+checkpoint, and deleting one never affects another. The file linked to is
+read back and hashed first: a byte that rotted on disk since its commit costs
+the checkpoints that already share that file, never the ones saved after.
 """
 
 from __future__ import annotations
@@ -144,6 +146,15 @@ class FileSharing:
             or st.st_mtime_ns != earlier.get("mtime_ns")
             or (st.st_dev, st.st_ino) in sources.damaged
         ):
+            return False
+        # The bytes on disk, not only the manifest: a byte that rotted in
+        # place (mtime unchanged, as media errors do) must not be linked into
+        # this checkpoint and every later one. One read of the source file.
+        try:
+            if fs.content_hash(source) != entry["xxh3"]:
+                sources.damaged.add((st.st_dev, st.st_ino))
+                return False
+        except OSError:
             return False
         try:
             fs.replace_with_link(source, path)

@@ -27,13 +27,14 @@ class Takeover:
     was_finished: bool  # its last writer had ended normally
 
 
-def take(store: CheckpointStore, *, fsync: bool = True) -> Takeover:
+def take(store: CheckpointStore, *, fsync: bool = True, owner: str = "") -> Takeover:
     """Takes `store`'s run directory (creating it) for writing; raises
-    `DirectoryLockedError` when another writer holds it."""
+    `DirectoryLockedError` when another writer holds it, in another process
+    or in this one (`owner` says who this writer is, for that error)."""
     directory = store.directory
     try:
         fs.makedirs(directory, fsync=fsync)
-        lock = DirectoryLock(directory)
+        lock = DirectoryLock(directory, exclusive=True, owner=owner)
     except (OSError, tf.errors.OpError) as e:
         raise CheckpointError(
             f"Cannot write checkpoints to {directory!r}: {getattr(e, 'message', e)}"

@@ -7,6 +7,7 @@ checkpoint stays readable by plain TensorFlow.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,19 @@ import numpy as np
 import tensorflow as tf
 
 from tfckpt.errors import IncompatibleCheckpointError
+
+# How TF says that a checkpoint's bytes are not the ones written: a tensor's
+# CRC32C ("Checksum does not match"), the CRC of a record's length ("The length
+# checksum does not match", a flipped byte among a shard's first bytes), or a
+# malformed bundle. An I/O error says none of these.
+_DAMAGE = re.compile(r"checksum does not match|TensorBundle", re.IGNORECASE)
+
+
+def is_damage(e: BaseException) -> bool:
+    """Whether an error reading a checkpoint through TF means damaged bytes
+    (skip the checkpoint) rather than a failed read (try again)."""
+    text = getattr(e, "message", None) or str(e)
+    return isinstance(e, tf.errors.DataLossError) or bool(_DAMAGE.search(text))
 
 
 def _is_built(model: Any) -> bool:
