@@ -291,3 +291,36 @@ def test_a_copy_of_a_finished_run_is_finished_so_a_watch_of_it_ends(source, tmp_
     one = str(tmp_path / "one")
     tfckpt.copy(source, one, which="best", quiet=True)
     assert not is_finished(one)
+
+
+def test_a_rotten_file_at_the_destination_is_never_linked_nor_skipped_as_there(tmp_path):
+    keras.utils.set_random_seed(0)
+    backbone = keras.layers.Dense(1024, activation="relu", trainable=False)  # own 4 MiB file
+    model = keras.Sequential([keras.Input((1024,)), backbone, keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    x, y = np.ones((32, 1024), "float32"), np.ones((32, 1), "float32")
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    with tfckpt.CheckpointManager(src, model, keep_last=None) as manager:
+        for epoch in (1, 2):
+            model.fit(x, y, epochs=1, verbose=0)
+            manager.save(epoch=epoch)
+    first, second = tfckpt.open(src).checkpoints
+    tfckpt.copy(src, dst, which=first.name, quiet=True)
+    # A byte of the copy's kernel file rots, its modification time unchanged.
+    there = tfckpt.open(dst).checkpoints[0]
+    kernel = max(there.manifest["files"], key=lambda f: there.manifest["files"][f]["size"])
+    path = os.path.join(there.directory, kernel)
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x01]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # The second checkpoint's equal kernel is not linked to the rotten file.
+    report = tfckpt.copy(src, dst, which=second.name, quiet=True)
+    assert [r.name for r in report.copied] == [second.name]
+    assert dict(tfckpt.verify(dst))[second.name] is None
+    # A rerun does not take the rotten copy for one already there.
+    with pytest.raises(tfckpt.CheckpointError, match=f"{first.name}.*there is damaged"):
+        tfckpt.copy(src, dst, quiet=True)

@@ -152,6 +152,16 @@ def copy(
                     "overwritten; remove the marker or copy into another directory."
                 )
             there = present_by_name.get(record.name)
+            if there is not None and _same(record, there):
+                # Equal manifests are not equal bytes: the copy there may have
+                # rotted since (or an earlier copy linked a rotten file).
+                rotten = store.check(there)
+                if rotten:
+                    raise CheckpointError(
+                        f"Cannot copy {record.name} into {dst!r}: the checkpoint of that "
+                        f"name there is damaged ({rotten}). Nothing was overwritten; "
+                        "remove it or copy into another directory."
+                    )
             if there is None:
                 todo.append(record)
             elif _same(record, there):
