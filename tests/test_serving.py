@@ -2,6 +2,7 @@
 leaves TF Serving's layout (at most `keep` numbered versions, nothing else),
 the newest being the best checkpoint's step, and TF serves it."""
 
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import tensorflow as tf
 from support import make_data, make_model, run_script
 
 import tfckpt
+from tfckpt.serve.serving_export import MARKER
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -105,3 +107,41 @@ def test_the_callbacks_model_is_exported_and_other_versions_are_left_alone(tmp_p
     before = os.stat(base / str(latest.step)).st_mtime_ns
     assert serving.export(latest) == str(base / str(latest.step))
     assert os.stat(base / str(latest.step)).st_mtime_ns == before
+
+
+def test_versions_this_run_did_not_export_are_never_replaced(tmp_path):
+    # At steps this run exports: a version made by hand (no marker) and one
+    # another run exported.
+    base, run = tmp_path / "serving", tmp_path / "run"
+    (base / "20").mkdir(parents=True)
+    (base / "20" / "saved_model.pb").write_bytes(b"made by hand")
+    (base / "30").mkdir()
+    (base / "30" / "saved_model.pb").write_bytes(b"another run's")
+    other = {"run": str(tmp_path / "other-run"), "checkpoint": "ckpt-000003", "step": 30}
+    (base / "30" / MARKER).write_text(json.dumps(other))
+    model = make_model()
+    model.fit(*make_data(), epochs=1, verbose=0)
+    serving = tfckpt.ServingExport(base, model=model, keep=5, when="every")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tfckpt.CheckpointManager(run, model, keep_last=None, observers=[serving]) as manager:
+            for step in (10, 20, 30):
+                manager.save(step, epoch=step // 10)
+    skipped = [str(w.message) for w in caught if "did not export" in str(w.message)]
+    assert len(skipped) == 2, [str(w.message) for w in caught]
+    assert "ckpt-000002" in skipped[0] and str(base / "20") in skipped[0]
+    assert "without a .tfckpt-export.json marker" in skipped[0]
+    assert "ckpt-000003" in skipped[1] and str(base / "30") in skipped[1]
+    assert "another run" in skipped[1] and str(tmp_path / "other-run") in skipped[1]
+    assert (base / "20" / "saved_model.pb").read_bytes() == b"made by hand"
+    assert sorted(os.listdir(base / "20")) == ["saved_model.pb"]
+    assert (base / "30" / "saved_model.pb").read_bytes() == b"another run's"
+    assert json.loads((base / "30" / MARKER).read_text()) == other
+    assert serving.exported == [10]
+    assert sorted(os.listdir(base)) == ["10", "20", "30"]
+    # This run's own version of a step is replaced by a newer checkpoint at
+    # that step (the run restarted from an older one).
+    with tfckpt.CheckpointManager(run, model, keep_last=None, observers=[serving]) as manager:
+        manager.save(10, epoch=1)
+    assert json.loads((base / "10" / MARKER).read_text())["checkpoint"] == "ckpt-000004"
+    assert sorted(os.listdir(base)) == ["10", "20", "30"]

@@ -4,6 +4,7 @@ under it; pins, the finished marker and what a watcher must never yield."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -483,3 +484,97 @@ def test_a_torn_line_in_the_evaluations_log_does_not_swallow_the_next(tmp_path, 
     assert lines[1] == '{"name": "ckpt-000002", "st'
     assert json.loads(lines[2])["step"] == 20
     assert [r["step"] for r in tfckpt.read_evaluations(log_dir)] == [10, 20]
+
+
+@pytest.mark.parametrize("how", ["removed", "a file in its place"])
+def test_a_watcher_whose_pin_folder_was_removed_goes_on(tmp_path, data, how):
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    run = tmp_path / "run"
+    steps = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tfckpt.CheckpointManager(run, model, keep_last=None) as manager:
+            manager.save(10, epoch=1)
+            # The timeout only bounds a failure: the run's end ends it.
+            watcher = tfckpt.watch(run, timeout=30, poll_interval=0.05)
+            assert next(watcher).step == 10
+            shutil.rmtree(run / READERS)  # a user's or a cleanup script's, between saves
+            if how != "removed":
+                (run / READERS).write_text("not a directory: pins are copies now")
+            manager.save(20, epoch=2)
+            manager.save(30, epoch=3)
+        for record in watcher:
+            steps.append(record.step)
+            # Linked in a folder made again, or copied where none can be made.
+            assert record.path.startswith(str(run / READERS)) == (how == "removed")
+    assert steps == [20, 30]
+    assert not [str(w.message) for w in caught if "tfckpt" in str(w.message)]
+    if how == "removed":
+        assert not os.listdir(run / READERS)  # the new folder went with the watcher
+
+
+def test_a_sidecar_keeps_evaluating_after_its_pin_folder_was_removed(tmp_path, data):
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    run = tmp_path / "run"
+    with tfckpt.CheckpointManager(run, model, keep_last=None) as manager:
+        for epoch in (1, 2, 3):
+            manager.save(10 * epoch, epoch=epoch)
+
+    class RemovesPins(tfckpt.SidecarEvaluator):
+        def evaluate(self, record):
+            row = super().evaluate(record)
+            if record.step == 10:
+                shutil.rmtree(run / READERS)  # between two evaluations
+            return row
+
+    evaluator = RemovesPins(make_model(seed=4), (x, y), run, log_dir=tmp_path / "eval")
+    assert [r["step"] for r in evaluator.start()] == [10, 20, 30]
+
+
+def test_a_branched_runs_checkpoints_at_steps_already_seen_are_yielded(tmp_path, data):
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    run = tmp_path / "run"
+    # The timeout only bounds a failure: each record asked for is there already.
+    watcher = tfckpt.watch(run, timeout=10, poll_interval=0.05)
+    with tfckpt.CheckpointManager(run, model, keep_last=None) as manager:
+        for epoch in (1, 2, 3):
+            manager.save(10 * epoch, epoch=epoch)
+        assert [next(watcher).name for _ in range(3)] == [
+            "ckpt-000001",
+            "ckpt-000002",
+            "ckpt-000003",
+        ]
+    # Restarted from step 10 (a branch): steps 20 and 30 again, as new checkpoints.
+    with tfckpt.CheckpointManager(run, model, keep_last=None) as manager:
+        manager.save(20, epoch=2)
+        branch = next(watcher)
+        assert (branch.name, branch.step) == ("ckpt-000004", 20)
+        # That epoch end saved again with later changes: the same point, not twice.
+        manager.save(20, epoch=2, supersede=True)
+        manager.save(30, epoch=3)
+    assert [(r.name, r.step) for r in watcher] == [("ckpt-000006", 30)]
+    assert [r.name for r in tfckpt.watch(run, start=30)] == ["ckpt-000003", "ckpt-000006"]
+
+    # A sidecar evaluates the branch's checkpoints too, and each only once.
+    log_dir = tmp_path / "eval"
+    evaluator = tfckpt.SidecarEvaluator(make_model(seed=4), (x, y), run, log_dir=log_dir)
+    assert [r["name"] for r in evaluator.start()] == [
+        "ckpt-000001",
+        "ckpt-000002",
+        "ckpt-000003",
+        "ckpt-000005",
+        "ckpt-000006",
+    ]
+    assert evaluator.start() == []  # restarted: every checkpoint is in its log
+    rows = tfckpt.read_evaluations(log_dir)
+    assert [(r["step"], r["name"]) for r in rows] == [
+        (10, "ckpt-000001"),
+        (20, "ckpt-000005"),
+        (30, "ckpt-000006"),
+    ]

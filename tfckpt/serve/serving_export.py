@@ -37,7 +37,8 @@ class ServingExport(CheckpointObserver):
     what an interrupted export left is removed by the next one. Versions are
     checkpoint steps; versions in `base_dir` that this run did not export
     (each export carries a small marker file saying which run and checkpoint
-    it is) are never removed, and a warning says so when one of them is
+    it is) are never removed or replaced (a checkpoint at the same step is
+    not exported, with a warning), and a warning says so when one of them is
     higher than the version just exported (TF Serving serves the highest).
     The export is made from the committed checkpoint (restored into a clone
     of `model`), not from the live model. With `async_save=True` it
@@ -180,10 +181,14 @@ class ServingExport(CheckpointObserver):
                     pins.close()
                     del self._pins[run_dir], self._inflight[run_dir]
 
-    def export(self, record: CheckpointRecord, *, run: str | None = None) -> str:
+    def export(self, record: CheckpointRecord, *, run: str | None = None) -> str | None:
         """Exports `record` (readable at `record.path`) as version
         `record.step`; returns the version's directory. A version of that
-        step already exported from the same checkpoint is kept as it is.
+        step already exported from the same checkpoint is kept as it is; one
+        exported from another checkpoint of the same run is replaced. A
+        version of that step that this run did not export (another run's, or
+        one without the marker) is left as it is: nothing is exported, a
+        warning says so, and `None` is returned.
 
         Args:
             record: the checkpoint.
@@ -204,11 +209,28 @@ class ServingExport(CheckpointObserver):
             os.makedirs(self.base_dir, exist_ok=True)
             self._remove_leftovers()
             path = os.path.join(self.base_dir, str(record.step))
-            if _origin(path) == origin:
+            there = _origin(path)
+            if there == origin:
                 # Already there (a rerun of the same commit): replacing it
                 # would leave TF Serving a moment without that version.
                 self._after_export(record.step, origin["run"])
                 return path
+            other = (there or {}).get("run")
+            if os.path.lexists(path) and other != origin["run"]:
+                # Not ours to replace: another run's version, or one made by hand.
+                why = (
+                    f"exported from another run ({other!r})"
+                    if other is not None
+                    else f"without a {MARKER} marker naming this run"
+                )
+                warnings.warn(
+                    f"tfckpt: {self!r} did not export {record.name} as version "
+                    f"{record.step}: {path!r} already holds a version {why}, which a "
+                    "ServingExport never replaces or removes. Remove it, or export "
+                    "into a new base_dir.",
+                    stacklevel=2,
+                )
+                return None
             if self._clone is None:
                 if self.model is None:
                     raise ValueError(

@@ -30,7 +30,8 @@ class SidecarEvaluator:
     and ends when training has finished (or after `timeout`); a checkpoint it
     evaluates stays readable even when retention deletes it meanwhile. It
     never writes into the run directory, except the watcher's pin folder
-    `.readers/`. Restarted, it skips the steps already in its log.
+    `.readers/`. Restarted, it skips the checkpoints already in its log (by
+    name: a branch's checkpoint at a step already evaluated is evaluated).
 
     Example:
 
@@ -113,16 +114,18 @@ class SidecarEvaluator:
     def start(self) -> list[dict[str, Any]]:
         """Evaluates checkpoints until training finished (or `timeout`, or
         `max_evaluations`); returns this call's results, oldest first."""
-        done = {row["step"] for row in read_evaluations(self.log_dir)}
+        # By name, not step: a run restarted from an older checkpoint saves
+        # steps already evaluated again, as new checkpoints.
+        done = {row.get("name") for row in _rows(self.log_dir)}
         results: list[dict[str, Any]] = []
         with watch(
             self.directory, timeout=self.timeout, poll_interval=self.poll_interval
         ) as records:
             for record in records:
-                if record.step in done or not self._wanted(record):
+                if record.name in done or not self._wanted(record):
                     continue
                 results.append(self.evaluate(record))
-                done.add(record.step)
+                done.add(record.name)
                 if self.max_evaluations is not None and len(results) >= self.max_evaluations:
                     break
         return results
@@ -209,18 +212,24 @@ def read_evaluations(log_dir: str | os.PathLike) -> list[dict[str, Any]]:
     Args:
         log_dir: the evaluator's `log_dir`.
     """
+    rows = {int(row["step"]): row for row in _rows(log_dir)}
+    return [rows[s] for s in sorted(rows)]
+
+
+def _rows(log_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every whole row of `log_dir`'s log, in the order they were written."""
     path = fs.join(os.fspath(log_dir), LOG)
     try:
         text = fs.read_bytes(path).decode(errors="replace")
     except tf.errors.NotFoundError:
         return []
-    rows: dict[int, dict[str, Any]] = {}
+    rows = []
     for line in text.splitlines():
         try:
             row = json.loads(line)
-            step = int(row["step"])
+            int(row["step"])
         except (ValueError, TypeError, KeyError):
             continue
         if isinstance(row, dict) and isinstance(row.get("metrics"), dict):
-            rows[step] = row
-    return [rows[s] for s in sorted(rows)]
+            rows.append(row)
+    return rows

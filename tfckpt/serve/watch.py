@@ -68,8 +68,11 @@ class Watcher:
         self._store = CheckpointStore(self.directory)
         self._pins = Pins(self.directory)
         self._held: CheckpointRecord | None = None
-        self._last_seq: int | None = None  # newest seq seen (yielded or skipped)
-        self._last_step: int | None = None  # newest step yielded
+        self._last_seq: int | None = None  # newest seq listed (yielded or skipped)
+        # The point (step, epoch, batch) of the last checkpoint taken from the
+        # queue, if it was yielded (or stood for one that was): a checkpoint
+        # that supersedes it is the same point saved again, not yielded twice.
+        self._last_point: tuple[int, int, int] | None = None
         self._first = True  # no listing has succeeded yet (`start` applies to it)
         self._failures: dict[str, int] = {}  # record name -> failed pinning attempts
         self._told = False
@@ -127,28 +130,40 @@ class Watcher:
                 self._told = True
                 warnings.warn(f"tfckpt.watch: {e}", stacklevel=3)
             return
+        # Checkpoints are new by their name (sequence number), not their step:
+        # a run restarted from an older checkpoint (a branch) saves steps
+        # already seen again, and those are new checkpoints.
+        new = [r for r in records if self._last_seq is None or r.seq > self._last_seq]
+        if records:
+            self._last_seq = max(records[-1].seq, self._last_seq or 0)
         if self._first:
             self._first = False
             if self._start == "latest":
-                records = records[-1:]
+                new = new[-1:]
             elif self._start == "new":
-                self._last_seq = records[-1].seq if records else 0
-            elif isinstance(self._start, int):
-                records = [r for r in records if r.step >= self._start]
-        new = [r for r in records if self._last_seq is None or r.seq > self._last_seq]
+                new = []
+        if isinstance(self._start, int):  # every listing: a branch may go below it
+            new = [r for r in new if r.step >= self._start]
         if new:
-            self._last_seq = new[-1].seq
             self._since = time.monotonic()
         self._queue.extend(new)
         self._finished = finished
 
     def _take(self, record: CheckpointRecord) -> CheckpointRecord | None:
-        if self._last_step is not None and record.step <= self._last_step:
-            return None  # the same step saved again (e.g. superseded at an epoch end)
+        point = (record.step, record.epoch, record.batch)
+        if record.manifest.get("supersedes") and point == self._last_point:
+            # The checkpoint just yielded, saved again with later callbacks'
+            # changes at an epoch end (the writer deletes the first one).
+            return None
+        pinned = self._pin(record)
+        self._last_point = point if pinned is not None else None
+        return pinned
+
+    def _pin(self, record: CheckpointRecord) -> CheckpointRecord | None:
         try:
             pinned = self._pins.pin(record)
         except CheckpointReadError as e:
-            warnings.warn(f"tfckpt.watch: skipping {record.name}: {e}", stacklevel=3)
+            warnings.warn(f"tfckpt.watch: skipping {record.name}: {e}", stacklevel=4)
             return None
         except (OSError, tf.errors.OpError) as e:
             # Shared storage hiccups, as in a listing: try again, then skip it.
@@ -158,19 +173,16 @@ class Watcher:
             warnings.warn(
                 f"tfckpt.watch: skipping {record.name} in {self.directory!r}: it could "
                 f"not be pinned ({tries} tries): {type(e).__name__}: {e}",
-                stacklevel=3,
+                stacklevel=4,
             )
             return None
-        if pinned is None:
-            if self._pins.problem is not None:
-                warnings.warn(
-                    f"tfckpt.watch: skipping {record.name} in {self.directory!r}: "
-                    f"{self._pins.problem}.",
-                    stacklevel=3,
-                )
-            return None  # deleted before it could be pinned, or damaged
-        self._last_step = record.step
-        return pinned
+        if pinned is None and self._pins.problem is not None:
+            warnings.warn(
+                f"tfckpt.watch: skipping {record.name} in {self.directory!r}: "
+                f"{self._pins.problem}.",
+                stacklevel=4,
+            )
+        return pinned  # None: deleted before it could be pinned, or damaged
 
     def _release(self) -> None:
         if self._held is not None:
@@ -197,9 +209,13 @@ def watch(
     poll_interval: float = 1.0,
     start: str | int = "all",
 ) -> Iterator[CheckpointRecord]:
-    """Yields each checkpoint of a run directory once it is committed, in step
-    order, each once, while training goes on (from any process or machine
-    that sees the directory; no lock is taken).
+    """Yields each checkpoint of a run directory once it is committed, in
+    commit order, each once, while training goes on (from any process or
+    machine that sees the directory; no lock is taken). A run restarted from
+    an older checkpoint (a branch) saves steps already yielded again: those
+    are new checkpoints (new names), yielded too; a checkpoint that saves the
+    one just yielded again with later changes (`supersedes` in its manifest:
+    an epoch end saved again) is not.
 
     Each record's `path` points at the reader's own pin of the checkpoint
     (hard links to its files, see the guide): it stays readable, with
@@ -228,7 +244,8 @@ def watch(
         start: `"all"` (every checkpoint already there, then new ones),
             `"latest"` (the newest one already there, then new ones), `"new"`
             (only checkpoints committed from now on), or a step: the
-            checkpoints at that step or later.
+            checkpoints at that step or later (a branch's below it too are
+            left out).
 
     Returns:
         An iterator of `CheckpointRecord`s (a `Watcher`, also a context

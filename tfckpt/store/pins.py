@@ -37,7 +37,8 @@ import tensorflow as tf
 
 from tfckpt.store import fs
 from tfckpt.store.checkpoint_store import CheckpointStore
-from tfckpt.store.layout import MANIFEST, PREFIX, READERS, CheckpointRecord
+from tfckpt.store.layout import MANIFEST, PREFIX, READERS, CheckpointRecord, os_error_text
+from tfckpt.store.run_directory import RunDirectory
 
 OWNER = "owner.json"
 STALE_SECONDS = 600.0  # a reader folder with no heartbeat for that long is removed
@@ -141,21 +142,73 @@ class Pins:
     def pin(self, record: CheckpointRecord) -> CheckpointRecord | None:
         """`record` with its `path` in this reader's pin, or `None` when it is
         no longer there (deleted before it could be pinned) or its files do
-        not match the manifest (`problem` says what)."""
+        not match the manifest (`problem` says what). This reader's folder,
+        removed meanwhile (a cleanup of `.readers`), is made again; an
+        `OSError` where the checkpoint is there and cannot be pinned at all."""
         self.problem = None
         if self._linkable:
             try:
-                folder_fd = self._own_folder()
-                return self._pin_linked(folder_fd, uuid.uuid4().hex[:8], record)
-            except FileNotFoundError:
-                return None  # deleted meanwhile
+                return self._pin_here(record)
             except OSError:
                 self._linkable = False  # no links here (or not ours to write): copy
         try:
             parent = os.path.join(self._copy_folder(), uuid.uuid4().hex[:8])
             return self._pin_copied(parent, record)
-        except (FileNotFoundError, tf.errors.NotFoundError):
-            return None
+        except (FileNotFoundError, tf.errors.NotFoundError) as e:
+            return self._missing(record, e)
+
+    def _pin_here(self, record: CheckpointRecord) -> CheckpointRecord | None:
+        """`pin` by hard links into this reader's folder of the run directory."""
+        for again in (False, True):
+            try:
+                return self._pin_linked(self._own_folder(), uuid.uuid4().hex[:8], record)
+            except FileNotFoundError as e:
+                if RunDirectory(self.directory).vanished(record.name) or not self._folder_lost():
+                    return self._missing(record, e)
+                # Our folder is gone, not the checkpoint: a user or a script
+                # removed `.readers` (or a writer took this reader for dead).
+                # Pinned again in a new one; failing again, `pin` copies.
+                self._forget_folder()
+                if again:
+                    raise
+        return None  # not reached: the second try returns or raises
+
+    def _missing(self, record: CheckpointRecord, error: BaseException) -> None:
+        """`None` for a pin that found a file missing: deleted by the writer's
+        retention, or (the checkpoint still there) damaged, which `problem` says."""
+        if not RunDirectory(self.directory).vanished(record.name):
+            name = getattr(error, "filename", None)
+            self.problem = (
+                f"its file {os.path.basename(name)!r} is missing"
+                if isinstance(name, str) and name
+                else f"a file of it is missing ({os_error_text(error)})"
+            )
+        return None
+
+    def _folder_lost(self) -> bool:
+        """Whether this reader's folder is no longer where it was made."""
+        if self._folder is None or len(self._fds) < 2:
+            return True
+        try:
+            here = os.stat(self._folder, follow_symlinks=False)
+            ours = os.fstat(self._fds[1])
+        except OSError:
+            return True
+        return (here.st_dev, here.st_ino) != (ours.st_dev, ours.st_ino)
+
+    def _forget_folder(self) -> None:
+        """Lets go of a folder removed under us; the next pin makes a new one."""
+        with self._lock:
+            self._stop.set()  # its heartbeat ends before its descriptor is closed
+            for fd in self._fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._fds.clear()
+        self._stop = threading.Event()
+        self._folder = self._name = None
+        self._refinalize()
 
     def _pin_linked(
         self, folder_fd: int, sub: str, record: CheckpointRecord
