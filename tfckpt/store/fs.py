@@ -241,7 +241,10 @@ def read_bytes(path: str, limit: int | None = None) -> bytes:
     except OSError as e:
         raise _op_error(e, path) from e
     finally:
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # what was read is whole; Linux frees the descriptor even then
 
 
 def remove_quietly(path: str) -> None:

@@ -89,7 +89,10 @@ class RunDirectory:
             if name in damaged:
                 problems.append(Problem(name, self._damage_reason(name)))
                 continue
-            kind = fs.entry_kind(self._path(name))
+            try:
+                kind = fs.entry_kind(self._path(name))
+            except tf.errors.OpError as e:
+                raise self.read_error(e, name) from e
             if kind not in ("directory", None):
                 # Never followed: a link could lead into another run.
                 problems.append(Problem(name, f"{kind}, not a checkpoint directory: not read"))
