@@ -184,3 +184,15 @@ class Recorder(tfckpt.CheckpointObserver):
 
     def on_delete(self, record):
         self.events.append(("delete", record.name))
+
+
+def rot(path, offset):
+    """Bit rot: flips one bit of the byte at `offset` of a file in place and
+    puts its modification time back, as a media error leaves it."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from support import draw_data, make_model, run_script, script_env, start_script
+from support import draw_data, make_model, rot, run_script, script_env, start_script
 
 import tfckpt
 from tfckpt.store.finished import is_finished
@@ -310,13 +310,7 @@ def test_a_rotten_file_at_the_destination_is_never_linked_nor_skipped_as_there(t
     there = tfckpt.open(dst).checkpoints[0]
     kernel = max(there.manifest["files"], key=lambda f: there.manifest["files"][f]["size"])
     path = os.path.join(there.directory, kernel)
-    st = os.stat(path)
-    with open(path, "r+b") as f:
-        f.seek(st.st_size // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x01]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rot(path, os.path.getsize(path) // 2)
     # The second checkpoint's equal kernel is not linked to the rotten file.
     report = tfckpt.copy(src, dst, which=second.name, quiet=True)
     assert [r.name for r in report.copied] == [second.name]

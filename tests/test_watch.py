@@ -156,14 +156,19 @@ def test_finished_marker_follows_the_writer(tmp_path, data):
     assert [r.epoch for r in tfckpt.watch(run, start=10**9)] == []
 
 
-def test_watch_never_yields_uncommitted_or_damaged_checkpoints(tmp_path, data):
-    x, y = data
+def three_saves(tmp_path, data):
+    """The run of a trained model with checkpoints at steps 10, 20, 30 (epochs 1-3)."""
     model = make_model()
-    model.fit(x, y, epochs=1, verbose=0)
+    model.fit(*data, epochs=1, verbose=0)
     run = tmp_path / "run"
     with tfckpt.CheckpointManager(run, model, keep_last=None) as manager:
         for epoch in (1, 2, 3):
             manager.save(10 * epoch, epoch=epoch)
+    return run
+
+
+def test_watch_never_yields_uncommitted_or_damaged_checkpoints(tmp_path, data):
+    run = three_saves(tmp_path, data)
     (run / MARKER).unlink()
     # An interrupted save, a torn checkpoint (file cut short), a damaged one.
     (run / ".tmp-ckpt-000009-abcdef12").mkdir()
@@ -438,13 +443,7 @@ def test_a_directory_that_cannot_be_listed_ends_at_the_timeout(tmp_path, kind):
 
 
 def test_an_io_error_while_pinning_is_retried_then_skipped(tmp_path, data):
-    x, y = data
-    model = make_model()
-    model.fit(x, y, epochs=1, verbose=0)
-    run = tmp_path / "run"
-    with tfckpt.CheckpointManager(run, model, keep_last=None) as manager:
-        for epoch in (1, 2, 3):
-            manager.save(10 * epoch, epoch=epoch)
+    run = three_saves(tmp_path, data)
     failures = {"ckpt-000001": 10**9, "ckpt-000002": 1}  # always; once
 
     class Flaky(Pins):
@@ -516,13 +515,7 @@ def test_a_watcher_whose_pin_folder_was_removed_goes_on(tmp_path, data, how):
 
 
 def test_a_sidecar_keeps_evaluating_after_its_pin_folder_was_removed(tmp_path, data):
-    x, y = data
-    model = make_model()
-    model.fit(x, y, epochs=1, verbose=0)
-    run = tmp_path / "run"
-    with tfckpt.CheckpointManager(run, model, keep_last=None) as manager:
-        for epoch in (1, 2, 3):
-            manager.save(10 * epoch, epoch=epoch)
+    run = three_saves(tmp_path, data)
 
     class RemovesPins(tfckpt.SidecarEvaluator):
         def evaluate(self, record):
@@ -531,7 +524,7 @@ def test_a_sidecar_keeps_evaluating_after_its_pin_folder_was_removed(tmp_path, d
                 shutil.rmtree(run / READERS)  # between two evaluations
             return row
 
-    evaluator = RemovesPins(make_model(seed=4), (x, y), run, log_dir=tmp_path / "eval")
+    evaluator = RemovesPins(make_model(seed=4), data, run, log_dir=tmp_path / "eval")
     assert [r["step"] for r in evaluator.start()] == [10, 20, 30]
 
 
