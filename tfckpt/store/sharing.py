@@ -15,6 +15,7 @@ import dataclasses
 import errno
 import os
 import stat
+import threading
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -54,6 +55,7 @@ class FileSharing:
     ):
         self.directory = directory
         self.share_files = share_files and fs.is_local(directory)
+        self._link_lock = threading.Lock()
         self._fsync_file = fsync_file
         self._background = background
         # Its own reader, not the store: a store it referred back to would
@@ -156,21 +158,26 @@ class FileSharing:
                 return False
         except OSError:
             return False
-        try:
-            fs.replace_with_link(source, path)
-        except OSError as e:
-            # The copy just written is complete: a link that cannot be made
-            # (source deleted meanwhile, too many links, an I/O error) only
-            # costs the disk space sharing would have saved.
-            if e.errno in _NO_LINKS and self.share_files:
-                self.share_files = False
-                warnings.warn(
-                    f"tfckpt: the filesystem of {self.directory!r} has no hard links "
-                    f"({os.strerror(e.errno)}): saving full checkpoints, with no "
-                    "files shared between them.",
-                    stacklevel=2,
-                )
-            return False
+        # One link at a time (the hashing above runs in parallel): the first
+        # that finds the filesystem without links turns sharing off for all.
+        with self._link_lock:
+            if not self.share_files:
+                return False
+            try:
+                fs.replace_with_link(source, path)
+            except OSError as e:
+                # The copy just written is complete: a link that cannot be made
+                # (source deleted meanwhile, too many links, an I/O error) only
+                # costs the disk space sharing would have saved.
+                if e.errno in _NO_LINKS:
+                    self.share_files = False
+                    warnings.warn(
+                        f"tfckpt: the filesystem of {self.directory!r} has no hard links "
+                        f"({os.strerror(e.errno)}): saving full checkpoints, with no "
+                        "files shared between them.",
+                        stacklevel=2,
+                    )
+                return False
         entry["shared"] = sources.record.name
         entry["mtime_ns"] = st.st_mtime_ns
         return True
