@@ -134,6 +134,10 @@ class NotRegularFile(ValueError):
     """An entry that tfckpt neither reads nor writes through: a symbolic link, a
     FIFO, a device or socket where a file belongs, or a file larger than allowed."""
 
+    def __init__(self, path: str, what: str):
+        super().__init__(f"{os.path.basename(path)} is {what}")
+        self.what = what  # "a symbolic link", "a FIFO, not a file", ...
+
 
 def _kind(mode: int) -> str:
     if stat.S_ISLNK(mode):
@@ -184,7 +188,7 @@ def size(path: str) -> int:
     except OSError as e:
         raise _op_error(e, path) from e
     if not stat.S_ISREG(st.st_mode):
-        raise NotRegularFile(f"{os.path.basename(path)} is {_kind(st.st_mode)}, not a file")
+        raise NotRegularFile(path, f"{_kind(st.st_mode)}, not a file")
     return st.st_size
 
 
@@ -210,33 +214,50 @@ def parse_json(data: bytes) -> Any:
         raise ValueError(str(e)) from None
 
 
-def read_bytes(path: str, limit: int | None = None) -> bytes:
-    """A file's bytes; more than `limit` bytes is a `NotRegularFile` error, not
-    a read. On local disks only a regular file is read: opened without
-    following a link or blocking (a FIFO), then checked with `fstat`."""
-    if not is_local(path):
-        if limit is not None and tf.io.gfile.stat(path).length > limit:
-            raise NotRegularFile(f"{os.path.basename(path)} is larger than {limit} bytes")
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+def open_regular(path: str, flags: int) -> tuple[int, os.stat_result]:
+    """A local regular file opened with `flags` (and `O_CREAT`'s mode 0o644),
+    never through a link and never blocking (a FIFO), with its `fstat`; a link
+    or special file is a `NotRegularFile`, other failures an `OSError`."""
+    flags |= os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(local_path(path), flags)
+        fd = os.open(local_path(path), flags, 0o644)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise NotRegularFile(f"{os.path.basename(path)} is a symbolic link") from None
-        raise _op_error(e, path) from e
+            raise NotRegularFile(path, "a symbolic link") from None
+        raise
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFile(f"{os.path.basename(path)} is {_kind(st.st_mode)}, not a file")
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotRegularFile(path, f"{_kind(st.st_mode)}, not a file")
+    return fd, st
+
+
+def read_bytes(path: str, limit: int | None = None) -> bytes:
+    """A file's bytes; more than `limit` bytes is a `NotRegularFile` error, not
+    a read. On local disks only a regular file is read (`open_regular`)."""
+    too_large = f"larger than {limit} bytes"
+    if not is_local(path):
+        if limit is not None and tf.io.gfile.stat(path).length > limit:
+            raise NotRegularFile(path, too_large)
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    try:
+        fd, st = open_regular(path, os.O_RDONLY)
+    except OSError as e:
+        raise _op_error(e, path) from e
+    try:
         if limit is not None and st.st_size > limit:
-            raise NotRegularFile(f"{os.path.basename(path)} is larger than {limit} bytes")
-        chunks = []
+            raise NotRegularFile(path, too_large)
+        chunks, total = [], 0
         while chunk := os.read(fd, _CHUNK):
             chunks.append(chunk)
-            if limit is not None and sum(map(len, chunks)) > limit:  # grew meanwhile
-                raise NotRegularFile(f"{os.path.basename(path)} is larger than {limit} bytes")
+            total += len(chunk)
+            if limit is not None and total > limit:  # grew meanwhile
+                raise NotRegularFile(path, too_large)
         return b"".join(chunks)
     except OSError as e:
         raise _op_error(e, path) from e
@@ -282,18 +303,10 @@ def write_new_file(path: str, data: bytes) -> None:
         with tf.io.gfile.GFile(path, "wb") as f:
             f.write(data)
         return
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd, st = open_regular(path, os.O_WRONLY | os.O_CREAT)
     try:
-        fd = os.open(local_path(path), flags, 0o644)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise NotRegularFile(f"{os.path.basename(path)} is a symbolic link") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            what = _kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else "hard-linked"
-            raise NotRegularFile(f"{os.path.basename(path)} is {what}: not written")
+        if st.st_nlink != 1:
+            raise NotRegularFile(path, "hard-linked: not written")
         os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)
     finally:

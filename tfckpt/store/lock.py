@@ -18,12 +18,10 @@ within a lease.
 
 from __future__ import annotations
 
-import errno
 import gc
 import json
 import os
 import socket
-import stat
 import threading
 import time
 import uuid
@@ -270,23 +268,14 @@ class DirectoryLock:
         if fs.is_local(self.path) and fcntl is not None:
             # Never through a link or into a special file: the run directory
             # may be someone else's (a `.lock` linked to a file outside it).
-            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
             try:
-                fd = os.open(fs.local_path(self.path), flags, 0o644)
-                st = os.fstat(fd)
-            except OSError as e:
-                reason = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
+                fd, _ = fs.open_regular(self.path, os.O_RDWR | os.O_CREAT)
+            except (OSError, fs.NotRegularFile) as e:
+                reason = f"it is {e.what}" if isinstance(e, fs.NotRegularFile) else e.strerror
                 raise CheckpointWriteError(
                     f"Cannot take the lock {self.path!r} of the run directory: {reason}. "
                     "Nothing was written. Remove it if no tfckpt process of yours made it."
                 ) from e
-            if not stat.S_ISREG(st.st_mode):
-                os.close(fd)
-                raise CheckpointWriteError(
-                    f"Cannot take the lock {self.path!r} of the run directory: it is not a "
-                    "regular file. Nothing was written. Remove it if no tfckpt process of "
-                    "yours made it."
-                )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
