@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfckpt
-from tfckpt.store import fs
+from tfckpt.store import fs, sharing
 
 
 def build_model(size_mb: float) -> keras.Model:
@@ -135,9 +135,19 @@ def async_times(manager, repeats: int, before=None) -> tuple[float, float]:
     return statistics.median(blocked), statistics.median(committed)
 
 
+INCREMENTAL_VARIANTS = {
+    "full": {"incremental": False},
+    "incremental": {"incremental": True},
+    "incremental, no read-back": {"incremental": True},
+}
+
+
 def bench_incremental(size_mb: float, saves: int, fresh) -> dict:
     """Fine-tuning with a frozen backbone: every Dense layer but the last two
-    frozen, one train step between saves, full against incremental saves."""
+    frozen, one train step between saves; full saves, incremental saves, and
+    incremental saves without the read-back of the file linked to (what that
+    check costs), interleaved save by save in a rotating order, each variant
+    saving the same state into its own directory."""
     model = build_model(size_mb)
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     for layer in dense[:-2]:
@@ -148,35 +158,63 @@ def bench_incremental(size_mb: float, saves: int, fresh) -> dict:
     y = np.random.rand(32, 1).astype("float32")
     variables = model.weights + model.optimizer.variables
     out: dict = {"state bytes": sum(v.numpy().nbytes for v in variables), "saves": saves}
-    for incremental in (False, True):
-        d = fresh(f"incremental_{incremental}")
-        manager = tfckpt.CheckpointManager(d, model, keep_last=None, incremental=incremental)
-        seconds, passed, to_disk, changed = [], [], [], []
-        for i in range(saves):
-            before = [v.numpy() for v in variables]
-            model.train_on_batch(x, y)
-            after = [v.numpy() for v in variables]
-            changed.append(sum(b.nbytes for b, a in zip(before, after) if not np.array_equal(a, b)))
+    names = list(INCREMENTAL_VARIANTS)
+    dirs = {name: fresh(f"incremental_{i}") for i, name in enumerate(names)}
+    managers = {
+        name: tfckpt.CheckpointManager(dirs[name], model, keep_last=None, **options)
+        for name, options in INCREMENTAL_VARIANTS.items()
+    }
+    figures = {name: {"s": [], "passed": [], "disk": []} for name in names}
+    changed = []
+    for i in range(saves):
+        before = [v.numpy() for v in variables]
+        model.train_on_batch(x, y)
+        after = [v.numpy() for v in variables]
+        changed.append(sum(b.nbytes for b, a in zip(before, after) if not np.array_equal(a, b)))
+        for name in names[i % 3 :] + names[: i % 3]:
+            sharing.CHECK_BEFORE_LINKING = name != "incremental, no read-back"
             os.sync()
             c0, t0 = io_counters(), time.perf_counter()
-            manager.save(i + 1, epoch=i + 1)
-            seconds.append(time.perf_counter() - t0)
+            managers[name].save(i + 1, epoch=i + 1)
+            figures[name]["s"].append(time.perf_counter() - t0)
             c1 = io_counters()
-            passed.append(c1.get("wchar", 0) - c0.get("wchar", 0))
-            to_disk.append(
+            figures[name]["passed"].append(c1.get("wchar", 0) - c0.get("wchar", 0))
+            figures[name]["disk"].append(
                 (c1.get("write_bytes", 0) - c1.get("cancelled_write_bytes", 0))
                 - (c0.get("write_bytes", 0) - c0.get("cancelled_write_bytes", 0))
             )
-        manager.close()
-        # The first save writes everything: the figures are of the saves after it.
-        out["incremental" if incremental else "full"] = {
-            "seconds per save": statistics.median(seconds[1:]),
-            "bytes passed to write() per save": statistics.median(passed[1:]),
-            "bytes to disk per save": statistics.median(to_disk[1:]),
-            "changed bytes per save": statistics.median(changed[1:]),
-            "disk used": disk_used(d),
+    sharing.CHECK_BEFORE_LINKING = True
+    for name in names:
+        managers[name].close()
+        # The first two saves write everything (the two newest checkpoints
+        # never share a file): the figures are of the saves after them.
+        out[name] = {
+            "seconds per save": statistics.median(figures[name]["s"][2:]),
+            "bytes passed to write() per save": statistics.median(figures[name]["passed"][2:]),
+            "bytes to disk per save": statistics.median(figures[name]["disk"][2:]),
+            "changed bytes per save": statistics.median(changed[2:]),
+            "disk used": disk_used(dirs[name]),
         }
     return out
+
+
+def incremental_ratios(incremental: dict) -> dict[str, float]:
+    inc, full = incremental["incremental"], incremental["full"]
+    unchecked = incremental["incremental, no read-back"]
+    # Two physical copies of what does not change (the two newest checkpoints
+    # never share a file), and what changed once per save after them.
+    expected = (
+        2 * incremental["state bytes"] + (incremental["saves"] - 2) * inc["changed bytes per save"]
+    )
+    return {
+        "incremental: bytes to disk / changed bytes": inc["bytes to disk per save"]
+        / inc["changed bytes per save"],
+        "incremental: disk used / (2 full states + (N-2) x changed)": inc["disk used"] / expected,
+        "incremental: save time / full save time": inc["seconds per save"]
+        / full["seconds per save"],
+        "incremental: save time / without the read-back": inc["seconds per save"]
+        / unchecked["seconds per save"],
+    }
 
 
 def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
@@ -328,7 +366,7 @@ def main() -> None:
         "background time, as the goal is stated)",
     )
     p.add_argument("--fit-epochs", type=int, default=3)
-    p.add_argument("--incremental-saves", type=int, default=5)
+    p.add_argument("--incremental-saves", type=int, default=20)
     p.add_argument("--scale", action="store_true", help="also measure the scale curve")
     p.add_argument("--scale-sizes", default="8,64,512,2048", help="MB, comma-separated")
     p.add_argument("--many-variables", type=int, default=2000, help="the scale curve's count")
@@ -336,7 +374,32 @@ def main() -> None:
     p.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results.json"))
     p.add_argument("--plot", default=os.path.join(os.path.dirname(__file__), "scale.png"))
     p.add_argument("--replot", action="store_true", help="only redraw the plot from --json")
+    p.add_argument(
+        "--only-incremental",
+        action="store_true",
+        help="measure only the incremental saves; replace them (and their ratios) in --json",
+    )
     args = p.parse_args()
+    if args.only_incremental:
+        root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)
+
+        def fresh_dir(name):
+            os.makedirs(os.path.join(root, name))
+            return os.path.join(root, name)
+
+        incremental = bench_incremental(args.size_mb, args.incremental_saves, fresh_dir)
+        shutil.rmtree(root, ignore_errors=True)
+        with open(args.json) as f:
+            report = json.load(f)
+        report["incremental"] = incremental
+        report["ratios"] = {
+            k: v for k, v in report["ratios"].items() if not k.startswith("incremental")
+        }
+        report["ratios"].update(incremental_ratios(incremental))
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(json.dumps(incremental, indent=1))
+        return
     if args.replot:
         with open(args.json) as f:
             plot_scale(json.load(f)["scale"], args.plot)
@@ -528,7 +591,6 @@ def main() -> None:
     memcpy = results["host memcpy (np.copy)"]
     mc_save = results["keras ModelCheckpoint (.weights.h5)"]
     sync = results["tfckpt sync save (fsync, checksums, commit)"]
-    inc, full = incremental["incremental"], incremental["full"]
     ratios = {
         "tfckpt sync / raw write+fsync": sync / ref,
         "tf save + fsync / raw write+fsync": results["tf CheckpointManager.save + fsync"] / ref,
@@ -541,12 +603,7 @@ def main() -> None:
         / results["raw read"],
         "fit throughput async / none": throughput["tfckpt async"] / throughput["no checkpointing"],
         "fit throughput sync / none": throughput["tfckpt sync"] / throughput["no checkpointing"],
-        "incremental: bytes to disk / changed bytes": inc["bytes to disk per save"]
-        / inc["changed bytes per save"],
-        "incremental: disk used / (full state + N x changed)": inc["disk used"]
-        / (incremental["state bytes"] + (incremental["saves"] - 1) * inc["changed bytes per save"]),
-        "incremental: save time / full save time": inc["seconds per save"]
-        / full["seconds per save"],
+        **incremental_ratios(incremental),
     }
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "

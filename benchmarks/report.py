@@ -69,9 +69,10 @@ def goals(report: dict) -> list[tuple[str, str, bool]]:
             ratio["incremental: bytes to disk / changed bytes"] <= 1.25,
         ),
         (
-            "incremental: N checkpoints use about one full state + N x changed",
-            f"{ratio['incremental: disk used / (full state + N x changed)']:.2f}x of that",
-            ratio["incremental: disk used / (full state + N x changed)"] <= 1.1,
+            "incremental: N checkpoints use about 2 full states + (N-2) x changed "
+            "(the two newest never share a file)",
+            f"{ratio['incremental: disk used / (2 full states + (N-2) x changed)']:.2f}x of that",
+            ratio["incremental: disk used / (2 full states + (N-2) x changed)"] <= 1.1,
         ),
     ]
     scale = report.get("scale")
@@ -106,17 +107,20 @@ def render(report: dict) -> str:
         [(k, f"{v:.2f}") for k, v in report["fit_steps_per_second"].items()],
     )
     inc = report["incremental"]
-    rows = []
-    for key in inc["full"]:
-        full, incremental = inc["full"][key], inc["incremental"][key]
-        shown = (lambda v: f"{v:.3f}") if key.startswith("seconds") else _mib
-        rows.append((key, f"{shown(full)} / {shown(incremental)}"))
+    variants = [v for v in ("full", "incremental", "incremental, no read-back") if v in inc]
     lines += [
         f"Fine-tuning with a frozen backbone ({_mib(inc['state bytes'])} of state, "
-        f"{inc['saves']} saves, one train step between them), full / incremental:",
+        f"{inc['saves']} saves, one train step between them; the variants interleaved "
+        "save by save). The read-back is incremental sharing's check that the file "
+        "linked to still holds the bytes saved now:",
         "",
+        "| per save after the second | " + " | ".join(variants) + " |",
+        "|---|" + "---:|" * len(variants),
     ]
-    lines += _table(("per save after the first", "full / incremental"), rows)
+    for key in inc["full"]:
+        shown = (lambda v: f"{v:.3f}") if key.startswith("seconds") else _mib
+        lines.append(f"| {key} | " + " | ".join(shown(inc[v][key]) for v in variants) + " |")
+    lines.append("")
     if report.get("scale"):
         lines += [
             "Scale curve (`benchmarks/scale.png`):",

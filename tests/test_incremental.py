@@ -86,15 +86,19 @@ def test_unchanged_tensors_are_linked_and_each_checkpoint_is_plain_tf(tmp_path):
     model.fit(x, y, epochs=4, batch_size=16, verbose=0, callbacks=[cb, Snapshot()])
     records = tfckpt.open(tmp_path).checkpoints
     assert [r.epoch for r in records] == [1, 2, 3, 4]
-    first = files_of(records[0])
-    for earlier, record in zip(records, records[1:]):
+    assert not any(e.get("shared") for e in records[1].manifest["files"].values())
+    for two_before, earlier, record in zip(records, records[1:], records[2:]):
         stats = files_of(record)
         linked = [f for f, e in record.manifest["files"].items() if e.get("shared")]
-        # Both frozen kernels are one file each, the same inode as the first
-        # checkpoint's; what changed was written anew.
+        # Both frozen kernels are one file each, the same inode as the
+        # checkpoint's before the newest (never the newest's: the two newest
+        # share no file); what changed was written anew.
         assert len(linked) == 2
         for f in linked:
-            assert stats[f].st_ino == first[f].st_ino
+            assert stats[f].st_ino == files_of(two_before)[f].st_ino
+        assert not {s.st_ino for s in stats.values()} & {
+            s.st_ino for s in files_of(earlier).values()
+        }
         written = sum(
             e["size"]
             for f, e in record.manifest["files"].items()
@@ -118,29 +122,30 @@ def test_deleting_any_checkpoint_never_breaks_another(tmp_path):
     cb = tfckpt.CheckpointCallback(tmp_path, keep_last=2, monitor=None, verbose=0)
     model.fit(x, y, epochs=4, batch_size=16, verbose=0, callbacks=[cb])
     run = tfckpt.open(tmp_path)
-    # Retention deleted ckpt 1 and 2: the first holder of the shared files.
+    # Retention deleted ckpt 1 and 2: the first holders of the files 3 and 4 share.
     assert [r.epoch for r in run.checkpoints] == [3, 4]
+    assert [r.manifest["files"][f].get("shared") for r in run.checkpoints for f in
+            frozen_files(r)] == ["ckpt-000001"] * 2 + ["ckpt-000002"] * 2  # fmt: skip
     assert all(problem is None for _, problem in tfckpt.verify(tmp_path))
     # A prune of the older of the two: the newest stays intact and readable.
     report = run.prune(keep_last=1, dry_run=False)
     assert [r.epoch for r in report.deleted] == [3]
-    # It freed its own bytes only: the frozen kernels stay, linked by epoch 4.
-    assert report.bytes_freed == report.deleted[0].size - 8 * 2**20
+    assert report.bytes_freed == report.deleted[0].size  # all its own by now
     assert [problem for _, problem in tfckpt.verify(tmp_path)] == [None]
     newest = run.latest
     fresh_read(finetune_model, newest.path)
     # Only links remain: the shared files are this checkpoint's own now.
     assert run.shared_bytes(newest) == 0
-    # Training on (a completed fit trains on) links to what is left.
+    # Training on (a completed fit trains on) links to what is left: epoch 5
+    # writes its own copy (never one file for the two newest), 6 links 4's.
     cb = tfckpt.CheckpointCallback(tmp_path, keep_last=None, monitor=None, verbose=0)
     model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[cb])
     records = run.checkpoints
     assert [r.epoch for r in records] == [4, 5, 6]
-    assert all(
-        e.get("shared") == newest.name
-        for e in records[1].manifest["files"].values()
-        if e.get("shared")
-    )
+    assert not any(e.get("shared") for e in records[1].manifest["files"].values())
+    assert [records[2].manifest["files"][f].get("shared") for f in frozen_files(records[2])] == [
+        newest.name
+    ] * 2
     assert run.shared_bytes(newest) == 8 * 2**20
     assert all(problem is None for _, problem in tfckpt.verify(tmp_path))
 
@@ -159,7 +164,7 @@ def test_a_damaged_shared_file_is_damage_of_every_checkpoint_sharing_it(tmp_path
     records = tfckpt.open(tmp_path).checkpoints
     assert [r.epoch for r in records] == [1, 2, 3, 4]
     shared = [f for f, e in records[-1].manifest["files"].items() if e.get("shared")]
-    assert shared
+    assert shared and records[-1].manifest["files"][shared[0]]["shared"] == records[1].name
     # Flip a byte in the middle of a shared file, through the newest checkpoint.
     path = os.path.join(records[-1].directory, shared[0])
     with open(path, "r+b") as f:
@@ -168,8 +173,10 @@ def test_a_damaged_shared_file_is_damage_of_every_checkpoint_sharing_it(tmp_path
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
     problems = dict(tfckpt.verify(tmp_path))
-    assert problems[records[0].name] is None  # it has the old backbone's files
-    for record in records[1:]:  # epochs 2-4 share the file: all damaged
+    # Epoch 1 has the old backbone's files, epoch 3 a copy of its own (the two
+    # newest never share a file); epochs 2 and 4 share the flipped one.
+    assert problems[records[0].name] is None and problems[records[2].name] is None
+    for record in (records[1], records[3]):
         assert "does not match" in problems[record.name]
         assert shared[0] in problems[record.name]
         assert "shared (hard-linked) with" in problems[record.name]
@@ -179,10 +186,11 @@ def test_a_damaged_shared_file_is_damage_of_every_checkpoint_sharing_it(tmp_path
     with tfckpt.CheckpointManager(tmp_path, fresh, monitor=None, keep_last=None) as manager:
         with pytest.warns(UserWarning, match="damaged"):
             restored = manager.restore()
-    assert restored.name == records[0].name
+    assert restored.name == records[2].name
     # With no intact checkpoint left, restoring raises; nothing is deleted.
-    with open(os.path.join(records[0].directory, "ckpt.index"), "r+b") as f:
-        f.write(b"\0" * 16)
+    for record in (records[0], records[2]):
+        with open(os.path.join(record.directory, "ckpt.index"), "r+b") as f:
+            f.write(b"\0" * 16)
     with tfckpt.CheckpointManager(tmp_path, fresh, monitor=None, keep_last=None) as manager:
         with pytest.raises(NoIntactCheckpointError):
             manager.restore()
@@ -265,9 +273,9 @@ def test_cli_shows_own_and_shared_bytes(tmp_path):
     model = finetune_model()
     x, y = data()
     cb = tfckpt.CheckpointCallback(tmp_path, keep_last=None, monitor=None, verbose=0)
-    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[cb])
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[cb])
     rows = json.loads(run_cli("ls", str(tmp_path), "--json"))
-    assert [r["shared"] for r in rows] == [8 * 2**20, 8 * 2**20]
+    assert [r["shared"] for r in rows] == [8 * 2**20, 0, 8 * 2**20]
     info = run_cli("info", str(tmp_path))
     assert "8.0 MiB shared with other checkpoints" in info
 
@@ -291,65 +299,66 @@ def frozen_files(record):
     ]
 
 
+def flip(path, offset=100, keep_mtime=False):
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 1]))
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def test_never_links_a_file_changed_damaged_or_not_ours(tmp_path):
     model = finetune_model()
     x, y = data()
     fresh = finetune_model(seed=1)
     fresh.optimizer.build(fresh.trainable_variables)
+
+    def save(manager, epoch):
+        model.fit(x, y, verbose=0)
+        return manager.save(epoch=epoch)
+
     with tfckpt.CheckpointManager(tmp_path, model, keep_last=None, monitor=None) as manager:
-        model.fit(x, y, verbose=0)
-        first = manager.save(epoch=1)
-        model.fit(x, y, verbose=0)
-        second = manager.save(epoch=2)
-        a, b = frozen_files(second)
-        assert files_of(second)[a].st_ino == files_of(first)[a].st_ino  # linked
+        first, second, third = (save(manager, epoch) for epoch in (1, 2, 3))
+        a, b = frozen_files(third)
+        assert files_of(third)[a].st_ino == files_of(first)[a].st_ino  # linked
+        assert files_of(second)[a].st_ino != files_of(first)[a].st_ino  # its own
         # 1. Changed in place after its commit (same size): not linked again.
-        path = os.path.join(second.directory, a)
-        with open(path, "r+b") as f:
-            f.seek(100)
-            byte = f.read(1)
-            f.seek(100)
-            f.write(bytes([byte[0] ^ 1]))
-        model.fit(x, y, verbose=0)
-        third = manager.save(epoch=3)
-        assert files_of(third)[a].st_ino != files_of(second)[a].st_ino
-        assert files_of(third)[b].st_ino == files_of(second)[b].st_ino
+        flip(os.path.join(second.directory, a))
+        fourth = save(manager, 4)  # links the files of `second`
+        assert files_of(fourth)[a].st_ino != files_of(second)[a].st_ino
+        assert files_of(fourth)[b].st_ino == files_of(second)[b].st_ino
         # 2. Bit rot (the modification time put back) found by a restore of an
-        # older checkpoint sharing the file: that inode is never linked again,
-        # though the newest checkpoint was not checked.
-        path = os.path.join(third.directory, b)
-        st = os.stat(path)
-        with open(path, "r+b") as f:
-            f.seek(100)
-            byte = f.read(1)
-            f.seek(100)
-            f.write(bytes([byte[0] ^ 1]))
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        # older checkpoint sharing the file: its files are never linked again,
+        # though the checkpoint they would be linked from was not checked.
+        flip(os.path.join(third.directory, b), keep_mtime=True)
     with tfckpt.CheckpointManager(tmp_path, fresh, keep_last=None, monitor=None) as manager:
         with pytest.raises(NoIntactCheckpointError):
             manager.restore(first.name)  # found damaged and marked
     with tfckpt.CheckpointManager(tmp_path, model, keep_last=None, monitor=None) as manager:
-        model.fit(x, y, verbose=0)
-        fourth = manager.save(epoch=4)
-        assert files_of(fourth)[b].st_ino != files_of(third)[b].st_ino
-        assert files_of(fourth)[a].st_ino == files_of(third)[a].st_ino
-    assert dict(tfckpt.verify(tmp_path))[fourth.name] is None
+        fifth = save(manager, 5)  # would link the files of `third`
+        # No file of a checkpoint found damaged is linked again: `first`'s two
+        # kernels are `third`'s.
+        assert files_of(fifth)[b].st_ino != files_of(third)[b].st_ino
+        assert files_of(fifth)[a].st_ino != files_of(third)[a].st_ino
+    assert dict(tfckpt.verify(tmp_path))[fifth.name] is None
     # 3. A symlink planted in the run directory (a copy from someone else):
     # never linked, even with the right hash; the save writes its own file.
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
     outside.mkdir()
-    target = os.path.join(fourth.directory, a)
-    os.replace(target, outside / "kernel")
-    os.symlink(outside / "kernel", target)
+    for record in (fourth, fifth):
+        target = os.path.join(record.directory, a)
+        os.replace(target, outside / record.name)
+        os.symlink(outside / record.name, target)
     with tfckpt.CheckpointManager(tmp_path, model, keep_last=None, monitor=None) as manager:
-        model.fit(x, y, verbose=0)
-        fifth = manager.save(epoch=5)
-    # The checkpoint holding the planted link is damage, never read through:
-    # the save shares with the newest intact one instead.
-    assert stat.S_ISREG(os.lstat(os.path.join(fifth.directory, a)).st_mode)
-    assert fifth.manifest["files"][a].get("shared") == third.name
+        sixth = save(manager, 6)
+    # The checkpoints holding the planted links are damage, never read through.
+    assert stat.S_ISREG(os.lstat(os.path.join(sixth.directory, a)).st_mode)
+    assert sixth.manifest["files"][a].get("shared") not in (fourth.name, fifth.name)
     problems = dict(tfckpt.verify(tmp_path))
-    assert "is a symbolic link" in problems[fourth.name] and problems[fifth.name] is None
+    assert "is a symbolic link" in problems[fourth.name] and problems[sixth.name] is None
 
 
 def test_a_byte_that_rots_in_a_shared_file_is_never_linked_into_later_checkpoints(tmp_path):
@@ -358,25 +367,29 @@ def test_a_byte_that_rots_in_a_shared_file_is_never_linked_into_later_checkpoint
     model = finetune_model()
     x, y = data()
     with tfckpt.CheckpointManager(tmp_path, model, keep_last=None, monitor=None) as manager:
-        for epoch in (1, 2):
+        for epoch in (1, 2, 3):
             model.fit(x, y, verbose=0)
             manager.save(epoch=epoch)
-        first, second = tfckpt.open(tmp_path).checkpoints
-        frozen = frozen_files(second)
-        assert all(second.manifest["files"][f].get("shared") for f in frozen)
-        path = os.path.join(second.directory, frozen[0])
+        first, second, third = tfckpt.open(tmp_path).checkpoints
+        frozen = frozen_files(third)
+        assert all(third.manifest["files"][f].get("shared") == first.name for f in frozen)
+        path = os.path.join(third.directory, frozen[0])
         rot(path, os.path.getsize(path) // 3)
-        for epoch in (3, 4):  # from correct weights in memory
+        for epoch in (4, 5, 6):  # from correct weights in memory
             model.fit(x, y, verbose=0)
             manager.save(epoch=epoch)
     records = tfckpt.open(tmp_path).checkpoints
     problems = dict(tfckpt.verify(tmp_path))
-    # The two that shared the file before it rotted are damaged; the ones saved
-    # after are whole (a full copy of that file, then shared again).
-    assert problems[first.name] and problems[second.name]
-    assert [problems[r.name] for r in records[2:]] == [None, None]
-    assert not records[2].manifest["files"][frozen[0]].get("shared")
-    assert records[3].manifest["files"][frozen[0]].get("shared") == records[2].name
+    # The two that shared the file when it rotted are damaged, and only them:
+    # the checkpoints between them had their own copy, and the 5th, which
+    # would have linked it, has a full copy of that file.
+    assert [r.name for r in records if problems[r.name]] == [first.name, third.name]
+    assert records[4].manifest["files"][frozen[0]].get("shared") is None
+    assert records[4].manifest["files"][frozen[1]].get("shared") == third.name
     fresh = finetune_model(seed=1)
     fresh.optimizer.build(fresh.trainable_variables)
-    assert tfckpt.restore(fresh, str(tmp_path)).name == records[3].name
+    assert tfckpt.restore(fresh, str(tmp_path)).name == records[5].name
+    # The whole run is never one file: the two newest share none.
+    assert not {s.st_ino for s in files_of(records[4]).values()} & {
+        s.st_ino for s in files_of(records[5]).values()
+    }

@@ -15,10 +15,10 @@ import zlib
 
 import numpy as np
 import pytest
-from support import script_env, small_model
+from support import run_script, script_env, small_model
 
 import tfckpt
-from tfckpt.errors import CheckpointWriteError, DamagedCheckpointError
+from tfckpt.errors import CheckpointWriteError, DamagedCheckpointError, NoIntactCheckpointError
 from tfckpt.store.layout import manifest_checksum
 
 
@@ -195,4 +195,36 @@ def test_a_state_archive_that_decompresses_to_much_more_is_refused(tmp_path):
     view = tfckpt.open(run)
     assert [r.name for r in view.checkpoints] == [record.name]  # the manifest is consistent
     with pytest.raises(DamagedCheckpointError, match="state-arrays.npz: a0.npy is not an array"):
-        view.history  # noqa: B018
+        view.state(view.checkpoints[0])
+    with pytest.warns(UserWarning, match="a0.npy is not an array"):
+        with pytest.raises(NoIntactCheckpointError, match="no.*intact state files|has intact"):
+            view.history  # noqa: B018
+
+
+def hostile_fuzz(tmp_path, first, cases):
+    """Runs tests/scripts/hostile_directory.py: `cases` random hostile run
+    directories, every entry point on each, in one process (a hang fails it)."""
+    proc = run_script(
+        "hostile_directory.py", tmp_path, first, cases, timeout=60 + 30 * cases,
+        env=script_env(HANG_AFTER=240),
+    )  # fmt: skip
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == cases, proc.stderr[-4000:]
+    failures = [f"seed {r['seed']} {r['planted']}:\n{f}" for r in results for f in r["failures"]]
+    assert not failures, "\n".join(failures)
+    # Each kind of hostile entry was planted, and the entry points ran.
+    planted = {name for r in results for name in r["planted"]}
+    return results, planted
+
+
+def test_hostile_directory_fuzz(tmp_path):
+    results, planted = hostile_fuzz(tmp_path, first=0, cases=30)
+    assert len(planted) >= 12
+    assert all(r["outcomes"].get("ls") == "ok" for r in results)
+    assert sum(r["outcomes"].get("resuming fit") == "ok" for r in results) >= 10
+
+
+@pytest.mark.soak
+def test_hostile_directory_fuzz_soak(tmp_path):
+    results, planted = hostile_fuzz(tmp_path, first=1000, cases=500)
+    assert len(planted) == 16

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,12 @@ from tfckpt.browse.export import export_checkpoint
 from tfckpt.browse.prune import PruneReport, prune_checkpoints, prune_policy
 from tfckpt.browse.restoring import Restorer
 from tfckpt.browse.selection import best_by, select
-from tfckpt.errors import CheckpointNotFoundError, DirectoryLockedError
+from tfckpt.errors import (
+    CheckpointNotFoundError,
+    DamagedCheckpointError,
+    DirectoryLockedError,
+    NoIntactCheckpointError,
+)
 from tfckpt.monitor import rank
 from tfckpt.options import KeepRules
 from tfckpt.store import state_files
@@ -183,11 +189,12 @@ class Run:
     def history(self) -> dict[str, list]:
         """Per-epoch logs of the whole run, across every process (restart) of it.
 
-        Read from the newest checkpoint: metric name -> one value per completed
-        epoch (`None` where an epoch did not log it), plus `"epoch"` (1-based).
-        A restart from the newest checkpoint carries the history on; a run
-        branched from an older checkpoint (`restore="best"`) carries on the
-        history of that checkpoint.
+        Read from the newest checkpoint (the newest whose state files are
+        intact, with a warning for those skipped): metric name -> one value
+        per completed epoch (`None` where an epoch did not log it), plus
+        `"epoch"` (1-based). A restart from the newest checkpoint carries the
+        history on; a run branched from an older checkpoint
+        (`restore="best"`) carries on the history of that checkpoint.
 
         Example:
 
@@ -196,8 +203,20 @@ class Run:
         h["epoch"], h["val_loss"]  # [1, 2, ...], [0.61, 0.52, ...]
         ```
         """
-        latest = self.latest
-        epochs = self.state(latest).get("history", []) if latest else []
+        epochs: list[dict[str, Any]] = []
+        records = self.checkpoints
+        for record in reversed(records):
+            try:
+                epochs = self.state(record).get("history", [])
+                break
+            except DamagedCheckpointError as e:
+                warnings.warn(f"tfckpt: history: skipping {record.name}: {e}", stacklevel=2)
+        else:
+            if records:
+                raise NoIntactCheckpointError(
+                    f"No checkpoint of {self.directory!r} has intact state files to read "
+                    "the history from; `tfckpt verify` says why."
+                )
         keys = sorted({k for e in epochs for k in e} - {"epoch"})
         out: dict[str, list] = {"epoch": [e["epoch"] for e in epochs]}
         out.update({k: [e.get(k) for e in epochs] for k in keys})

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from tfckpt.errors import NoIntactCheckpointError
 from tfckpt.monitor import metric_value, rank
 from tfckpt.store.layout import CheckpointRecord, Problem
 
@@ -138,6 +139,11 @@ def plot_run(run: Any, metric: str, *, ax: Any = None, label: str | None = None)
         ) from e
     history = run.history
     points = [(e, v) for e, v in zip(history["epoch"], history.get(metric, [])) if v is not None]
+    if not points and not run.checkpoints and run.problems:
+        raise NoIntactCheckpointError(
+            f"Run {run.directory!r} has no intact checkpoint to read its history from "
+            f"(damaged: {', '.join(p.name for p in run.problems)}); `tfckpt verify` says why."
+        )
     if not points:
         logged = sorted(k for k, vs in history.items() if k != "epoch" and any(vs))
         raise ValueError(

@@ -12,7 +12,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfckpt.errors import CheckpointNotFoundError, NoIntactCheckpointError
+from tfckpt.errors import (
+    CheckpointNotFoundError,
+    DamagedCheckpointError,
+    NoIntactCheckpointError,
+)
 from tfckpt.store import tf_checkpoint
 from tfckpt.store.checkpoint_store import CheckpointStore
 from tfckpt.store.layout import CheckpointRecord
@@ -170,6 +174,8 @@ class Restorer:
         # checkpoint is surely there (the writer may delete it right after).
         try:
             state = self.read_state(record)
+        except DamagedCheckpointError as e:
+            return str(e)  # what a resume needs besides the variables: damage too
         except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile):
             self.restored = None  # `state()` raises it when it is asked for
         else:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tfckpt.browse.display import save_line
-from tfckpt.errors import CheckpointWriteError, CommittedWithError
+from tfckpt.errors import CheckpointWriteError, CommittedWithError, DamagedCheckpointError
 from tfckpt.fit import resume, training_state
 from tfckpt.fit.data_position import TrainingData, find_fit_frame
 from tfckpt.fit.exit_watch import ExitWatch, replace
@@ -266,7 +266,17 @@ class FitSession:
             return
         self.progress.carry_on(base, start.state)
         if self.restored is not None:
-            self._resume(base, start.state)
+            try:
+                self._resume(base, start.state)
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+                # The state files are checksummed: only someone else's run
+                # directory (a hostile or hand-edited copy) gets here.
+                raise DamagedCheckpointError(
+                    f"The training state saved with checkpoint {base.name} in "
+                    f"{self.manager.directory!r} is not what tfckpt wrote ({e!r}): it cannot "
+                    "be resumed from. Pass restore= another checkpoint (a step), or restore=False "
+                    "to start afresh."
+                ) from None
         self.progress.saved(base.step)
         if self.restored is not None:
             model._initial_epoch = base.epoch or None

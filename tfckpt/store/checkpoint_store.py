@@ -219,12 +219,15 @@ class CheckpointStore(RunDirectory):
             manifest = self._write_and_publish(
                 metadata, files or {}, pending.seq, pending.tmp, pending.name
             )
-        self._sharing.committed(None)
         # Committed. Built from what was just written: reading it back needs
         # the file descriptors or I/O that may be what is failing.
-        record = record_from_manifest(
-            pending.name, pending.seq, self._path(pending.name, PREFIX), manifest
-        )
+        try:
+            record = record_from_manifest(
+                pending.name, pending.seq, self._path(pending.name, PREFIX), manifest
+            )
+        except BaseException:
+            self._sharing.committed(None)  # not known: the next save scans
+            raise
         self._sharing.committed(record)
         try:
             self._fsync_dir(self.directory)

@@ -13,7 +13,7 @@ import re
 import sys
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -171,6 +171,92 @@ def record_from_manifest(
         size=sum(int(f["size"]) for f in manifest["files"].values()),
         manifest=manifest,
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (what `jsonable` writes; Python's json reads
+    `Infinity` and `NaN` too)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_time(value: Any) -> bool:
+    return _is_number(value) and 0 <= value < 2**35  # a time.time() before the year 3000
+
+
+def _optional(value: Any, kind: Callable[[Any], bool]) -> bool:
+    return value is None or kind(value)
+
+
+def _file_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and _is_int(entry.get("size"))
+        and entry["size"] >= 0
+        and _optional(entry.get("crc32"), _is_int)
+        and _optional(entry.get("mtime_ns"), _is_int)
+        and _optional(entry.get("xxh3"), lambda v: isinstance(v, str))
+        and _optional(entry.get("shared"), lambda v: isinstance(v, str))
+    )
+
+
+def _dict_of(**fields: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: (
+        isinstance(value, dict) and all(check(value.get(name)) for name, check in fields.items())
+    )
+
+
+_MANIFEST_SHAPE: dict[str, Callable[[Any], bool]] = {
+    "seq": lambda v: _is_int(v) and v >= 0,
+    "step": lambda v: _is_int(v) and v >= 0,
+    "epoch": lambda v: _is_int(v) and v >= 0,
+    "batch": lambda v: _is_int(v) and v >= 0,
+    "time": _is_time,
+    "metrics": lambda v: isinstance(v, dict),
+    "files": lambda v: isinstance(v, dict) and all(_file_entry(e) for e in v.values()),
+    "monitor": lambda v: _optional(
+        v, _dict_of(name=lambda n: isinstance(n, str), mode=lambda m: m in ("min", "max"))
+    ),
+    "best": lambda v: _optional(v, _dict_of(value=_is_number, step=_is_int, epoch=_is_int)),
+    "parent": lambda v: _optional(
+        v,
+        _dict_of(
+            directory=lambda d: isinstance(d, str),
+            name=lambda n: isinstance(n, str),
+            step=lambda n: _optional(n, _is_int),
+            epoch=lambda n: _optional(n, _is_int),
+        ),
+    ),
+    "retention": lambda v: _optional(
+        v,
+        _dict_of(
+            keep_last=lambda n: _optional(n, _is_int),
+            keep_best=lambda n: _optional(n, _is_int),
+            keep_every_n_epochs=lambda n: _optional(n, _is_int),
+            keep_every_n_hours=lambda n: _optional(n, _is_number),
+        ),
+    ),
+    "contents": lambda v: _optional(
+        v, lambda c: isinstance(c, list) and all(isinstance(x, str) for x in c)
+    ),
+    "build_config": lambda v: _optional(v, lambda c: isinstance(c, dict)),
+    "supersedes": lambda v: _optional(v, lambda b: isinstance(b, bool)),
+}
+
+
+def manifest_shape_problem(manifest: Any) -> str | None:
+    """Which field of a manifest does not have the type tfckpt writes it with
+    (`None`: all do). Readers rely on these types; a manifest from someone
+    else's run directory is checked before it is used."""
+    if not isinstance(manifest, dict):
+        return f"it holds a {type(manifest).__name__}, not an object"
+    for name, check in _MANIFEST_SHAPE.items():
+        if not check(manifest.get(name)):
+            return f"{name!r} is not what tfckpt writes there ({manifest.get(name)!r:.80})"
+    return None
 
 
 def manifest_checksum(manifest: Mapping[str, Any]) -> int:

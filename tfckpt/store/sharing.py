@@ -1,11 +1,16 @@
-"""Incremental checkpoints: a data shard equal to one of the newest
-checkpoint's is hard-linked to it instead of kept as a second copy.
+"""Incremental checkpoints: a data shard equal to one of the checkpoint
+before the newest is hard-linked to it instead of kept as another copy.
 
 Which files are equal is decided by their bytes (size and xxh3-128 hash), at
 commit, before the commit rename; so every checkpoint stays a complete TF
-checkpoint, and deleting one never affects another. The file linked to is
-read back and hashed first: a byte that rotted on disk since its commit costs
-the checkpoints that already share that file, never the ones saved after.
+checkpoint, and deleting one never affects another.
+
+Two rules bound what one rotten file can cost. The file linked to is read
+back and hashed first: a byte that rotted on disk since its commit is never
+linked into a new checkpoint. And a save never links to a file the newest
+checkpoint uses, only to the one before it: the checkpoints alternate between
+two physical copies of an unchanged file, so the two newest never share one,
+and a rotten file costs every other checkpoint at most, never the whole run.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from tfckpt.store.background import lower_thread_priority
 from tfckpt.store.layout import CHECKPOINT_NAME, DAMAGED, SHARD, CheckpointRecord
 from tfckpt.store.run_directory import RunDirectory
 
+# Read back and hash the file linked to before linking it (see the module's
+# docstring). Only the benchmark turns it off, to measure what it costs.
+CHECK_BEFORE_LINKING = True
 _SEAL_THREADS = 4  # files hashed, linked or fsynced at once by a commit
 # errnos of a filesystem without hard links (or across devices)
 _NO_LINKS = {errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP}
@@ -35,7 +43,7 @@ _NO_LINKS = {errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 class FileSharing:
     """Makes the files of a checkpoint being committed durable, sharing what
-    it can with the newest committed checkpoint.
+    it can with the committed checkpoint before the newest.
 
     Args:
         directory: the run directory.
@@ -61,7 +69,9 @@ class FileSharing:
         # Its own reader, not the store: a store it referred back to would
         # live (and keep this pool's threads) until the cyclic GC ran.
         self._reader = RunDirectory(directory)
-        self._newest: CheckpointRecord | None = None  # the one to share files with
+        # The two newest committed checkpoints, oldest first: files are shared
+        # with the first, never with the second (see the module's docstring).
+        self._newest: list[CheckpointRecord] = []
         self._newest_known = False
         self._sealer: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -70,11 +80,14 @@ class FileSharing:
 
     def committed(self, record: CheckpointRecord | None) -> None:
         """`record` is now the newest checkpoint (`None`: not known; scan)."""
-        self._newest, self._newest_known = record, record is not None
+        if record is None or not self._newest_known:
+            self._newest, self._newest_known = [], False
+        else:
+            self._newest = [*self._newest, record][-2:]
 
     def deleted(self, name: str) -> None:
-        if self._newest is not None and self._newest.name == name:
-            self._newest, self._newest_known = None, False
+        if any(record.name == name for record in self._newest):
+            self._newest, self._newest_known = [], False
 
     def close(self) -> None:
         if self._sealer is not None:
@@ -128,8 +141,8 @@ class FileSharing:
 
     def _link_to(self, sources: _Sources, entry: dict[str, Any], path: str) -> bool:
         """Replaces the data shard at `path` by a hard link to an equal file
-        (same size and hash) of the newest checkpoint, when that file is still
-        as it was committed."""
+        (same size and hash) of the checkpoint before the newest, when that
+        file is still as it was committed and the newest does not use it."""
         found = sources.files.get((entry["size"], entry["xxh3"]))
         if found is None or not self.share_files:
             return False
@@ -147,13 +160,14 @@ class FileSharing:
             or st.st_size != entry["size"]
             or st.st_mtime_ns != earlier.get("mtime_ns")
             or (st.st_dev, st.st_ino) in sources.damaged
+            or (st.st_dev, st.st_ino) in sources.newest_files
         ):
             return False
         # The bytes on disk, not only the manifest: a byte that rotted in
         # place (mtime unchanged, as media errors do) must not be linked into
         # this checkpoint and every later one. One read of the source file.
         try:
-            if fs.content_hash(source) != entry["xxh3"]:
+            if CHECK_BEFORE_LINKING and fs.content_hash(source) != entry["xxh3"]:
                 sources.damaged.add((st.st_dev, st.st_ino))
                 return False
         except OSError:
@@ -183,40 +197,58 @@ class FileSharing:
         return True
 
     def _share_sources(self) -> _Sources | None:
-        """What this save may link to: the newest committed checkpoint's data
-        shards by (size, hash), unless its directory is not a real directory;
-        and the files of checkpoints found damaged (never linked again)."""
+        """What this save may link to: the data shards, by (size, hash), of
+        the checkpoint before the newest, unless its directory is not a real
+        directory; the files the newest uses and the files of checkpoints
+        found damaged are never linked."""
         try:
-            record = self._share_source()
-            if record is None:
+            records = self._share_source()
+            if records is None:
                 return None
-            if not stat.S_ISDIR(os.lstat(fs.local_path(self._path(record.name))).st_mode):
+            source, newest = records
+            if not all(self._is_directory(r.name) for r in records):
                 return None  # a symlink in someone else's run directory
+            newest_files = self._inodes(newest.name)
             damaged = set()
             for entry in self._reader.entries():
                 if entry.startswith(DAMAGED) and CHECKPOINT_NAME.match(entry[len(DAMAGED) :]):
-                    directory = fs.local_path(self._path(entry[len(DAMAGED) :]))
-                    for fname in os.listdir(directory) if os.path.isdir(directory) else []:
-                        st = os.lstat(os.path.join(directory, fname))
-                        damaged.add((st.st_dev, st.st_ino))
+                    damaged |= self._inodes(entry[len(DAMAGED) :])
         except (CheckpointReadError, tf.errors.OpError, OSError):
             return None  # cannot tell what to share with: keep every copy
         files = {
             (e["size"], e["xxh3"]): (fname, e)
-            for fname, e in record.manifest["files"].items()
+            for fname, e in source.manifest["files"].items()
             if "xxh3" in e and SHARD.match(fname)
         }
-        return _Sources(record, files, damaged)
+        return _Sources(source, files, damaged, newest_files)
 
-    def _share_source(self) -> CheckpointRecord | None:
+    def _is_directory(self, name: str) -> bool:
+        return stat.S_ISDIR(os.lstat(fs.local_path(self._path(name))).st_mode)
+
+    def _inodes(self, name: str) -> set[tuple[int, int]]:
+        """(st_dev, st_ino) of the entries of a checkpoint's directory."""
+        directory = fs.local_path(self._path(name))
+        if not os.path.isdir(directory) or os.path.islink(directory):
+            return set()
+        found = set()
+        for fname in os.listdir(directory):
+            st = os.lstat(os.path.join(directory, fname))
+            found.add((st.st_dev, st.st_ino))
+        return found
+
+    def _share_source(self) -> tuple[CheckpointRecord, CheckpointRecord] | None:
+        """The checkpoint before the newest, and the newest; `None` when
+        there are not two, or one was found damaged since."""
         if not self._newest_known:
             records = self._reader.scan()[0]
-            self._newest, self._newest_known = (records[-1] if records else None), True
-        newest = self._newest
-        if newest is not None and tf.io.gfile.exists(self._path(DAMAGED + newest.name)):
-            # Found damaged since: its files are not to be shared into new checkpoints.
-            self._newest, self._newest_known = None, False
-        return self._newest
+            self._newest, self._newest_known = records[-2:], True
+        if len(self._newest) < 2:
+            return None
+        if any(tf.io.gfile.exists(self._path(DAMAGED + r.name)) for r in self._newest):
+            # Found damaged since: not a source; the next save scans again.
+            self._newest, self._newest_known = [], False
+            return None
+        return self._newest[0], self._newest[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,3 +258,4 @@ class _Sources:
     record: CheckpointRecord
     files: Mapping[tuple[int, str], tuple[str, Mapping[str, Any]]]  # (size, hash) -> file
     damaged: set[tuple[int, int]]  # (st_dev, st_ino) of files of damaged checkpoints
+    newest_files: set[tuple[int, int]]  # (st_dev, st_ino) of the newest checkpoint's files

@@ -62,9 +62,30 @@ def decode(state_bytes: bytes, arrays_bytes: bytes | None) -> dict[str, Any]:
         return value
 
     try:
-        return walk(fs.parse_json(state_bytes))
+        state = walk(fs.parse_json(state_bytes))
     except (KeyError, TypeError, RecursionError) as e:
         raise ValueError(f"malformed {STATE} ({e!r})") from None
+    _check_shape(state)
+    return state
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_shape(state: Any) -> None:
+    """A `ValueError` unless `state` has the shape tfckpt's writers give the
+    keys every reader uses: a dict whose `history` is a list of per-epoch
+    dicts with an integer `epoch`, and whose `batches` is an integer."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{STATE} holds a {type(state).__name__}, not an object")
+    history = state.get("history", [])
+    if not isinstance(history, list) or not all(
+        isinstance(e, dict) and _is_int(e.get("epoch")) for e in history
+    ):
+        raise ValueError(f"{STATE}: 'history' is not a list of epochs, each with its number")
+    if not _is_int(state.get("batches", 0)):
+        raise ValueError(f"{STATE}: 'batches' is not an integer")
 
 
 def _load_arrays(data: bytes) -> dict[str, np.ndarray]:
