@@ -178,13 +178,20 @@ def test_info_json_has_metadata_files_and_variables(run_dir, capsys):
     assert info["latest"] is (best.name == run.latest.name)
     assert info["files"] == dict(best.manifest["files"])
     shapes = {name: shape for name, shape in tf.train.list_variables(best.path)}
-    listed = {v["name"]: (v["shape"], v["dtype"]) for v in info["variables"]}
+    listed = {v["key"]: (v["shape"], v["dtype"]) for v in info["variables"]}
     assert listed == {
         n: (s, "int64" if n.startswith(("save_counter", "optimizer/_iterations")) else "float32")
         for n, s in shapes.items()
         if n != "_CHECKPOINTABLE_OBJECT_GRAPH"
     }
     assert [8, 16] in [shape for shape, _ in listed.values()]
+    # Under the names users know: the layer's path, Adam's slots under it.
+    names = {v["name"]: v for v in info["variables"]}
+    kernel = next(n for n, v in names.items() if v["shape"] == [8, 16] and not v["slot_of"])
+    assert kernel.endswith("/kernel") and "ATTRIBUTES" not in kernel
+    slots = [v["name"].split("/")[1] for v in info["variables"] if v["slot_of"] == kernel]
+    assert slots == ["momentum", "velocity"]
+    assert names[kernel]["nbytes"] == 8 * 16 * 4
 
 
 def test_prune_json(run_dir, tmp_path, capsys):
@@ -242,7 +249,11 @@ def test_info_text(run_dir, capsys):
     assert "ckpt.index (" in fields["files"] and "manifest.json" not in fields["files"]
     n = len(tf.train.list_variables(record.path)) - 1
     assert f"variables ({n}):" in lines
-    assert any(line.split()[-3:] == ["float32", "[8,", "16]"] for line in lines)
+    assert any(
+        line.split()[1:] == ["float32", "[8,", "16]", "512", "B"] and "/kernel" in line
+        for line in lines
+    )
+    assert any(line.split()[0].endswith("/momentum") for line in lines if "float32" in line)
 
     status, out, _ = run_main(capsys, "info", run_dir)  # the latest by default
     assert status == 0 and out.startswith(f"{run.latest.name}  (")

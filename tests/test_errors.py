@@ -101,8 +101,8 @@ def test_other_keras_backend_is_refused(tmp_path, monkeypatch):
 
 def test_manager_arguments(tmp_path):
     model = make_model()
-    with pytest.raises(ValueError, match=r"`mode` must be one of \('min', 'max'\)"):
-        tfckpt.CheckpointManager(str(tmp_path), model, monitor="loss", mode="auto")
+    with pytest.raises(ValueError, match=r"`mode` must be one of \('auto', 'min', 'max'\)"):
+        tfckpt.CheckpointManager(str(tmp_path), model, monitor="loss", mode="minimum")
     with pytest.raises(TypeError, match="`retention` must be a tfckpt.retention.RetentionPolicy"):
         tfckpt.CheckpointManager(str(tmp_path), model, retention=[1])
     with tfckpt.CheckpointManager(str(tmp_path), model) as manager:

@@ -27,13 +27,14 @@ def test_fork_from_best_continues_from_the_parent_and_records_it(tmp_path):
     tfckpt.open(str(parent_dir)).restore(expected, best.step)
 
     child = make_model(seed=9)  # other initial weights: all come from the parent
-    cb = fit(child, child_dir, best.epoch, init_from=f"{parent_dir}@best")
+    cb = fit(child, child_dir, 0, init_from=f"{parent_dir}@best")  # fork, train nothing
     assert cb.restored.name == best.name
     weights = lambda m: {k: v for k, v in all_variables(m).items() if k.startswith("model/")}  # noqa: E731
     assert_same_variables(weights(child), weights(expected))  # nothing trained yet
     assert int(child.optimizer.iterations) == best.step  # the parent's optimizer state
 
-    fit(child, child_dir, best.epoch + 2, init_from=f"{parent_dir}@best")
+    rerun = make_model(seed=9)  # nothing was saved: a rerun forks again
+    fit(rerun, child_dir, 2, init_from=f"{parent_dir}@best")  # 2 epochs, numbered on
     run = tfckpt.open(str(child_dir))
     assert [c.epoch for c in run.checkpoints][-1] == best.epoch + 2
     assert run.checkpoints[-1].manifest["parent"]["name"] == best.name
@@ -47,7 +48,7 @@ def test_fork_without_optimizer_and_by_epoch(tmp_path):
     parent_dir = tmp_path / "exp1"
     fit(make_model(), parent_dir, 3, keep_last=None)
     child = make_model(optimizer=keras.optimizers.SGD(0.1), seed=3)
-    cb = fit(child, tmp_path / "exp2", 3, init_from=f"{parent_dir}@epoch=2", init_optimizer=False)
+    cb = fit(child, tmp_path / "exp2", 1, init_from=f"{parent_dir}@epoch=2", init_optimizer=False)
     assert cb.restored.epoch == 2
     assert int(child.optimizer.iterations) == 3  # a fresh SGD: one epoch of 3 steps
     parent = tfckpt.open(str(tmp_path / "exp2")).checkpoints[-1].manifest["parent"]
@@ -57,10 +58,11 @@ def test_fork_without_optimizer_and_by_epoch(tmp_path):
 def test_a_rerun_of_a_fork_resumes_the_fork(tmp_path):
     parent_dir, child_dir = tmp_path / "lr@0.01", tmp_path / "exp2"  # "@" in a name
     fit(make_model(), parent_dir, 2)
-    fit(make_model(), child_dir, 3, init_from=str(parent_dir))
+    fit(make_model(), child_dir, 1, init_from=str(parent_dir))  # the run's epoch 3
     rerun = make_model(seed=5)
-    cb = fit(rerun, child_dir, 4, init_from=str(parent_dir))
+    cb = fit(rerun, child_dir, 2, init_from=str(parent_dir))
     assert cb.restored.epoch == 3  # the child's own latest, not the parent
+    assert tfckpt.open(str(child_dir)).latest.epoch == 4  # the fit's 2 epochs, numbered on
     assert tfckpt.open(str(child_dir)).latest.manifest["parent"]["epoch"] == 2
 
 

@@ -201,9 +201,9 @@ def test_unpublished_first_checkpoint_is_a_leftover_not_damage(short_lease):
             record = manager.save(epoch=1)
     assert tfckpt_warnings(caught) == []  # not a word about damage
     assert record.name == "ckpt-000002"  # the leftover's number is not reused
-    assert sorted(tf.io.gfile.listdir(f"{d}/ckpt-000002")) == sorted(record.manifest["files"]) + [
-        "manifest.json"
-    ]
+    assert sorted(tf.io.gfile.listdir(f"{d}/ckpt-000002")) == sorted(
+        [*record.manifest["files"], "manifest.json"]
+    )
     other = small_model()
     assert tfckpt.restore(other, d).name == "ckpt-000002"
     assert all(np.all(w.numpy() == 7.0) for w in other.weights)

@@ -458,7 +458,7 @@ def test_html_table(trained, tmp_path):
 
     # Text from the directory and metric names is escaped.
     odd = tmp_path / "a<b>&c"
-    with tfckpt.CheckpointManager(str(odd), make_model(), monitor="<i>") as manager:
+    with tfckpt.CheckpointManager(str(odd), make_model(), monitor="<i>", mode="max") as manager:
         manager.save(epoch=1, metrics={"<i>": 1.0})
     table = ET.fromstring(tfckpt.open(odd)._repr_html_())
     assert table.find("caption").text.startswith(str(odd))

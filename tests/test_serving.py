@@ -145,3 +145,15 @@ def test_versions_this_run_did_not_export_are_never_replaced(tmp_path):
         manager.save(10, epoch=1)
     assert json.loads((base / "10" / MARKER).read_text())["checkpoint"] == "ckpt-000004"
     assert sorted(os.listdir(base)) == ["10", "20", "30"]
+
+
+def test_a_checkpoint_saved_before_the_optimizer_had_slots_exports(tmp_path):
+    # The export's model is compiled with a built optimizer; the checkpoint's
+    # was not built yet (a save before the first step). Only weights matter.
+    with tfckpt.CheckpointManager(tmp_path / "run", make_model()) as manager:
+        record = manager.save(0)
+    export = tfckpt.ServingExport(tmp_path / "serving", when="every")
+    trained = make_model()
+    trained.optimizer.build(trained.trainable_variables)
+    export.set_model(trained)
+    assert export.export(record, run=str(tmp_path / "run")) == str(tmp_path / "serving" / "0")

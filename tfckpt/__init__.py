@@ -47,7 +47,7 @@ _PUBLIC = {
     "IncompatibleCheckpointError": "tfckpt.errors",
     "NoIntactCheckpointError": "tfckpt.errors",
 }
-_SUBMODULES = ("retention", "observers", "errors", "stateful", "keras_tuner")
+_SUBMODULES = ("retention", "observers", "errors", "stateful", "keras_tuner", "compat")
 
 __all__ = [
     "CheckpointCallback",
@@ -70,6 +70,7 @@ __all__ = [
     "StatefulCallback",
     "TensorBoardObserver",
     "Watcher",
+    "compat",
     "copy",
     "export",
     "open",
@@ -98,7 +99,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static tools (type checkers, the API docs) see
-    from tfckpt import retention
+    from tfckpt import compat, retention
     from tfckpt.browse.copying import CopyReport, copy
     from tfckpt.callback import CheckpointCallback
     from tfckpt.errors import (

@@ -21,6 +21,7 @@ from tfckpt.options import (
     check_save_freq,
     parse_source,
     run_options,
+    validate_objects,
     validate_observers,
 )
 from tfckpt.saving.preemption import PREEMPTION_EXIT_CODE, validate_exit_code, validate_signals
@@ -116,6 +117,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         observers: `tfckpt.CheckpointObserver`s called after each checkpoint
             is committed and after each one retention deletes (e.g.
             `tfckpt.TensorBoardObserver`).
+        objects: more to save and restore with each checkpoint beside the
+            model (which brings every optimizer it holds), name -> trackable:
+            a `tf.Variable`, another Keras model (an EMA copy), a `tf.Module`.
         preemption_signals: signals that announce a preemption (default
             `(signal.SIGTERM,)`; `None` or `()` leaves signals alone). When one
             arrives during `fit`, the callback saves a checkpoint at the next
@@ -154,6 +158,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         init_from: Any = None,
         init_optimizer: bool = True,
         observers: Any = None,
+        objects: Any = None,
     ):
         super().__init__()
         check_backend()
@@ -174,6 +179,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.fsync = bool(fsync)
         self.incremental = check_flag("incremental", incremental)
         self.observers = validate_observers(observers)
+        self.objects = validate_objects(objects)
         # What to restore.
         self.restore = check_restore(restore)
         self.restore_random_state = bool(restore_random_state)

@@ -2,6 +2,7 @@
 
     tfckpt ls DIR [--json]                  the checkpoints, why each is kept
     tfckpt info DIR [WHICH] [--epoch N]     one checkpoint: metadata, files, variables
+    tfckpt diff DIR A B [--json]            per layer, how far the weights moved
     tfckpt verify DIR                       sizes and CRC-32 of every file
     tfckpt prune DIR --keep-last N ...      apply retention rules after the fact
     tfckpt cp SRC[@WHICH] DST [--quiet]     copy a run (or one checkpoint) crash-safely
@@ -25,8 +26,6 @@ import sys
 import tempfile
 import time
 from typing import Any
-
-_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 class _UsageError(Exception):
@@ -98,9 +97,9 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    import tensorflow as tf
 
     from tfckpt.browse.display import human_size
+    from tfckpt.browse.variables import format_variables
     from tfckpt.errors import CheckpointNotFoundError
 
     run = _open(args.directory)
@@ -112,13 +111,8 @@ def _info(args: argparse.Namespace) -> int:
     record = next((r for r in records if r.name == record.name), record)  # with `kept`
     best, latest = run.best, records[-1]
     marks = [m for m, other in (("best", best), ("latest", latest)) if _is(record, other)]
-    reader = tf.train.load_checkpoint(record.path)
-    dtypes = reader.get_variable_to_dtype_map()
-    variables = [
-        {"name": name, "shape": list(shape), "dtype": dtypes[name].name}
-        for name, shape in tf.train.list_variables(record.path)
-        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
-    ]
+    saved = run.variables(record)
+    variables = [v.as_dict() for v in saved]
     files = {f: dict(entry) for f, entry in sorted(record.manifest["files"].items())}
     shared = run.shared_bytes(record)
     if args.json:
@@ -150,9 +144,20 @@ def _info(args: argparse.Namespace) -> int:
     for key, value in fields:
         print(f"  {key:<8} {value}")
     print(f"variables ({len(variables)}):")
-    width = max((len(v["name"].removesuffix(_SUFFIX)) for v in variables), default=0)
-    for v in variables:
-        print(f"  {v['name'].removesuffix(_SUFFIX):<{width}}  {v['dtype']:<8} {v['shape']}")
+    for line in format_variables(saved):
+        print(line)
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    changes = _open(args.directory).diff(_which(args.a), _which(args.b))
+    if args.json:
+        rows = [dataclasses.asdict(c) for c in changes]
+        print(json.dumps({"a": changes.a, "b": changes.b, "layers": rows}, indent=1))
+    else:
+        print(repr(changes))
     return 0
 
 
@@ -315,6 +320,13 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--epoch", type=int, help="the checkpoint at the end of epoch N")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_info)
+
+    diff = sub.add_parser("diff", help="per layer, how far the weights moved between two")
+    diff.add_argument("directory")
+    diff.add_argument("a", help="latest, best, a step or a name")
+    diff.add_argument("b", help="latest, best, a step or a name")
+    diff.add_argument("--json", action="store_true", help="machine-readable output")
+    diff.set_defaults(func=_diff)
 
     ver = sub.add_parser("verify", help="check sizes and checksums of every checkpoint")
     ver.add_argument("directory")

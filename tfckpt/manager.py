@@ -18,17 +18,20 @@ from tfckpt import retention as _retention
 from tfckpt.errors import (
     CheckpointWriteError,
     CommittedWithError,
+    DamagedCheckpointError,
 )
-from tfckpt.monitor import check_mode, is_better
+from tfckpt.monitor import AUTO_MODES, check_mode, direction, is_better
 from tfckpt.observers import CheckpointObserver, bind_model, notify
 from tfckpt.options import (
     KeepRules,
     check_backend,
     check_flag,
     run_options,
+    validate_objects,
     validate_observers,
 )
 from tfckpt.run import Run, Which
+from tfckpt.saving import random_state
 from tfckpt.saving.fork import fork
 from tfckpt.saving.preemption import (
     PREEMPTION_EXIT_CODE,
@@ -51,7 +54,8 @@ _told_full: set[str] = set()  # directories told once that saves are full
 
 
 class CheckpointManager:
-    """Saves and restores checkpoints of a model and its optimizer.
+    """Saves and restores checkpoints of a model, its optimizers and any other
+    training state (`objects`).
 
     Every save is committed atomically (a crash at any point leaves the
     previous checkpoints intact and never a partial one), retention runs only
@@ -73,14 +77,39 @@ class CheckpointManager:
     manager.close()
     ```
 
+    Anything else the loop needs to resume goes in `objects` (an EMA copy of
+    the model, a step variable, a `tf.data` iterator):
+
+    ```python
+    manager = tfckpt.CheckpointManager(
+        "runs/exp1", model, optimizer, objects={"ema": ema_model, "data": iterator}
+    )
+    ```
+
+    A loop that keeps its state in a `tf.train.Checkpoint` passes it in
+    place of the model: it is saved as it is, so `checkpoint.restore(path)`
+    reads tfckpt's checkpoints (see also `tfckpt.compat.CheckpointManager`).
+
     Args:
         directory: run directory (any `tf.io.gfile` path: local, `ram://`,
             `gs://`...). Created if missing.
-        model: the Keras model (built before `restore`).
+        model: the Keras model (built before `restore`); `None` when
+            `objects` hold everything; or a `tf.train.Checkpoint`, saved as
+            it is (its children under their names, and its `save_counter`).
         optimizer: the optimizer to save with it. Defaults to
-            `model.optimizer` when the model is compiled.
+            `model.optimizer` when the model is compiled. Optimizers the model
+            holds as attributes (a GAN's two) are saved with the model.
+        objects: more to save and restore with each checkpoint, name ->
+            trackable: a `tf.Variable`, a Keras model or layer, a `tf.Module`,
+            a `tf.data` iterator (`iter(dataset)`). Each checkpoint stays a
+            plain TF checkpoint, with these under their names.
         monitor: metric whose best value is tracked, or `None`.
-        mode: `"min"` or `"max"`: the direction of `monitor`.
+        mode: `"auto"` (the default: `min` for losses, else the direction
+            Keras knows for a metric of that name), `"min"` or `"max"`.
+        restore_random_state: save Keras's, NumPy's and Python's random
+            state with each checkpoint (unless `save(state=...)` holds an
+            `"rng"` of its own) and put it back on `restore`, so that a loop
+            with Dropout or random augmentation resumes exactly.
         keep_last: keep the N newest checkpoints (`None`: keep all).
         keep_best: keep the K best by `monitor` (defaults to 1 with a
             monitor, 0 without).
@@ -129,8 +158,9 @@ class CheckpointManager:
         model: Any,
         optimizer: Any = None,
         *,
+        objects: Mapping[str, Any] | None = None,
         monitor: str | None = None,
-        mode: str = "min",
+        mode: str = "auto",
         keep_last: int | None = 3,
         keep_best: int | None = None,
         keep_every_n_epochs: int | None = None,
@@ -143,17 +173,29 @@ class CheckpointManager:
         preemption_signals: Any = None,
         preemption_exit_code: int | None = PREEMPTION_EXIT_CODE,
         observers: Sequence[CheckpointObserver] | None = None,
+        restore_random_state: bool = True,
     ):
         check_backend()
         if keep_best is None:
             keep_best = 1 if monitor is not None else 0
         keep = KeepRules(keep_last, keep_best, keep_every_n_epochs, keep_every_n_hours, retention)
         self.directory = directory = run_options(directory, monitor, keep)
-        check_mode(mode)
+        # A caller's own tf.train.Checkpoint: the root of every save.
+        self._root: tf.train.Checkpoint | None = None
+        if isinstance(model, tf.train.Checkpoint):
+            if optimizer is not None or objects:
+                raise ValueError(
+                    "A tf.train.Checkpoint passed as `model` holds everything to save: "
+                    "put the optimizer and other objects in it. Received: "
+                    f"optimizer={type(optimizer).__name__}, objects={objects!r}"
+                )
+            self._root, model = model, None
         self.model = model
         self.optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+        self.objects = validate_objects(objects)
+        self.restore_random_state = check_flag("restore_random_state", restore_random_state)
         self.monitor = monitor
-        self.mode = mode
+        self.mode = mode = _direction(monitor, mode, model)
         self.verify = verify
         self._policy = keep.policy(monitor, mode)
         self._retention_config = {
@@ -190,7 +232,19 @@ class CheckpointManager:
         self.preemption_exit_code = validate_exit_code("preemption_exit_code", preemption_exit_code)
         self._signals = SignalWatch(validate_signals("preemption_signals", preemption_signals))
         self._best = None
+        # How the last `restore(optimizer="auto")` found the training phase
+        # changed (its optimizer then left as it was), or `None`.
+        self.phase_change: str | None = None
         self.async_save = bool(async_save)
+        iterators = [k for k, v in self.objects.items() if isinstance(v, tf.data.Iterator)]
+        if self.async_save and iterators:
+            # Measured: TF's background copy of an iterator changes the
+            # batches the loop draws next.
+            raise ValueError(
+                "`objects` holding a tf.data iterator need async_save=False: a "
+                "background save of an iterator changes what it yields next. "
+                f"Received: async_save=True with objects[{iterators[0]!r}] an iterator"
+            )
         self._writer = TFWriter(
             self._store,
             self._objects,
@@ -221,8 +275,19 @@ class CheckpointManager:
 
     # ---- state ---------------------------------------------------------
 
-    def _objects(self) -> dict[str, Any]:
-        return {"model": self.model, "optimizer": self.optimizer}
+    def _objects(self) -> dict[str, Any] | tf.train.Checkpoint:
+        """What a save writes: the caller's own `tf.train.Checkpoint`, or
+        the model, its optimizer and `objects` by name."""
+        if self._root is not None:
+            return self._root
+        return {"model": self.model, "optimizer": self.optimizer, **self.objects}
+
+    def _saved_objects(self) -> dict[str, Any]:
+        """What a save writes, name -> object."""
+        if self._root is not None:
+            self._root.save_counter  # noqa: B018 - saved with it; the property creates it
+            return dict(tf.train.TrackableView(self._root).children(self._root))
+        return {k: v for k, v in self._objects().items() if v is not None}
 
     def _best_from(self, record: CheckpointRecord | None) -> dict | None:
         if record is None or self.monitor is None:
@@ -301,7 +366,9 @@ class CheckpointManager:
                 value, best["value"] if best else None, self.mode
             ):
                 best = {"value": value, "step": int(step), "epoch": int(epoch)}
-        variables = tf_checkpoint.variables(self.model, self.optimizer)
+        saved = self._saved_objects()
+        extra = saved if self._root is not None else self.objects
+        variables = tf_checkpoint.variables(self.model, self.optimizer, extra)
         metadata = {
             "step": int(step),
             "epoch": int(epoch),
@@ -311,9 +378,9 @@ class CheckpointManager:
             "monitor": {"name": self.monitor, "mode": self.mode} if self.monitor else None,
             "best": best,
             "retention": self._retention_config,
-            "contents": [k for k, v in self._objects().items() if v is not None]
-            + [tf_checkpoint.SAVE_COUNTER],
+            "contents": [*saved, *({tf_checkpoint.SAVE_COUNTER} - set(saved))],
             "build_config": tf_checkpoint.build_config(self.model),
+            "phase": tf_checkpoint.phase(self.model, self.optimizer),
             "parent": self.parent,
             "versions": versions(),
         }
@@ -323,7 +390,10 @@ class CheckpointManager:
             self._workers.write_elsewhere(self._writer.checkpoint(variables))
             self._best = best
             return None
-        files = state_files.encode(dict(state)) if state else {}
+        state = dict(state or {})
+        if self.restore_random_state and "rng" not in state:
+            state["rng"] = random_state.random_state(self.model)
+        files = state_files.encode(state) if state else {}
         pending = self._store.begin(tf_checkpoint.state_bytes(variables))
         self._writer.write(pending, variables)
         if self.async_save:
@@ -378,7 +448,9 @@ class CheckpointManager:
 
     # ---- restore -------------------------------------------------------
 
-    def restore(self, which: Which = "latest") -> CheckpointRecord | None:
+    def restore(
+        self, which: Which = "latest", *, optimizer: bool | str = True
+    ) -> CheckpointRecord | None:
         """Restores the model and optimizer; returns the record, or `None` when
         the directory holds no checkpoint yet.
 
@@ -386,20 +458,60 @@ class CheckpointManager:
             which: `"latest"`, `"best"`, a step (int), a checkpoint name or a
                 `CheckpointRecord`. A damaged checkpoint is skipped with a
                 warning and the next intact one of the selection is restored.
+            optimizer: also restore the optimizer's state. `"auto"`: only when
+                the checkpoint was saved in this training phase (the same
+                optimizer classes and trainable variables); otherwise the
+                optimizer is left as it is and `phase_change` says what changed.
         """
         self.wait()
+        objects = self._objects()
+        self.phase_change = None
+        if optimizer == "auto":
+            chosen = self._run.select(which)
+            if chosen:
+                self.phase_change = tf_checkpoint.phase_change(
+                    chosen[0].manifest.get("phase"), self.training_phase(chosen[0])
+                )
+            optimizer = self.phase_change is None
+        if not optimizer and self._root is None:
+            objects.pop("optimizer")
         with self._strategy.scope():  # optimizer slots are created as the model's variables
             if not self._multi_worker:
                 record = self._run.restore_into(
-                    self._objects(), which, strict=True, verify=self.verify, mark_damaged=True
+                    objects, which, strict=True, verify=self.verify, mark_damaged=True
                 )
             else:
-                record = self._restore_chiefs_pick(which)
+                record = self._restore_chiefs_pick(which, objects)
         if record is not None:
             self._best = self._best_from(record)
+            if self.restore_random_state:
+                self._restore_random_state(record)
         return record
 
-    def _restore_chiefs_pick(self, which: Which) -> CheckpointRecord | None:
+    def training_phase(self, record: CheckpointRecord | None = None) -> dict[str, Any]:
+        """This model's training phase (see `tf_checkpoint.phase`), the model
+        built first from `record`'s build config if it is not built yet."""
+        if record is not None:
+            tf_checkpoint.ensure_built(self.model, record.manifest.get("build_config"))
+        return tf_checkpoint.phase(self.model, self.optimizer)
+
+    def _restore_random_state(self, record: CheckpointRecord) -> None:
+        try:
+            rng = self._run.state(record).get("rng")
+        except (tf.errors.OpError, OSError) as e:
+            raise self._store.read_error(e, record.name) from e
+        if rng is not None:
+            try:
+                random_state.set_random_state(self.model, rng)
+            except (TypeError, ValueError, KeyError, IndexError) as e:
+                raise DamagedCheckpointError(
+                    f"The random state saved with checkpoint {record.name} in "
+                    f"{self.directory!r} is not what tfckpt wrote ({e!r})."
+                ) from None
+
+    def _restore_chiefs_pick(
+        self, which: Which, objects: dict[str, Any]
+    ) -> CheckpointRecord | None:
         record = self._workers.agree_on(
             lambda: self._run.first_intact(which, verify=self.verify),
             lambda seq: next((r for r in self._run.checkpoints if r.seq == seq), None),
@@ -407,9 +519,7 @@ class CheckpointManager:
         )
         if record is None:
             return None
-        return self._run.restore_into(
-            self._objects(), record, strict=True, verify=False, mark_damaged=True
-        )
+        return self._run.restore_into(objects, record, strict=True, verify=False, mark_damaged=True)
 
     def init_from(
         self, source: Any, *, optimizer: bool = True
@@ -421,18 +531,27 @@ class CheckpointManager:
             source: `"DIR"` (its latest checkpoint), `"DIR@best"`,
                 `"DIR@latest"`, `"DIR@STEP"`, `"DIR@epoch=N"`, `"DIR@ckpt-NNNNNN"`,
                 or a `CheckpointRecord` (e.g. `tfckpt.open(dir).best`).
-            optimizer: also restore the optimizer state (slots, step). `False`
-                restores the model only, for a new optimizer or learning rate.
+            optimizer: also restore the optimizer state (slots, step), when
+                the checkpoint was saved in the same training phase (the same
+                optimizer classes and trainable variables; otherwise
+                `phase_change` says what changed). `False` restores the model
+                only, for a new optimizer or learning rate.
 
         Returns:
             The parent's record, and the state saved with it.
         """
+        if self.model is None:
+            raise ValueError(
+                "init_from() warm-starts a Keras model: this manager has none "
+                "(model=None or a tf.train.Checkpoint). Restore the parent's checkpoint "
+                "yourself: checkpoint.restore(tfckpt.open(DIR).latest.path)."
+            )
         with self._strategy.scope():
-            record, state, self.parent = fork(
+            record, state, self.parent, self.phase_change = fork(
                 source,
                 self.model,
                 self.optimizer,
-                with_optimizer=bool(optimizer),
+                with_optimizer="auto" if optimizer else False,
                 verify=self.verify,
             )
         return record, state
@@ -535,3 +654,18 @@ def _created_at() -> str:
         if not any(part in frame.filename for part in ("/tfckpt/", "/keras/", "/tensorflow/")):
             return f"a CheckpointManager (or fit) started at {frame.filename}:{frame.lineno}"
     return "a CheckpointManager"
+
+
+def _direction(monitor: str | None, mode: str, model: Any) -> str:
+    """`mode`, with `"auto"` resolved for `monitor` (see `monitor.direction`)."""
+    check_mode(mode, AUTO_MODES)
+    if mode != "auto" or monitor is None:
+        return "min" if mode == "auto" else mode
+    found = direction(monitor, getattr(model, "metrics", None) or [])
+    if found is None:
+        raise ValueError(
+            f"CheckpointManager cannot tell whether monitor={monitor!r} should be "
+            "minimized or maximized (it is neither a loss nor a metric Keras knows). "
+            "Pass mode='min' or mode='max'."
+        )
+    return found

@@ -7,6 +7,7 @@ import dataclasses
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -251,3 +252,35 @@ def check_flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"`{name}` must be True or False. Received: {value!r}")
     return value
+
+
+RESERVED_OBJECT_NAMES = ("model", "optimizer", "save_counter")
+
+
+def validate_objects(objects: Any) -> dict[str, Any]:
+    """`objects=`: what a checkpoint holds beside the model and its optimizer,
+    name -> trackable (a variable, a model, a `tf.Module`, a `tf.data`
+    iterator); a ValueError naming what is wrong otherwise."""
+    if objects is None:
+        return {}
+    if not isinstance(objects, Mapping):
+        raise ValueError(
+            "`objects` must be a dict of name -> trackable (a tf.Variable, a Keras "
+            "model or layer, a tf.Module, a tf.data iterator). "
+            f"Received: objects={objects!r}"
+        )
+    out: dict[str, Any] = {}
+    for name, value in objects.items():
+        if not isinstance(name, str) or not name.isidentifier() or name in RESERVED_OBJECT_NAMES:
+            raise ValueError(
+                "`objects` keys must be Python identifiers other than "
+                f"{', '.join(map(repr, RESERVED_OBJECT_NAMES))}. Received: key {name!r}"
+            )
+        if not isinstance(value, tf.__internal__.tracking.Trackable):
+            raise ValueError(
+                f"`objects[{name!r}]` must be something tf.train.Checkpoint saves (a "
+                "tf.Variable, a Keras model or layer, a tf.Module, a tf.data iterator). "
+                f"Received: {type(value).__name__}"
+            )
+        out[name] = value
+    return out

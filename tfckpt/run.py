@@ -21,6 +21,7 @@ from tfckpt.browse.export import export_checkpoint
 from tfckpt.browse.prune import PruneReport, prune_checkpoints, prune_policy
 from tfckpt.browse.restoring import Restorer
 from tfckpt.browse.selection import best_by, select
+from tfckpt.browse.variables import CheckpointDiff, SavedVariable, diff, saved_variables
 from tfckpt.errors import (
     CheckpointNotFoundError,
     DamagedCheckpointError,
@@ -476,6 +477,39 @@ class Run:
             return prune_checkpoints(self._store, *self._scan(policy), dry_run=False)
         finally:
             lock.release()
+
+    def _one(self, which: Which) -> CheckpointRecord:
+        candidates = self.select(which)
+        if not candidates:
+            raise CheckpointNotFoundError(f"{self.directory!r} holds no committed checkpoint yet.")
+        return candidates[0]
+
+    def variables(self, which: Which = "latest") -> list[SavedVariable]:
+        """The variables of one checkpoint under the names users know: each
+        weight by its layer path (`"dense/kernel"`), followed by its optimizer
+        slots (`slot_of` set), then the rest (`objects=` variables by their
+        names, the optimizer's step). Reads no tensor.
+
+        Args:
+            which: `"latest"`, `"best"`, a step, a checkpoint name or a record.
+        """
+        return saved_variables(self._one(which).path)
+
+    def diff(self, a: Which, b: Which) -> CheckpointDiff:
+        """How far the weights moved from checkpoint `a` to checkpoint `b`,
+        per layer: the norm of the difference and the change relative to
+        `a`'s norm (optimizer slots and counters left out). A list of
+        `LayerChange` rows; a table in notebooks, `.plot()` for a bar plot.
+
+        Example:
+
+        ```python
+        run.diff(10, "latest")        # steps, names, "best", "latest"
+        run.diff("best", "latest").plot()
+        ```
+        """
+        ra, rb = self._one(a), self._one(b)
+        return diff(ra.path, rb.path, ra.name, rb.name)
 
     def plot(self, metric: str = "val_loss", *, ax: Any = None, label: str | None = None) -> Any:
         """Draws `metric` over the whole run, with the retained checkpoints

@@ -148,11 +148,15 @@ class Restorer:
         reason = self.store.check(record, data=False) if verify else None
         if reason is not None:
             return reason
-        tf_checkpoint.ensure_built(objects["model"], record.manifest.get("build_config"))
-        tf_checkpoint.build_optimizer(objects.get("optimizer"), objects["model"])
-        readable = dict(objects)
-        if objects.get("optimizer") is None:
-            readable["model"] = _model_only(objects["model"])
+        if isinstance(objects, tf.train.Checkpoint):
+            readable = objects  # a caller's own root, read as it is
+        else:
+            model = objects.get("model")
+            tf_checkpoint.ensure_built(model, record.manifest.get("build_config"))
+            readable = dict(objects)
+            if objects.get("optimizer") is None and model is not None:
+                readable["model"] = tf_checkpoint.model_only(model)
+        tf_checkpoint.build_optimizers(record.path, readable)
         try:
             tf_checkpoint.read(
                 record.path,
@@ -176,7 +180,9 @@ class Restorer:
             state = self.read_state(record)
         except DamagedCheckpointError as e:
             return str(e)  # what a resume needs besides the variables: damage too
-        except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile):
+        except (ValueError, KeyError, TypeError, OSError, tf.errors.OpError, zipfile.BadZipFile):
+            if self.store.vanished(record.name):
+                raise  # deleted by the writer meanwhile: `_first` picks again
             self.restored = None  # `state()` raises it when it is asked for
         else:
             self.restored = (record.name, record.seq, record.time, state)
@@ -193,23 +199,6 @@ class Restorer:
         if back:  # it was not deleted: what failed was reading it
             raise self.store.read_error(f"{back[0]} could not be read, and is still there")
         return [r for r in fresh if r.name not in skipped]
-
-
-def _model_only(model: Any) -> Any:
-    """`model`'s checkpoint children without its compiled optimizer.
-
-    A Keras model tracks its optimizer, so restoring the model would also set
-    the optimizer's learning rate, step and (once built) slots; restoring
-    through this view reads the model's variables only.
-    """
-    children = getattr(model, "_trackable_children", None)
-    if children is None:
-        return model
-    view = tf.__internal__.tracking.AutoTrackable()
-    for name, child in children(save_type="checkpoint").items():
-        if name != "optimizer":
-            setattr(view, name, child)
-    return view
 
 
 def _selection(which: Any, epoch: int | None) -> str:

@@ -4,6 +4,20 @@ fork another run; and, after a restore, the position within the epoch.
 The rule: an interrupted `fit` is resumed from the newest checkpoint, a
 completed one is trained on. This process remembers, per directory, which
 models it trained and which fits were interrupted.
+
+Epochs count per `fit`, as in Keras: `fit(epochs=N)` trains N epochs,
+numbered on from where the run is (in the same process, or forked with
+`init_from`). Each checkpoint records the fits of its run so far (`fits` in
+its state: each one's training phase, first epoch and epochs), so a script
+of several fits (phase 1 with a frozen base, phase 2 unfrozen with a new
+optimizer) rerun after a crash replays them: a fit that had completed trains
+nothing, the interrupted one continues from the newest checkpoint to its own
+last epoch, and the fits after it run as they did.
+
+A restore takes the optimizer's state only from a checkpoint of the same
+training phase (`tf_checkpoint.phase`: the optimizers' classes and the
+trainable variables); from another phase it takes the model's weights and
+the epoch count, and the optimizer starts afresh, as when that phase began.
 """
 
 from __future__ import annotations
@@ -24,6 +38,10 @@ _trained_here: dict[str, weakref.WeakSet] = {}
 # The parent a model was forked from into a directory that has no checkpoint
 # yet, for a later fit in this process to keep recording it.
 _forked: dict[str, weakref.WeakKeyDictionary] = {}
+# Fits each model has begun in this process with a directory: the next one's
+# place in the run's recorded `fits`, for a rerun of a script of several fits
+# (a new model, as in a new process, begins at the first).
+_fits_begun: dict[str, weakref.WeakKeyDictionary] = {}
 # Models whose last fit with a directory was interrupted (an exception left
 # fit, or a preemption returned from it): their next fit resumes from the
 # directory's newest checkpoint, as a new process would.
@@ -44,6 +62,9 @@ class Start:
     restored: CheckpointRecord | None = None  # restored into the model, if any
     continuing: bool = False  # trains on from the model in memory
     resuming_here: bool = False  # resumes a fit this process interrupted
+    fits: list[dict[str, Any]] | None = None  # the run's fits before this one
+    first_epoch: int | None = None  # the run's epoch this fit began at, when known
+    skip: bool = False  # a fit of a rerun script that had completed: train nothing
 
 
 def decide(
@@ -55,6 +76,7 @@ def decide(
     init_optimizer: bool,
     warn_once: Callable[[str, str], None],
     say: Callable[[str], None],
+    epochs: int | None = None,
 ) -> Start:
     """Restores, forks or does nothing, as the rule says, and returns where
     the fit starts."""
@@ -64,26 +86,51 @@ def decide(
     was_interrupted = model in interrupted
     start = Start(resuming_here=was_interrupted and restore is not False)
     interrupted.discard(model)
+    begun = _fits_begun.setdefault(key, weakref.WeakKeyDictionary())
+    index = begun.get(model, 1) - 1 if start.resuming_here else begun.get(model, 0)
+    begun[model] = index + 1
+    start.fits = []
     latest = manager.latest
     if latest is not None:
+        fits = recorded_fits(manager, latest)
         optimizer = manager.optimizer
         step_now = tf_checkpoint.optimizer_step(optimizer) if optimizer is not None else 0
         if start.resuming_here:
             # An interrupted fit of this model: its state in memory may be
             # past the newest checkpoint by a partial step or epoch, so it
             # resumes from the checkpoint, exactly as a new process does.
-            start.base = start.restored = manager.restore(restore)
+            start.base = start.restored = manager.restore(restore, optimizer="auto")
+            start.fits = fits[:index]
+            start.first_epoch = _first_epoch(fits, index, start.base)
+            if index == len(fits) and start.base is not None:
+                start.first_epoch = start.base.epoch  # it had saved nothing yet
         elif model in trained_here or (step_now > 0 and step_now >= latest.step):
             start.base = latest  # this process trained it: train on, restore nothing
             start.continuing = True
+            start.fits = fits
         elif restore is False:
             warn_once(
                 "norestore",
                 f"restore=False: {manager.directory!r} already holds checkpoints; "
                 "new ones are added beside them and retention applies to all.",
             )
+        elif _completed_before(fits, index, manager.training_phase(latest), epochs):
+            start.skip = True
+            entry = fits[index]
+            say(
+                f"this fit (fit {index + 1} of the script) had completed epochs "
+                f"{entry['first_epoch'] + 1}-{entry['first_epoch'] + entry['epochs']} of "
+                f"the run before it was interrupted in a later fit: training nothing here."
+            )
         else:
-            start.base = start.restored = manager.restore(restore)
+            start.base = start.restored = manager.restore(restore, optimizer="auto")
+            if _matches(fits, index, manager.training_phase()):  # the fit that was interrupted
+                start.fits = fits[:index]
+                start.first_epoch = _first_epoch(fits, index, start.base)
+            else:  # a fit the run has not seen (or recorded by an older tfckpt)
+                start.fits = fits
+                if fits and index == len(fits) and start.base is not None:
+                    start.first_epoch = start.base.epoch  # the next fit of the script
     if latest is None and was_interrupted and init_from is None:
         warn_once(
             "nothing-to-resume",
@@ -97,15 +144,25 @@ def decide(
         start.base, start.state = manager.init_from(init_from, optimizer=init_optimizer)
         _forked.setdefault(key, weakref.WeakKeyDictionary())[model] = manager.parent
         start.restored = start.base
+        start.first_epoch = start.base.epoch  # its epochs are numbered on
         say(
             f"initialized from {manager.parent['directory']} {start.base.name} "
             f"(epoch {start.base.epoch}, step {start.base.step})"
             + ("" if init_optimizer else ", without its optimizer state")
             + "."
         )
+    if start.restored is not None and manager.phase_change is not None:
+        say(
+            f"{start.restored.name} was saved in another training phase "
+            f"({manager.phase_change}): restored the model's weights and the epoch "
+            "count; the optimizer starts afresh, as when that phase began."
+        )
     if manager.parent is None:
         manager.parent = _forked.get(key, {}).get(model)
-    trained_here.add(model)
+    if not start.skip:
+        # A skipped fit trained nothing: the next fit of the script restores
+        # its own optimizer state, as in a new process.
+        trained_here.add(model)
     if start.base is not None and start.state is None:
         start.state = manager.state(start.base)
     return start
@@ -205,3 +262,44 @@ def restored_line(base: CheckpointRecord, epochs: int | None, resuming_here: boo
         f"{where}restored {base.name} (epoch {base.epoch}, step {base.step}); "
         f"continuing at epoch {base.epoch + 1}."
     )
+
+
+def recorded_fits(manager: Any, record: CheckpointRecord) -> list[dict[str, Any]]:
+    """The fits of the run up to `record`, as its state records them (`[]`
+    when it holds none, or none of the shape tfckpt writes)."""
+    try:
+        fits = manager.state(record).get("fits", [])
+    except Exception:  # a damaged state: the restore that follows says how
+        return []
+    ok = isinstance(fits, list) and all(
+        isinstance(f, dict)
+        and isinstance(f.get("phase"), dict)
+        and all(isinstance(f.get(k), int) and f[k] >= 0 for k in ("first_epoch", "epochs"))
+        for f in fits
+    )
+    return fits if ok else []
+
+
+def _matches(fits: list[dict[str, Any]], index: int, now: dict[str, Any]) -> bool:
+    """The run's fit number `index` was in this training phase."""
+    return index < len(fits) and tf_checkpoint.phase_change(fits[index]["phase"], now) is None
+
+
+def _completed_before(
+    fits: list[dict[str, Any]], index: int, now: dict[str, Any], epochs: int | None
+) -> bool:
+    """This fit of a rerun script is one that completed before the fit that
+    saved the newest checkpoint (a later one) began: the same training phase
+    and the same `epochs` argument (a script that calls fit with other
+    arguments is another script, and trains on from the newest checkpoint)."""
+    return (
+        index < len(fits) - 1
+        and fits[index]["epochs"] == (epochs or 0)
+        and _matches(fits, index, now)
+    )
+
+
+def _first_epoch(fits: list[dict[str, Any]], index: int, base: Any) -> int | None:
+    if base is None or index >= len(fits) or fits[index]["first_epoch"] > base.epoch:
+        return None
+    return fits[index]["first_epoch"]

@@ -24,6 +24,7 @@ from tfckpt.manager import CheckpointManager
 from tfckpt.monitor import in_logs, resolve_mode
 from tfckpt.observers import CheckpointObserver
 from tfckpt.options import check_steps_per_execution
+from tfckpt.saving import random_state
 from tfckpt.store import tf_checkpoint
 from tfckpt.store.layout import CheckpointRecord, jsonable
 
@@ -63,6 +64,8 @@ class FitSession:
         self.restored: CheckpointRecord | None = None
         self.progress = FitProgress()
         self.continuing = False  # trains on from the model in memory
+        self.relative = False  # its epochs are numbered on from the run's (see begin)
+        self.fits: list[dict[str, Any]] = []  # the run's fits before this one
         self.others: list[Any] = []  # the other callbacks of this fit
         self.resume_states: dict | None = None  # their saved states, set at epoch 1
         self.host_rng: dict | None = None  # host generators at the epoch's begin
@@ -83,6 +86,14 @@ class FitSession:
             "batches": self.progress.batches_total,
             "history": self.progress.history,
             "callbacks": training_state.callback_states(self.others),
+            "fits": [
+                *self.fits,
+                {
+                    "phase": tf_checkpoint.phase(self.model, self.manager.optimizer),
+                    "first_epoch": self.progress.epoch_offset or 0,
+                    "epochs": int((self.callback.params or {}).get("epochs") or 0),
+                },
+            ],
         }
         if self.data is not None:
             state["data"] = self.data.state()
@@ -92,7 +103,7 @@ class FitSession:
             # pipeline again (e.g. PyDataset's shuffle, NumPy augmentation),
             # which brings them to where they are now.
             host = self.host_rng if batch else None
-            state["rng"] = training_state.random_state(self.model, host)
+            state["rng"] = random_state.random_state(self.model, host)
         if batch:  # mid-epoch: the epoch's metric accumulators, to continue them
             state["metrics_variables"] = training_state.metric_values(self.model)
         return state
@@ -137,7 +148,7 @@ class FitSession:
             )
             return False
         logs = jsonable(logs)
-        step = self._optimizer_step() or 0
+        step = self._step() or 0
         self._wait_for_save()  # the previous save's error is its own
         try:
             self.manager.save(
@@ -158,9 +169,11 @@ class FitSession:
         self.progress.saved(step)
         return True
 
-    def _optimizer_step(self) -> int | None:
-        optimizer = self.manager.optimizer
-        return tf_checkpoint.optimizer_step(optimizer) if optimizer is not None else None
+    def _step(self) -> int | None:
+        """The step recorded with a checkpoint: the training steps of the run,
+        counted across restarts and phases (an optimizer's iterations restart
+        with a new optimizer, and a GAN's unused compiled one has none)."""
+        return self.progress.batches_total
 
     def _epoch_end_state(self) -> tuple[Any, list[Any]]:
         """What later callbacks may change at an epoch end and a resume needs:
@@ -245,6 +258,8 @@ class FitSession:
             incremental=self.callback.incremental,
             preemption_signals=self.callback.preemption_signals,  # handlers back at close()
             observers=[_Report(self), *self.callback.observers],
+            objects=self.callback.objects,
+            restore_random_state=self.callback.restore_random_state,
         )
         fit_frame = find_fit_frame()
         self.exit_watch.fit_code = fit_frame.f_code if fit_frame is not None else None
@@ -259,8 +274,16 @@ class FitSession:
             init_optimizer=self.callback.init_optimizer,
             warn_once=self._warn_once,
             say=self._say,
+            epochs=(self.callback.params or {}).get("epochs"),
         )
         self.restored, self.continuing = start.restored, start.continuing
+        # This fit's entry in the run's record of its fits (see fit/resume.py).
+        self.fits = list(start.fits or [])
+        self.relative = start.continuing or start.first_epoch is not None
+        epochs = (self.callback.params or {}).get("epochs")
+        if start.skip:
+            model._initial_epoch = epochs  # Keras trains range(initial, epochs): nothing
+            return
         base = start.base
         if base is None:
             return
@@ -279,14 +302,15 @@ class FitSession:
                 ) from None
         self.progress.saved(base.step)
         if self.restored is not None:
-            model._initial_epoch = base.epoch or None
-            epochs = (self.callback.params or {}).get("epochs")
-            self._say(resume.restored_line(base, epochs, start.resuming_here))
+            first = start.first_epoch or 0
+            model._initial_epoch = (base.epoch - first) or None
+            last = epochs + first if epochs is not None else None
+            self._say(resume.restored_line(base, last, start.resuming_here))
 
     def _resume(self, record: CheckpointRecord, state: dict[str, Any]) -> None:
         """What a restored run needs beyond the TF checkpoint."""
         if self.callback.restore_random_state and "rng" in state:
-            training_state.set_random_state(self.model, state["rng"])
+            random_state.set_random_state(self.model, state["rng"])
         self.resume_states = state.get("callbacks") or {}
         resume.position_data(self.data, record, state.get("data"), self._say, self._warn_once)
         batch = resume.batch_to_resume_at(self.model, record, self._warn_once)
@@ -347,8 +371,8 @@ class FitSession:
         if self.data is not None:
             self.data.epoch_begin()
         if self.callback.restore_random_state:
-            self.host_rng = training_state.host_random_state()
-        if self.progress.epoch_begins(epoch, self.continuing) and self.resume_states:
+            self.host_rng = random_state.host_random_state()
+        if self.progress.epoch_begins(epoch, self.relative) and self.resume_states:
             # After every callback's on_train_begin reset itself.
             training_state.set_callback_states(self.others, self.resume_states)
 
@@ -430,7 +454,7 @@ class FitSession:
         finished = False  # training ended normally (for watchers of the directory)
         try:
             self.flush()
-            if self.progress.unsaved(self._optimizer_step()):
+            if self.progress.unsaved(self._step()):
                 # Work done since the last save (save_freq=int): keep it.
                 self._save(logs, batch=self.progress.batch_in_epoch)
             finished = not self.preempted

@@ -8,22 +8,37 @@ from typing import Any
 from tfckpt.errors import CheckpointError
 from tfckpt.options import parse_source
 from tfckpt.run import Run
-from tfckpt.store import fs
+from tfckpt.store import fs, tf_checkpoint
 from tfckpt.store.layout import CheckpointRecord
 
 
 def fork(
-    source: Any, model: Any, optimizer: Any, *, with_optimizer: bool = True, verify: bool = True
-) -> tuple[CheckpointRecord, dict[str, Any], dict[str, Any]]:
+    source: Any,
+    model: Any,
+    optimizer: Any,
+    *,
+    with_optimizer: bool | str = True,
+    verify: bool = True,
+) -> tuple[CheckpointRecord, dict[str, Any], dict[str, Any], str | None]:
     """Restores the checkpoint `source` names (`"DIR@best"`, a record, ...)
-    into `model`, and into `optimizer` if `with_optimizer`.
+    into `model`, and into `optimizer` if `with_optimizer` (`"auto"`: if it
+    was saved in the same training phase, see `tf_checkpoint.phase`).
 
     Returns:
-        The parent's record, the state saved with it, and the parent as every
-        checkpoint of the new run records it (`manifest["parent"]`).
+        The parent's record, the state saved with it, the parent as every
+        checkpoint of the new run records it (`manifest["parent"]`), and how
+        the training phase changed (`"auto"` left the optimizer), or `None`.
     """
     directory, which, epoch = parse_source(source)
     parent = Run(directory)
+    change = None
+    if with_optimizer == "auto":
+        chosen = parent.select(which, epoch=epoch)
+        if chosen:
+            change = tf_checkpoint.phase_change(
+                chosen[0].manifest.get("phase"), tf_checkpoint.phase(model, optimizer)
+            )
+        with_optimizer = change is None
     objects = {"model": model}
     if with_optimizer:
         objects["optimizer"] = optimizer
@@ -38,4 +53,4 @@ def fork(
         "batch": record.batch,
         "optimizer": with_optimizer,
     }
-    return record, parent.state(record), info
+    return record, parent.state(record), info, change

@@ -244,6 +244,7 @@ _MANIFEST_SHAPE: dict[str, Callable[[Any], bool]] = {
     ),
     "build_config": lambda v: _optional(v, lambda c: isinstance(c, dict)),
     "supersedes": lambda v: _optional(v, lambda b: isinstance(b, bool)),
+    "phase": lambda v: _optional(v, lambda p: isinstance(p, dict)),
 }
 
 
