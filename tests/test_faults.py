@@ -78,6 +78,11 @@ def assert_kept_the_promise(injections, scenario):
 
 
 SCENARIOS = ["save", "async", "restore", "prune"]
+# CI sweeps every call of a sync save, a restore and a prune. An async save
+# makes the same calls from its background thread (the soak sweep below
+# covers them); its own error path, a failed background write reported at
+# the next save, is tested in test_async.py.
+CI_SCENARIOS = ["save", "restore", "prune"]
 
 
 # Restores and prunes write no checkpoint: a small model (no shared files)
@@ -85,12 +90,19 @@ SCENARIOS = ["save", "async", "restore", "prune"]
 SMALL = {"restore": ("--small",), "prune": ("--small",)}
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", CI_SCENARIOS)
 def test_every_call_fails_once_in_turn(inject_so, tmp_path, scenario):
     counts, injections = sweep(inject_so, tmp_path, scenario, *SMALL.get(scenario, ()))
     # One injection per call the operation makes on the run directory.
     assert len(injections) == sum(counts.values())
     assert_kept_the_promise(injections, scenario)
+
+
+@pytest.mark.soak
+def test_every_call_of_an_async_save_fails_once_in_turn(inject_so, tmp_path):
+    counts, injections = sweep(inject_so, tmp_path, "async")
+    assert len(injections) == sum(counts.values())
+    assert_kept_the_promise(injections, "async")
 
 
 @pytest.mark.soak

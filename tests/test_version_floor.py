@@ -16,11 +16,14 @@ import sys
 import pytest
 from support import ROOT, make_data, make_model
 
+# test_exact's data kinds on the floor: arrays and tf.data (the adapters
+# Keras changed most); PyDataset and steps_per_epoch run on the newest only.
 KEY_TESTS = [
     "tests/test_exact.py",
     "tests/test_exit_paths.py",
     "tests/test_async.py",
-    "tests/test_serving.py",
+    "tests/test_serving.py::test_the_callbacks_model_is_exported_and_other_versions_are_left_alone",
+    "tests/test_serving.py::test_a_checkpoint_saved_before_the_optimizer_had_slots_exports",
     "tests/test_run.py::test_export_is_read_back_bitwise_by_plain_keras",
     "tests/test_run.py::test_tfckpt_export_is_a_function_of_a_run_directory",
     "tests/test_run.py::test_export_never_overwrites_unless_asked_and_never_leaves_a_partial_file",
@@ -84,7 +87,10 @@ def test_key_tests_pass_on_the_oldest_tensorflow_and_keras_we_claim():
     assert have[2] == str(ROOT / "tfckpt" / "__init__.py"), have
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     proc = subprocess.run(
-        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *KEY_TESTS],
+        [
+            *(str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0"),
+            *("-k", "not pydataset and not tfdata-steps", *KEY_TESTS),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
