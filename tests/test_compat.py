@@ -204,15 +204,22 @@ def test_pathlib_directory(tmp_path):
     assert manager.restore_or_initialize() == saved
 
 
-def test_checkpoint_interval(tmp_path):  # testCheckpointInterval
-    step_counter = tf.Variable(0)
-    manager = CheckpointManager(
-        tf.train.Checkpoint(v=tf.Variable(1.0)),
-        tmp_path,
+def every_two_steps(directory, step_counter, **kwargs):
+    """A manager that saves every 2 steps of `step_counter`, keeping all."""
+    checkpoint = tf.train.Checkpoint(v=tf.Variable(1.0))
+    return CheckpointManager(
+        checkpoint,
+        directory,
         max_to_keep=None,
         step_counter=step_counter,
         checkpoint_interval=2,
+        **kwargs,
     )
+
+
+def test_checkpoint_interval(tmp_path):  # testCheckpointInterval
+    step_counter = tf.Variable(0)
+    manager = every_two_steps(tmp_path, step_counter)
     assert exists(manager.save(check_interval=True))  # step 0: the first
     step_counter.assign_add(1)
     assert manager.save(check_interval=True) is None  # step 1
@@ -228,14 +235,7 @@ def test_checkpoint_interval(tmp_path):  # testCheckpointInterval
 def test_checkpoint_interval_with_last_checkpoint_step(tmp_path):
     # testCheckpointIntervalWithLastCheckpointStep
     step_counter = tf.Variable(1)
-    manager = CheckpointManager(
-        tf.train.Checkpoint(v=tf.Variable(1.0)),
-        tmp_path,
-        max_to_keep=None,
-        step_counter=step_counter,
-        checkpoint_interval=2,
-        last_checkpoint_step=1,
-    )
+    manager = every_two_steps(tmp_path, step_counter, last_checkpoint_step=1)
     assert manager.save(check_interval=True) is None  # step 1
     step_counter.assign_add(1)
     assert manager.save(check_interval=True) is None  # step 2

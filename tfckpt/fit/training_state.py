@@ -9,6 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfckpt.saving.random_state import plain
 from tfckpt.stateful import StatefulCallback
 
 # Keras's own stateful callbacks, by the attributes that make their decisions.
@@ -36,21 +37,13 @@ def _keyed(callbacks: list[Any]) -> dict[str, Any]:
     return keyed
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def callback_states(callbacks: list[Any]) -> dict[str, dict[str, Any]]:
     states = {}
     for key, cb in _keyed(callbacks).items():
         if isinstance(cb, StatefulCallback):
             states[key] = dict(cb.get_checkpoint_state())
         else:
-            states[key] = {f: _plain(getattr(cb, f, None)) for f in _builtin_fields(cb)}
+            states[key] = {f: plain(getattr(cb, f, None)) for f in _builtin_fields(cb)}
     return states
 
 

@@ -16,9 +16,10 @@ except ImportError:  # pragma: no cover - other Keras layouts
     global_seed_generator = None
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """`value` with NumPy scalars (also inside lists) as Python numbers, for JSON."""
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -36,8 +37,8 @@ def _seed_generators(model: Any) -> list[Any]:
 def host_random_state() -> dict[str, Any]:
     """NumPy's and Python's global generators (data pipelines draw from them)."""
     return {
-        "numpy": _plain(list(np.random.get_state(legacy=True))),
-        "python": _plain(list(random.getstate())),
+        "numpy": plain(list(np.random.get_state(legacy=True))),
+        "python": plain(list(random.getstate())),
     }
 
 
