@@ -74,22 +74,23 @@ def saved_variables(path: str) -> list[SavedVariable]:
         size = math.prod(shape) * (dtype.size if dtype != tf.string else 0)
         return SavedVariable(name, key, shape, dtype.name, size, slot_of)
 
+    optimizers = {key for key in keys if _in_optimizer(key)}
     # Weights by the prefix Keras gives their slots, per holding object.
     owners: dict[str, dict[str, str]] = {}
     for key in keys:
-        if "/" in raw[key] and not _in_optimizer(key):
+        if "/" in raw[key] and key not in optimizers:
             owners.setdefault(group[key], {}).setdefault(_slot_prefix(raw[key]), names[key])
     weights, rest, slots = [], [], {}
     for key in keys:
         owner, slot = None, ""
-        if _in_optimizer(key):  # a slot of the same object's weight, else of any
+        if key in optimizers:  # a slot of the same object's weight, else of any
             for candidates in [owners.get(group[key], {}), *owners.values()]:
                 owner, slot = _owner(raw[key], candidates)
                 if owner is not None:
                     break
         if owner is not None:
             slots.setdefault(owner, []).append(info(key, slot, owner))
-        elif "/" in names[key] and not _in_optimizer(key):
+        elif "/" in names[key] and key not in optimizers:
             weights.append(info(key, names[key]))
         else:
             rest.append(info(key, names[key]))
@@ -193,12 +194,7 @@ class CheckpointDiff(Sequence[LayerChange]):
     _HEADER = ["layer", "params", "norm (A)", "|B - A|", "relative", ""]
 
     def __repr__(self) -> str:
-        cells = [self._HEADER, *self._cells()]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self._HEADER))]
-        lines = [f"{self.a} -> {self.b}"]
-        for row in cells:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        return "\n".join(lines)
+        return "\n".join([f"{self.a} -> {self.b}", *_aligned([self._HEADER, *self._cells()])])
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEADER)
@@ -290,10 +286,13 @@ def format_variables(variables: list[SavedVariable]) -> list[str]:
     """`tfckpt info`'s lines: name, dtype, shape, size; slots indented under
     their variable."""
     rows = [
-        ("  " * (v.slot_of is not None) + v.name, v.dtype, str(list(v.shape)), human_size(v.nbytes))
+        ["  " * (v.slot_of is not None) + v.name, v.dtype, str(list(v.shape)), human_size(v.nbytes)]
         for v in variables
     ]
-    widths = [max((len(r[i]) for r in rows), default=0) for i in range(3)]
-    return [
-        f"  {n:<{widths[0]}}  {d:<{widths[1]}}  {s:<{widths[2]}}  {size}" for n, d, s, size in rows
-    ]
+    return ["  " + line for line in _aligned(rows)]
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as lines, each column padded to its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
