@@ -41,3 +41,51 @@ def pytest_collection_modifyitems(items):
     # The floor environment's run is the longest test: start it first, so the
     # other worker(s) take the rest of the suite meanwhile.
     items.sort(key=lambda item: item.get_closest_marker("floor") is None)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """moto's S3 server for this worker: (port, environment)."""
+    from storage import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """fake-gcs-server for this worker: (port, environment)."""
+    from storage import gcs_server
+
+    with gcs_server() as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(s3, monkeypatch, request):
+    """A new S3 bucket on the worker's server, its environment set for this
+    process: the URL of a run directory in it."""
+    import uuid
+
+    import fsspec
+
+    for key, value in s3[1].items():
+        monkeypatch.setenv(key, value)
+    name = f"t{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}/run"
+
+
+@pytest.fixture
+def gcs_bucket(gcs, monkeypatch):
+    import uuid
+
+    import fsspec
+    import fsspec.config
+
+    for key, value in gcs[1].items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setitem(fsspec.config.conf, "gcs", {"token": "anon", "project": "test"})
+    name = f"t{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("gcs", skip_instance_cache=True).mkdir(name)
+    return f"gs://{name}/run"

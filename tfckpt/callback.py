@@ -13,12 +13,14 @@ from tfckpt.fit.session import FitSession
 from tfckpt.manager import CheckpointManager
 from tfckpt.monitor import AUTO_MODES, check_mode
 from tfckpt.options import (
+    LOCAL_RULE,
     KeepRules,
     check_backend,
     check_choice,
     check_flag,
     check_restore,
     check_save_freq,
+    mirror_options,
     parse_source,
     run_options,
     validate_objects,
@@ -120,6 +122,19 @@ class CheckpointCallback(keras.callbacks.Callback):
         objects: more to save and restore with each checkpoint beside the
             model (which brings every optimizer it holds), name -> trackable:
             a `tf.Variable`, another Keras model (an EMA copy), a `tf.Module`.
+        mirror: a remote run directory (`"s3://bucket/exp1"`, `"gs://..."`,
+            any fsspec URL). Each checkpoint is committed locally, then
+            uploaded in the background (`fit` never waits for the network);
+            the end of `fit` and a preemption save wait for theirs. On a new
+            machine (an empty local directory) `fit` resumes from the newest
+            intact checkpoint there. See "Checkpoints in the cloud".
+        mirror_every: upload every Nth checkpoint (int) or at most one per
+            interval (`datetime.timedelta`); the newest one is always
+            uploaded when `fit` ends.
+        mirror_keep_last: the remote tier's `keep_last` (default: as locally).
+        mirror_keep_best: the remote tier's `keep_best` (default: as locally).
+        storage_options: passed to fsspec's filesystem for `mirror`
+            (credentials, `endpoint_url`, ...); never logged.
         preemption_signals: signals that announce a preemption (default
             `(signal.SIGTERM,)`; `None` or `()` leaves signals alone). When one
             arrives during `fit`, the callback saves a checkpoint at the next
@@ -159,12 +174,21 @@ class CheckpointCallback(keras.callbacks.Callback):
         init_optimizer: bool = True,
         observers: Any = None,
         objects: Any = None,
+        mirror: str | None = None,
+        mirror_every: Any = 1,
+        mirror_keep_last: Any = LOCAL_RULE,
+        mirror_keep_best: Any = LOCAL_RULE,
+        storage_options: Any = None,
     ):
         super().__init__()
         check_backend()
         # What to keep and where.
         keep = KeepRules(keep_last, keep_best, keep_every_n_epochs, keep_every_n_hours, retention)
         self.directory = run_options(directory, monitor, keep)
+        # The remote tier.
+        self.mirror = mirror_options(
+            mirror, mirror_every, mirror_keep_last, mirror_keep_best, storage_options, keep
+        )
         self.monitor = monitor
         self.mode = check_mode(mode, AUTO_MODES)
         self.keep_last = keep_last

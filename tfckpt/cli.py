@@ -39,7 +39,8 @@ def _open(directory: str) -> Any:
     from tfckpt.store.layout import is_run_entry
 
     run = open_run(directory)  # FileNotFoundError for a missing directory
-    entries = [e.rstrip("/") for e in tf.io.gfile.listdir(directory)]
+    # (A remote run is read through its local cache: that is listed.)
+    entries = [e.rstrip("/") for e in tf.io.gfile.listdir(run.directory)]
     is_run = any(is_run_entry(e) for e in entries)
     if not is_run:
         raise _UsageError(f"{directory!r} is not a tfckpt run directory (no checkpoints in it).")

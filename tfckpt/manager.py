@@ -19,13 +19,16 @@ from tfckpt.errors import (
     CheckpointWriteError,
     CommittedWithError,
     DamagedCheckpointError,
+    NoIntactCheckpointError,
 )
 from tfckpt.monitor import AUTO_MODES, check_mode, direction, is_better
 from tfckpt.observers import CheckpointObserver, bind_model, notify
 from tfckpt.options import (
+    LOCAL_RULE,
     KeepRules,
     check_backend,
     check_flag,
+    mirror_options,
     run_options,
     validate_objects,
     validate_observers,
@@ -33,6 +36,7 @@ from tfckpt.options import (
 from tfckpt.run import Run, Which
 from tfckpt.saving import random_state
 from tfckpt.saving.fork import fork
+from tfckpt.saving.mirror import Mirror
 from tfckpt.saving.preemption import (
     PREEMPTION_EXIT_CODE,
     SignalWatch,
@@ -135,6 +139,18 @@ class CheckpointManager:
             (object stores, `ram://`) checkpoints are saved in full.
         observers: `tfckpt.CheckpointObserver`s called after each commit and
             each deletion (also `manager.observers`, a list you may append to).
+        mirror: a remote run directory (`"s3://bucket/exp1"`, `"gs://..."`,
+            any fsspec URL) that each checkpoint is uploaded to in the
+            background after its local commit (see "Checkpoints in the
+            cloud"). When the local directory holds nothing newer (a new
+            machine), the newest intact checkpoint there is downloaded first.
+        mirror_every: upload every Nth checkpoint (int), or at most one per
+            interval (`datetime.timedelta`). The newest checkpoint is always
+            uploaded at `close()`.
+        mirror_keep_last: the remote tier's `keep_last` (default: as locally).
+        mirror_keep_best: the remote tier's `keep_best` (default: as locally).
+        storage_options: passed to fsspec's filesystem for `mirror`
+            (credentials, `endpoint_url`, ...); never logged.
         preemption_signals: signals that announce a preemption (e.g.
             `(signal.SIGTERM,)`); `None` (default) leaves signals alone. Then
             call `preemption_point(step)` once per step.
@@ -174,12 +190,20 @@ class CheckpointManager:
         preemption_exit_code: int | None = PREEMPTION_EXIT_CODE,
         observers: Sequence[CheckpointObserver] | None = None,
         restore_random_state: bool = True,
+        mirror: str | None = None,
+        mirror_every: Any = 1,
+        mirror_keep_last: Any = LOCAL_RULE,
+        mirror_keep_best: Any = LOCAL_RULE,
+        storage_options: Mapping[str, Any] | None = None,
     ):
         check_backend()
         if keep_best is None:
             keep_best = 1 if monitor is not None else 0
         keep = KeepRules(keep_last, keep_best, keep_every_n_epochs, keep_every_n_hours, retention)
         self.directory = directory = run_options(directory, monitor, keep)
+        mirrored = mirror_options(
+            mirror, mirror_every, mirror_keep_last, mirror_keep_best, storage_options, keep
+        )
         # A caller's own tf.train.Checkpoint: the root of every save.
         self._root: tf.train.Checkpoint | None = None
         if isinstance(model, tf.train.Checkpoint):
@@ -258,6 +282,7 @@ class CheckpointManager:
         self._closed = False
         self._was_finished = False  # the run had ended normally when this took it
         self._seq_at_start: int | None = None
+        self._mirror: Mirror | None = None
         if not self.is_chief:
             self._signals.install()
             return  # a non-chief worker never writes into the run directory
@@ -267,11 +292,34 @@ class CheckpointManager:
         weakref.finalize(self, self._lock.release)
         self._was_finished = taken.was_finished
         records = taken.records
+        if mirrored is not None:
+            try:
+                records = self._start_mirror(mirrored, records)
+            except BaseException:
+                self._lock.release()
+                raise
         self._seq_at_start = records[-1].seq if records else None
         self._best = self._best_from(records[-1] if records else None)
         if records:  # a resumed fork keeps recording its parent
             self.parent = records[-1].manifest.get("parent")
         self._signals.install()
+
+    def _start_mirror(
+        self, options: Any, records: list[CheckpointRecord]
+    ) -> list[CheckpointRecord]:
+        """Takes the remote tier; brings its newest checkpoint here when the
+        local directory holds nothing newer (a new machine)."""
+        self._mirror = Mirror(self._store, options, monitor=self.monitor, mode=self.mode)
+        self._mirror.start(say=_say)
+        if self._mirror.fetch_newest(records, say=_say) is not None:
+            records = self._store.scan()[0]
+        return records
+
+    @property
+    def mirror(self) -> Mirror | None:
+        """The remote tier (`mirror=`): its `url`, `uploads` (name, bytes sent,
+        bytes copied inside the store, seconds) and `published` checkpoints."""
+        return self._mirror
 
     # ---- state ---------------------------------------------------------
 
@@ -431,6 +479,8 @@ class CheckpointManager:
             )
         for record_deleted in deleted:
             notify(self.observers, "on_delete", record_deleted)
+        if self._mirror is not None:
+            self._mirror.committed(record)
         if error is None and retention_error is not None:
             error = CommittedWithError(str(retention_error), record)
             error.__cause__ = retention_error
@@ -477,9 +527,20 @@ class CheckpointManager:
             objects.pop("optimizer")
         with self._strategy.scope():  # optimizer slots are created as the model's variables
             if not self._multi_worker:
-                record = self._run.restore_into(
-                    objects, which, strict=True, verify=self.verify, mark_damaged=True
-                )
+                try:
+                    record = self._run.restore_into(
+                        objects, which, strict=True, verify=self.verify, mark_damaged=True
+                    )
+                except NoIntactCheckpointError:
+                    if self._mirror is None or which not in ("latest", None):
+                        raise
+                    # Every local checkpoint is damaged: the remote tier's newest.
+                    damaged = {p.name for p in self._run.problems}
+                    if self._mirror.fetch_newest([], skip=damaged, say=_say) is None:
+                        raise
+                    record = self._run.restore_into(
+                        objects, "latest", strict=True, verify=self.verify, mark_damaged=True
+                    )
             else:
                 record = self._restore_chiefs_pick(which, objects)
         if record is not None:
@@ -616,10 +677,15 @@ class CheckpointManager:
             finished = sys.exc_info()[0] is None
         try:
             self.wait()
+            if self._mirror is not None and not self._closed:
+                latest = self._run.latest
+                self._mirror.close(latest, finished=finished)
             if self._lock is not None and not self._closed:
                 if finished or self._unchanged_since_finished():
                     mark_finished(self.directory)
         finally:
+            if self._mirror is not None and self._closed is False:
+                self._mirror.close(None, finished=False)  # an error above: lease back
             self._closed = True
             self._writer.close()
             self._store.close()
@@ -645,6 +711,10 @@ class CheckpointManager:
 
     def __exit__(self, *exc: object) -> None:
         self.close(finished=exc[0] is None)
+
+
+def _say(text: str) -> None:
+    print(f"tfckpt: {text}", file=sys.stderr, flush=True)
 
 
 def _created_at() -> str:

@@ -4,6 +4,7 @@ share: each says what is wrong, what is allowed and what was received."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 import warnings
@@ -284,3 +285,89 @@ def validate_objects(objects: Any) -> dict[str, Any]:
             )
         out[name] = value
     return out
+
+
+LOCAL_RULE = "local"  # a mirror_keep_* default: the same as the local rule
+
+
+@dataclasses.dataclass(frozen=True)
+class MirrorOptions:
+    """The remote tier of a run (`mirror=` and its settings), checked once.
+
+    Attributes:
+        url: the remote run directory, an fsspec URL (`"s3://bucket/exp1"`).
+        every: upload every Nth checkpoint (int), or at most one per
+            interval (`datetime.timedelta`); the last checkpoint of a run
+            (the end of `fit`, a preemption save, `close()`) is always uploaded.
+        keep_last: the remote tier's `keep_last` (`None` keeps all).
+        keep_best: the remote tier's `keep_best`.
+        storage_options: passed to fsspec's filesystem as they are.
+    """
+
+    url: str
+    every: int | datetime.timedelta = 1
+    keep_last: int | None = 3
+    keep_best: int | None = None
+    storage_options: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        every = self.every
+        if isinstance(every, datetime.timedelta):
+            if every.total_seconds() <= 0:
+                raise ValueError(
+                    f"`mirror_every` must be a positive timedelta. Received: mirror_every={every!r}"
+                )
+        elif not _is_count(every, 1):
+            raise ValueError(
+                "`mirror_every` must be a positive integer (every Nth checkpoint) or a "
+                f"datetime.timedelta (at most one upload per interval). Received: "
+                f"mirror_every={every!r}"
+            )
+        if self.storage_options is not None and not isinstance(self.storage_options, Mapping):
+            raise TypeError(
+                "`storage_options` must be a dict (passed to fsspec). Received: "
+                f"{type(self.storage_options).__name__}"
+            )
+
+
+def mirror_options(
+    mirror: object,
+    every: object,
+    keep_last: object,
+    keep_best: object,
+    storage_options: object,
+    local: KeepRules,
+) -> MirrorOptions | None:
+    """`mirror=` and its settings as `MirrorOptions` (`None`: no mirror)."""
+    if mirror is None:
+        given = {
+            "mirror_every": every != 1,
+            "mirror_keep_last": keep_last != LOCAL_RULE,
+            "mirror_keep_best": keep_best != LOCAL_RULE,
+            "storage_options": storage_options is not None,
+        }
+        named = [name for name, set_ in given.items() if set_]
+        if named:
+            raise ValueError(
+                f"`{named[0]}` sets up the remote tier: pass mirror='s3://bucket/dir' (or "
+                f"another fsspec URL) with it. Received: mirror=None"
+            )
+        return None
+    from tfckpt.remote.bucket import is_remote
+
+    if not isinstance(mirror, (str, os.PathLike)) or not is_remote(mirror):
+        raise ValueError(
+            "`mirror` must be a remote directory URL that fsspec reaches (s3://, gs://, "
+            f"az://, ...), or None. Received: mirror={mirror!r}"
+        )
+    rules = KeepRules(
+        local.keep_last if keep_last == LOCAL_RULE else keep_last,  # type: ignore[arg-type]
+        local.keep_best if keep_best == LOCAL_RULE else keep_best,  # type: ignore[arg-type]
+    )
+    return MirrorOptions(
+        os.fspath(mirror),
+        every,  # type: ignore[arg-type]
+        rules.keep_last,
+        rules.keep_best,
+        storage_options,  # type: ignore[arg-type]
+    )

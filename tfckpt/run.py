@@ -30,6 +30,8 @@ from tfckpt.errors import (
 )
 from tfckpt.monitor import rank
 from tfckpt.options import KeepRules
+from tfckpt.remote.bucket import is_remote
+from tfckpt.remote.cache import sync
 from tfckpt.store import state_files
 from tfckpt.store.checkpoint_store import CheckpointStore
 from tfckpt.store.layout import CheckpointRecord, Problem
@@ -545,8 +547,13 @@ def verify(directory: str | os.PathLike) -> list[tuple[str, str | None]]:
         `(name, problem)` for each checkpoint directory, oldest first; `problem`
         is `None` for an intact checkpoint.
     """
+    remote_problems: list[Problem] = []
+    if is_remote(directory):
+        synced = sync(os.fspath(directory), quiet=True)
+        directory, remote_problems = synced.directory, synced.problems
     store = open_run(directory)._store
     records, problems = store.scan()
+    problems = problems + remote_problems
     results = [(r.name, store.check(r)) for r in records]
     # One the writer's retention deleted while it was checked is not damage.
     results = [(n, why) for n, why in results if why is None or not store.vanished(n)]
@@ -554,7 +561,9 @@ def verify(directory: str | os.PathLike) -> list[tuple[str, str | None]]:
     return sorted(results, key=lambda nr: nr[0])
 
 
-def open_run(directory: str | os.PathLike) -> Run:
+def open_run(
+    directory: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None
+) -> Run:
     """Opens a run directory read-only (no model, no TF state needed).
 
     Example:
@@ -565,13 +574,20 @@ def open_run(directory: str | os.PathLike) -> Run:
     ```
 
     Args:
-        directory: a run directory written by tfckpt (any `tf.io.gfile` path).
+        directory: a run directory written by tfckpt (any `tf.io.gfile` path),
+            or a remote one (`"s3://bucket/exp1"`, `"gs://..."`, any fsspec
+            URL): its published checkpoints are downloaded, verified, into a
+            local cache (`$TFCKPT_CACHE`, default `~/.cache/tfckpt`) once,
+            and read there.
+        storage_options: for a remote URL, passed to fsspec's filesystem.
 
     Returns:
         A `Run`: `.checkpoints`, `.latest`, `.best`, `.history`,
         `.restore(model, which)`, `.export(...)`, `.prune(...)`, `.plot(...)`.
     """
     directory = os.fspath(directory)
+    if is_remote(directory):
+        return Run(sync(directory, storage_options, quiet=False).directory)
     try:  # not `isdir`: it says False on any error, not only a missing directory
         is_directory = tf.io.gfile.stat(directory).is_directory
     except tf.errors.NotFoundError:

@@ -24,6 +24,11 @@ from tfckpt.errors import (
     DirectoryLockedError,
 )
 from tfckpt.options import parse_source
+from tfckpt.remote.bucket import Bucket, is_remote
+from tfckpt.remote.cache import sync
+from tfckpt.remote.lease import Lease
+from tfckpt.remote.progress import TransferProgress
+from tfckpt.remote.remote_run import RemoteRun
 from tfckpt.run import Run, Which, open_run
 from tfckpt.store import fs
 from tfckpt.store.checkpoint_store import CheckpointStore
@@ -116,11 +121,20 @@ def copy(
         raise TypeError(f"`quiet` must be True or False. Received: quiet={quiet!r}")
     _refuse_overlap(src, dst)
     whole = which is None and epoch is None
+    origin = src
+    remote_problems: list[Problem] = []
+    if is_remote(src):
+        # Read through the local cache: downloaded verified, once.
+        synced = sync(src, quiet=quiet)
+        src, remote_problems = synced.directory, synced.problems
     # The marker before the listing: every checkpoint committed before the
     # source's training finished is then in it.
     finished = whole and is_finished(src)
     run = open_run(src)
     records, problems = _selected(run, which, epoch)
+    problems = problems + (remote_problems if whole else [])
+    if is_remote(dst):
+        return _copy_to_remote(origin, dst, records, problems, finished, quiet)
 
     fs.makedirs(dst)
     try:
@@ -180,7 +194,7 @@ def copy(
                 )
         source = CheckpointStore(src)  # read-only: checks and listings
         for record in todo:
-            done, reason = _copy_one(source, store, record, src)
+            done, reason = _copy_one(source, store, record, origin)
             if done is None:
                 if reason is not None:  # None: deleted by the source's writer meanwhile
                     damaged.append(Problem(record.name, reason))
@@ -208,6 +222,61 @@ def copy(
             f"{problem.reason}",
             stacklevel=2,
         )
+    return CopyReport(origin, dst, copied, skipped, damaged)
+
+
+def _copy_to_remote(
+    src: str,
+    dst: str,
+    records: list[CheckpointRecord],
+    damaged: list[Problem],
+    finished: bool,
+    quiet: bool,
+) -> CopyReport:
+    """Uploads `records` into the remote run `dst` as its writer (its lease),
+    each published only once every object is verified there."""
+    remote = RemoteRun(Bucket(dst))
+    lease = Lease(remote.bucket)
+    try:
+        lease.take(wait=False)
+    except DirectoryLockedError as e:
+        raise DirectoryLockedError(
+            f"Cannot copy into {dst!r} while a writer is active: {e}"
+        ) from None
+    copied, skipped = [], []
+    try:
+        remote.remove_unpublished(lease)
+        published = remote.checkpoints()
+        present = {r.name: r for r in published}
+        for record in records:  # conflicts first: nothing is written when any would stop it
+            there = present.get(record.name)
+            if there is not None and not _same(record, there):
+                raise CheckpointError(
+                    f"Cannot copy {record.name} into {dst!r}: a checkpoint of that name "
+                    f"there has other content (step {there.step}, epoch {there.epoch}; "
+                    f"the source's: step {record.step}, epoch {record.epoch}). Nothing "
+                    "was overwritten; copy into another directory."
+                )
+        for record in records:
+            if record.name in present:
+                skipped.append(present[record.name])
+                _say(quiet, f"{record.name}: already there, skipped")
+                continue
+            progress = TransferProgress(f"{record.name} -> {dst}", record.size, quiet=quiet)
+            remote.publish(record, lease, published=published, progress=progress)
+            progress.done("uploaded and verified")
+            published.append(record)
+            copied.append(record)
+        if finished:
+            remote.mark_finished(True)
+    finally:
+        lease.release()
+    for problem in damaged:
+        warnings.warn(
+            f"tfckpt.copy: {problem.name} in {src!r} is damaged and was not copied: "
+            f"{problem.reason}",
+            stacklevel=3,
+        )
     return CopyReport(src, dst, copied, skipped, damaged)
 
 
@@ -215,7 +284,7 @@ def _source(src: Any, which: Which, epoch: int | None) -> tuple[str, Which, int 
     if isinstance(src, bytes) or not isinstance(src, (str, os.PathLike)) or not os.fspath(src):
         raise ValueError(f"`src` must be a run directory or 'DIR@WHICH'. Received: src={src!r}")
     text = os.fspath(src)
-    if "@" not in text or tf.io.gfile.isdir(text):
+    if "@" not in text or not is_remote(text) and tf.io.gfile.isdir(text):
         return text, which, epoch
     if which is not None or epoch is not None:
         raise ValueError(

@@ -260,7 +260,10 @@ class FitSession:
             observers=[_Report(self), *self.callback.observers],
             objects=self.callback.objects,
             restore_random_state=self.callback.restore_random_state,
+            **_mirror_arguments(self.callback.mirror),
         )
+        if self.manager.mirror is not None:
+            self.manager.mirror.report = self._say
         fit_frame = find_fit_frame()
         self.exit_watch.fit_code = fit_frame.f_code if fit_frame is not None else None
         self._watch_fit(fit_frame.f_locals if fit_frame is not None else {})
@@ -472,3 +475,16 @@ class FitSession:
                 self._save_failed(e)
             finally:
                 manager.close(finished=finished)
+
+
+def _mirror_arguments(options: Any) -> dict[str, Any]:
+    """The callback's checked `MirrorOptions` as the manager's arguments."""
+    if options is None:
+        return {}
+    return {
+        "mirror": options.url,
+        "mirror_every": options.every,
+        "mirror_keep_last": options.keep_last,
+        "mirror_keep_best": options.keep_best,
+        "storage_options": options.storage_options,
+    }

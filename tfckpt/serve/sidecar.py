@@ -10,6 +10,7 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from tfckpt.remote.bucket import is_remote
 from tfckpt.serve.watch import watch
 from tfckpt.store import fs, tf_checkpoint
 from tfckpt.store.layout import CheckpointRecord, jsonable
@@ -48,7 +49,8 @@ class SidecarEvaluator:
         steps: batches per evaluation (`None`: all of `data`).
         which: `"all"`: every checkpoint; `"best"`: only those that were a
             new best of the run's monitor when saved.
-        log_dir: where results go; defaults to `<directory>-eval`. Must not
+        log_dir: where results go; defaults to `<directory>-eval` (for a remote
+            run, `<its name>-eval` in the working directory). Must not
             be inside the run directory.
         max_evaluations: stop after this many evaluations (`None`: no limit).
         timeout: stop after this many seconds without a new checkpoint
@@ -90,7 +92,11 @@ class SidecarEvaluator:
         if which not in _WHICH:
             raise ValueError(f"`which` must be one of {_WHICH}. Received: which={which!r}")
         directory = os.fspath(directory)
-        log_dir = os.fspath(log_dir) if log_dir is not None else directory.rstrip("/") + "-eval"
+        if log_dir is None:
+            # A remote run's evaluations are logged here, beside the evaluator.
+            base = os.path.basename(directory.rstrip("/")) if is_remote(directory) else None
+            log_dir = (base or directory.rstrip("/")) + "-eval"
+        log_dir = os.fspath(log_dir)
         if fs.is_local(directory) and fs.is_local(log_dir):
             run, logs = (os.path.realpath(fs.local_path(p)) for p in (directory, log_dir))
             if logs == run or logs.startswith(run + os.sep):

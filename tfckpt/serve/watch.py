@@ -12,6 +12,9 @@ from typing import Any
 import tensorflow as tf
 
 from tfckpt.errors import CheckpointReadError
+from tfckpt.remote.bucket import is_remote
+from tfckpt.remote.cache import cache_directory, sync
+from tfckpt.store import fs
 from tfckpt.store.checkpoint_store import CheckpointStore
 from tfckpt.store.finished import is_finished
 from tfckpt.store.layout import CheckpointRecord
@@ -62,6 +65,11 @@ class Watcher:
                 f"`start` must be one of {_STARTS} or a step (int). Received: start={start!r}"
             )
         self.directory = os.fspath(directory)
+        # A remote run is followed through its local cache, synced at each listing.
+        self.url = self.directory if is_remote(self.directory) else None
+        if self.url is not None:
+            self.directory = cache_directory(self.url)
+            fs.makedirs(self.directory, fsync=False)
         self.timeout = timeout
         self.poll_interval = float(poll_interval)
         self._start = start
@@ -121,10 +129,12 @@ class Watcher:
     def _poll(self) -> None:
         # The marker first: every checkpoint committed before it is then in
         # the listing that follows.
-        finished = is_finished(self.directory)
         try:
+            if self.url is not None:
+                sync(self.url)
+            finished = is_finished(self.directory)
             records = self._store.scan()[0]
-        except CheckpointReadError as e:
+        except (CheckpointReadError, OSError) as e:
             # Shared storage hiccups: not the end of the run; list again later.
             if not self._told:
                 self._told = True
@@ -234,7 +244,10 @@ def watch(
     ```
 
     Args:
-        directory: the run directory; it need not exist yet.
+        directory: the run directory; it need not exist yet. A remote run
+            (`"s3://bucket/exp1"`, any fsspec URL) is followed through its
+            published checkpoints, each downloaded verified into a local
+            cache (see `tfckpt.open`).
         timeout: end when a call for the next record has waited this many
             seconds without a new checkpoint (each call lists the directory
             first, so a consumer slower than `timeout` still gets what was

@@ -128,6 +128,11 @@ class CheckpointStore(RunDirectory):
         self._last_seq = max(seqs + [self._last_seq]) + 1
         return self._last_seq
 
+    def reserve(self, seq: int) -> None:
+        """Numbers up to `seq` are taken elsewhere (a remote tier's): the
+        next checkpoint gets a larger one."""
+        self._last_seq = max(self._last_seq, seq)
+
     def begin(self, expected_size: int = 0, *, seq: int | None = None) -> PendingCheckpoint:
         """Reserves the next checkpoint: checks free space, makes its temp dir.
 

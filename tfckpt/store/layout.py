@@ -260,6 +260,39 @@ def manifest_shape_problem(manifest: Any) -> str | None:
     return None
 
 
+def check_manifest(name: str, seq: int, manifest: Any) -> None:
+    """Raises `Corrupt` unless `manifest` is one tfckpt wrote for checkpoint
+    `name` (`seq`): its checksum matches, every field has the type tfckpt
+    writes, no file name leads outside the checkpoint's own directory, and it
+    lists a complete TF checkpoint. A manifest from someone else's run
+    directory or bucket is checked before anything in it is used."""
+    try:
+        if manifest.get("checksum") != manifest_checksum(manifest):
+            raise Corrupt("manifest.json does not match its checksum (corrupted)")
+        if manifest["format"] not in FORMATS or manifest["seq"] != seq:
+            raise Corrupt(f"manifest.json is not a {FORMAT} manifest for {name}")
+        shape = manifest_shape_problem(manifest)
+        if shape is not None:
+            raise Corrupt(f"malformed manifest.json: {shape}")
+        unsafe = [f for f in [manifest["prefix"], *manifest["files"]] if not plain_name(f)]
+        if unsafe or manifest["prefix"] != PREFIX:
+            raise Corrupt(f"manifest.json names files outside the checkpoint: {unsafe}")
+        if not _complete_tf_checkpoint(manifest["files"]):
+            raise Corrupt("manifest.json lists no complete TF checkpoint (index and shards)")
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
+        raise Corrupt(f"malformed manifest.json ({e!r})") from None
+
+
+def _complete_tf_checkpoint(files: Any) -> bool:
+    """`files` holds TF's index and every data shard of one sharding."""
+    shards = [SHARD.match(f) for f in files]
+    counts = {int(m.group(2)) for m in shards if m}
+    if f"{PREFIX}.index" not in files or len(counts) != 1:
+        return False
+    (count,) = counts
+    return {int(m.group(1)) for m in shards if m} == set(range(count))
+
+
 def manifest_checksum(manifest: Mapping[str, Any]) -> int:
     body = {k: v for k, v in manifest.items() if k != "checksum"}
     return zlib.crc32(json.dumps(body, sort_keys=True).encode())

@@ -18,21 +18,16 @@ from tfckpt.store import fs, tf_checkpoint
 from tfckpt.store.layout import (
     CHECKPOINT_NAME,
     DAMAGED,
-    FORMAT,
-    FORMATS,
     LEFTOVER,
     MANIFEST,
     MANIFEST_LIMIT,
     PREFIX,
-    SHARD,
     STATE_TMP,
     CheckpointRecord,
     Corrupt,
     Problem,
-    manifest_checksum,
-    manifest_shape_problem,
+    check_manifest,
     os_error_text,
-    plain_name,
     record_from_manifest,
 )
 
@@ -141,24 +136,8 @@ class RunDirectory:
             raise self.read_error(e) from e
         except ValueError as e:  # NotRegularFile too: a link, a FIFO, too large
             raise Corrupt(f"unreadable manifest.json ({e})") from None
-        try:
-            if manifest.get("checksum") != manifest_checksum(manifest):
-                raise Corrupt("manifest.json does not match its checksum (corrupted)")
-            if manifest["format"] not in FORMATS or manifest["seq"] != seq:
-                raise Corrupt(f"manifest.json is not a {FORMAT} manifest for {name}")
-            shape = manifest_shape_problem(manifest)
-            if shape is not None:
-                raise Corrupt(f"malformed manifest.json: {shape}")
-            # A run directory may come from someone else: no name in it may
-            # lead outside the checkpoint's own directory.
-            unsafe = [f for f in [manifest["prefix"], *manifest["files"]] if not plain_name(f)]
-            if unsafe or manifest["prefix"] != PREFIX:
-                raise Corrupt(f"manifest.json names files outside the checkpoint: {unsafe}")
-            if not _complete_tf_checkpoint(manifest["files"]):
-                raise Corrupt("manifest.json lists no complete TF checkpoint (index and shards)")
-            return record_from_manifest(name, seq, self._path(name, PREFIX), manifest)
-        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
-            raise Corrupt(f"malformed manifest.json ({e!r})") from None
+        check_manifest(name, seq, manifest)
+        return record_from_manifest(name, seq, self._path(name, PREFIX), manifest)
 
     def check_sizes(self, record: CheckpointRecord) -> str | None:
         for fname, entry in record.manifest["files"].items():
@@ -320,13 +299,3 @@ class RunDirectory:
                 )
             notes.append(note)
         return f" ({'; '.join(notes)})" if notes else ""
-
-
-def _complete_tf_checkpoint(files: Any) -> bool:
-    """`files` holds TF's index and every data shard of one sharding."""
-    shards = [SHARD.match(f) for f in files]
-    counts = {int(m.group(2)) for m in shards if m}
-    if f"{PREFIX}.index" not in files or len(counts) != 1:
-        return False
-    (count,) = counts
-    return {int(m.group(1)) for m in shards if m} == set(range(count))
