@@ -24,6 +24,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -354,6 +356,147 @@ def median(fn, repeats: int, before=None) -> float:
     return statistics.median(times)
 
 
+def moto_s3() -> tuple[subprocess.Popen, dict[str, str]]:
+    """moto's S3 server on 127.0.0.1 (the test extra installs it), and the
+    environment that points s3fs at it."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    return proc, env
+
+
+def count_s3_requests() -> dict[str, int]:
+    """Counts every S3 API call s3fs makes from now on, by operation."""
+    import s3fs
+
+    counts: dict[str, int] = {}
+    original = s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):
+        name = method if isinstance(method, str) else getattr(method, "__name__", str(method))
+        counts[name] = counts.get(name, 0) + 1
+        return await original(self, method, *args, **kwargs)
+
+    s3fs.S3FileSystem._call_s3 = counted
+    return counts
+
+
+def bench_mirror(size_mb: float, epochs: int, steps: int, fresh) -> dict:
+    """The remote tier against moto's S3 server on this machine: `fit`
+    throughput with a mirror against local-only saves and no checkpointing
+    (interleaved, twice each, best of two), bytes and requests per upload with
+    half the model frozen (unchanged files are copied inside the store, not
+    sent), and the time from an empty local directory to the first resumed
+    step (the download and restore a new machine does)."""
+    import fsspec
+
+    server, env = moto_s3()
+    os.environ.update(env)
+    try:
+        fsspec.filesystem("s3").mkdir("bench")
+        model = build_model(size_mb)
+        half = len(model.layers) // 2
+        for layer in model.layers[:half]:
+            layer.trainable = False  # a frozen backbone
+        model.compile(keras.optimizers.Adam(1e-5), "mse")
+        batch = 32
+        x = np.random.rand(batch * steps, model.input_shape[-1]).astype("float32")
+        y = np.random.rand(batch * steps, 1).astype("float32")
+        model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # trace once
+        counts = count_s3_requests()
+        mirrors: list = []
+
+        class KeepMirror(keras.callbacks.Callback):
+            def __init__(self, callback):
+                super().__init__()
+                self.callback = callback
+
+            def on_train_begin(self, logs=None):  # after tfckpt's: its manager is there
+                mirrors.append(self.callback.manager.mirror)
+
+        def callbacks(kind: str, n: int) -> list:
+            if kind == "no checkpointing":
+                return []
+            options = {"mirror": f"s3://bench/run{n}"} if kind == "mirror (S3)" else {}
+            cb = tfckpt.CheckpointCallback(
+                fresh(f"mirror_{n}"), monitor=None, keep_last=2, verbose=0, **options
+            )
+            return [cb, KeepMirror(cb)] if options else [cb]
+
+        kinds = ["no checkpointing", "local only", "mirror (S3)"]
+        times: dict[str, list[float]] = {k: [] for k in kinds}
+        n = 0
+        for order in (kinds, kinds[::-1]):
+            for kind in order:
+                n += 1
+                cbs = callbacks(kind, n)
+                t0 = time.perf_counter()
+                model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=cbs)
+                times[kind].append(time.perf_counter() - t0)
+        throughput = {k: steps * epochs / min(t) for k, t in times.items()}
+        uploads = [u for m in mirrors for u in m.uploads]
+        requests = sum(counts.values())
+        later = [u for u in uploads if u.copied]  # uploads after the first of a run
+        # A new machine: the local directory is gone, the bucket is there.
+        last = mirrors[-1].url
+        first_step: list[float] = []
+
+        class FirstStep(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                if not first_step:
+                    first_step.append(time.perf_counter())
+
+        t0 = time.perf_counter()
+        cb = tfckpt.CheckpointCallback(fresh("mirror_new_vm"), monitor=None, verbose=0, mirror=last)
+        model.fit(x, y, batch_size=batch, epochs=epochs + 1, verbose=0, callbacks=[cb, FirstStep()])
+        resume = first_step[0] - t0
+        size = sum(v.numpy().nbytes for v in model.weights + model.optimizer.variables)
+        return {
+            "size_mb": size / 2**20,
+            "steps_per_epoch": steps,
+            "throughput_steps_per_s": throughput,
+            "mirror_vs_local": throughput["mirror (S3)"] / throughput["local only"],
+            "mirror_vs_none": throughput["mirror (S3)"] / throughput["no checkpointing"],
+            "uploads": len(uploads),
+            "first_upload_sent_mb": statistics.median(
+                u.sent / 2**20 for u in uploads if not u.copied
+            ),
+            "later_upload_sent_mb": statistics.median(u.sent / 2**20 for u in later)
+            if later
+            else None,
+            "later_upload_copied_in_store_mb": statistics.median(u.copied / 2**20 for u in later)
+            if later
+            else None,
+            "upload_seconds": statistics.median(u.seconds for u in uploads),
+            "s3_requests_per_upload": requests / max(1, len(uploads)),
+            "s3_requests_by_operation": dict(counts),
+            "empty_directory_to_first_step_s": resume,
+        }
+    finally:
+        server.kill()
+        server.wait()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size-mb", type=float, default=227)
@@ -375,11 +518,35 @@ def main() -> None:
     p.add_argument("--plot", default=os.path.join(os.path.dirname(__file__), "scale.png"))
     p.add_argument("--replot", action="store_true", help="only redraw the plot from --json")
     p.add_argument(
+        "--only-mirror",
+        action="store_true",
+        help="measure only the remote tier (moto's S3 server); put it in --json",
+    )
+    p.add_argument(
         "--only-incremental",
         action="store_true",
         help="measure only the incremental saves; replace them (and their ratios) in --json",
     )
     args = p.parse_args()
+    if args.only_mirror:
+        root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)
+
+        def fresh_dir(name):
+            os.makedirs(os.path.join(root, name))
+            return os.path.join(root, name)
+
+        steps = args.fit_steps or 20
+        mirror = bench_mirror(args.size_mb, args.fit_epochs, steps, fresh_dir)
+        shutil.rmtree(root, ignore_errors=True)
+        report = {}
+        if os.path.exists(args.json):
+            with open(args.json) as f:
+                report = json.load(f)
+        report["mirror"] = mirror
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(json.dumps(mirror, indent=1))
+        return
     if args.only_incremental:
         root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)
 

@@ -26,9 +26,17 @@ def unpublished(url):
     return RemoteRun(Bucket(url)).scan()[2]
 
 
-def test_killed_mid_upload_then_the_machine_is_gone_resumes_from_the_bucket(bucket, s3, tmp_path):
+def test_killed_mid_upload_then_the_machine_is_gone_resumes_from_the_bucket(
+    bucket, s3, tmp_path, monkeypatch
+):
+    from support import start_script
+
     env = script_env(**s3[1])
-    reference = run_script(
+    monkeypatch.setenv("TFCKPT_CACHE", str(tmp_path / "cache"))
+    # The uninterrupted run, followed live through its bucket by an evaluator
+    # elsewhere (this process): each checkpoint once, in order, as it is
+    # published, until training finished.
+    reference = start_script(
         "mirror_train.py",
         tmp_path / "ref",
         bucket + "-ref",
@@ -37,9 +45,14 @@ def test_killed_mid_upload_then_the_machine_is_gone_resumes_from_the_bucket(buck
         "--out",
         tmp_path / "ref.json",
         env=env,
-        check=True,
     )
-    assert reference.returncode == 0
+    try:
+        seen = [r.epoch for r in tfckpt.watch(bucket + "-ref", timeout=120, poll_interval=0.2)]
+    finally:
+        _, err = reference.communicate(timeout=120)
+    assert reference.returncode == 0, err[-2000:]
+    assert seen == sorted(set(seen)) and seen[-1] == 5
+
     run = tmp_path / "run"
     killed = run_script(
         "mirror_train.py", run, bucket, "--epochs", "5", "--kill-mid-upload", "3", env=env
@@ -67,8 +80,9 @@ def test_killed_mid_upload_then_the_machine_is_gone_resumes_from_the_bucket(buck
     assert "downloaded and verified" in rerun.stderr
     assert result["digest"] == json.loads((tmp_path / "ref.json").read_text())["digest"]
     assert unpublished(bucket) == []  # the next writer removed the torn upload
-    names = [r.name for r in tfckpt.open(bucket).checkpoints]
-    assert "ckpt-000003" not in names  # never reused for another checkpoint
+    assert all(why is None for _, why in tfckpt.verify(bucket))
+    names = [r.name for r in RemoteRun(Bucket(bucket)).checkpoints()]
+    assert names[-1] > "ckpt-000003"  # the torn upload's number is never used again
 
 
 def test_network_faults_are_retried_reported_once_and_never_published_torn(
@@ -85,7 +99,7 @@ def test_network_faults_are_retried_reported_once_and_never_published_torn(
     proxy.cut_after = 32 << 10
     options = {
         "endpoint_url": f"http://127.0.0.1:{proxy.port}",
-        "config_kwargs": {"connect_timeout": 1, "read_timeout": 2, "retries": {"max_attempts": 1}},
+        "config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 1}},
     }
     model = make_model(features=64, units=256)  # a data file of ~0.2 MB
 
@@ -133,7 +147,12 @@ def test_network_faults_are_retried_reported_once_and_never_published_torn(
     assert mirror.failure is None
     records, problems, torn = remote.scan()
     assert [r.epoch for r in records] == [1, 2, 6] and problems == [] and torn == []
-    manager.close()
+    # Unreachable at the end: close() tries the last upload, reports it, and returns.
+    proxy.fail("reset")
+    train_and_save(7)
+    with pytest.warns(UserWarning, match="mirror .*ckpt-000007"):
+        manager.close()
+    assert not remote.is_finished()  # a watcher of the bucket is not told it ended
     proxy.close()
     # What is published verifies, file by file, from the store.
     assert [why for _, why in tfckpt.verify(bucket)] == [None, None, None]
@@ -192,3 +211,156 @@ def test_every_reading_entry_point_takes_a_bucket_and_cp_goes_local_s3_gcs_local
     assert digest(again) == digest(model)
     # A second copy of the same run skips what is there.
     assert tfckpt.copy(tmp_path / "run", hop2, quiet=True).copied == []
+
+
+def test_one_writer_per_remote_directory(bucket, tmp_path, monkeypatch):
+    import os
+    import time
+
+    from tfckpt.remote import lease as lease_module
+
+    remote = Bucket(bucket)
+    first = lease_module.Lease(remote)
+    first.take()
+    # A second writer on another machine is refused while the lease is live.
+    other = lease_module.Lease(remote)
+    with pytest.raises(tfckpt.DirectoryLockedError, match="active writer .*One writer"):
+        other.take(wait=False)
+    # A second manager mirroring there refuses to start, naming the holder.
+    with pytest.raises(tfckpt.DirectoryLockedError, match="active writer"):
+        tfckpt.CheckpointManager(tmp_path / "b", make_model(), mirror=bucket, mirror_every=1)
+    assert (
+        not (tmp_path / "b" / ".lock").exists()
+        or tfckpt.CheckpointManager(tmp_path / "b", make_model()).close() is None
+    )  # the local directory was released
+    # The holder on this host died (kill -9): its lease is free at once.
+    stale = first.read()
+    stale.update(pid=2**22 + 12345, owner="dead")  # no such process
+    remote.write(lease_module.LEASE, data=json.dumps(stale).encode())
+    rerun = lease_module.Lease(remote)
+    rerun.take(wait=False)
+    assert rerun.read()["owner"] == rerun.owner
+    # The first writer finds it lost the lease and never publishes again.
+    with pytest.raises(lease_module.LeaseLost, match="taken by"):
+        first.check()
+    # A lease of another host that runs out unrenewed is waited out, then taken.
+    gone = dict(rerun.read(), host="another-host", expires=time.time() + 0.5, owner="vm-1")
+    remote.write(lease_module.LEASE, data=json.dumps(gone).encode())
+    said = []
+    newcomer = lease_module.Lease(remote)
+    newcomer.take(say=said.append)
+    assert "waiting" in said[0] and newcomer.read()["owner"] == newcomer.owner
+    assert os.getpid() == newcomer.read()["pid"]
+    newcomer.release()
+    assert first.bucket.size(lease_module.LEASE) is None
+
+
+def test_bad_mirror_arguments_say_what_is_allowed(tmp_path):
+    import datetime
+
+    model = make_model()
+    with pytest.raises(ValueError, match="`mirror` must be a remote directory URL .*Received"):
+        tfckpt.CheckpointCallback(tmp_path / "a", mirror=str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="`mirror_every` must be a positive integer"):
+        tfckpt.CheckpointCallback(tmp_path / "a", mirror="s3://b/x", mirror_every=0)
+    with pytest.raises(ValueError, match="positive timedelta"):
+        tfckpt.CheckpointManager(
+            tmp_path / "a", model, mirror="s3://b/x", mirror_every=datetime.timedelta(0)
+        )
+    with pytest.raises(ValueError, match="`mirror_keep_last` sets up the remote tier"):
+        tfckpt.CheckpointCallback(tmp_path / "a", mirror_keep_last=2)
+    with pytest.raises(ValueError, match="`mirror_keep_last` must be an integer >= 0"):
+        tfckpt.CheckpointCallback(tmp_path / "a", mirror="s3://b/x", mirror_keep_last=-1)
+    with pytest.raises(TypeError, match="`storage_options` must be a dict"):
+        tfckpt.CheckpointCallback(tmp_path / "a", mirror="s3://b/x", storage_options="key")
+    assert not (tmp_path / "a").exists()  # nothing was created
+
+
+def test_unchanged_files_are_uploaded_once_and_rotten_local_copies_fall_back_to_the_bucket(
+    bucket, tmp_path
+):
+    import keras
+    from support import rot
+
+    def frozen_backbone_model():
+        keras.utils.set_random_seed(0)
+        backbone = keras.layers.Dense(1024, name="backbone")
+        model = keras.Sequential([keras.Input((1024,)), backbone, keras.layers.Dense(1)])
+        backbone.trainable = False  # 4 MiB of weights that never change: a file of its own
+        model.compile(keras.optimizers.Adam(1e-3), "mse")
+        return model
+
+    model = frozen_backbone_model()
+    x = keras.random.normal((64, 1024), seed=1)
+    y = keras.random.normal((64, 1), seed=2)
+    manager = tfckpt.CheckpointManager(tmp_path / "run", model, mirror=bucket, keep_last=5)
+    for epoch in (1, 2, 3):
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+        manager.save(epoch=epoch)
+        manager.mirror.flush()
+    first, *later = manager.mirror.uploads
+    assert len(later) == 2 and first.sent > 4 << 20
+    for upload in later:  # the backbone's file is copied inside the store, not sent
+        assert upload.copied >= 4 << 20 and upload.sent < first.sent / 10
+    manager.close()
+    expected = digest(model)
+
+    # Every local copy rots (one flipped bit in each data file): the newest
+    # intact checkpoint comes from the bucket, verified, under a new name.
+    for ckpt in sorted((tmp_path / "run").glob("ckpt-*")):
+        for data in ckpt.glob("ckpt.data-*"):
+            rot(data, data.stat().st_size // 2)
+    again = frozen_backbone_model()
+    manager = tfckpt.CheckpointManager(tmp_path / "run", again, mirror=bucket, keep_last=5)
+    with pytest.warns(UserWarning, match="damaged"):
+        record = manager.restore()
+    assert record.epoch == 3 and record.name == "ckpt-000004"
+    assert digest(again) == expected
+    manager.close()
+    # The damaged local checkpoints are kept for inspection, marked.
+    assert len(list((tmp_path / "run").glob(".damaged-ckpt-*"))) == 3
+
+
+def test_a_hostile_bucket_is_read_bounded_and_never_outside_the_cache(
+    bucket, tmp_path, monkeypatch
+):
+    from tfckpt.store.layout import manifest_checksum
+
+    monkeypatch.setenv("TFCKPT_CACHE", str(tmp_path / "cache"))
+    mirrored_run(tmp_path / "run", bucket, epochs=1)  # ckpt-000001, genuine
+    fs, root = fsspec.core.url_to_fs(bucket)
+    good = json.loads(fs.cat_file(f"{root}/ckpt-000001/manifest.json"))
+    for name, files in (
+        ("ckpt-000002", {"../../escape": {"size": 3, "crc32": 0}}),  # a path out
+        ("ckpt-000003", {"ckpt.index": {"size": 2**40}}),  # sizes it does not hold
+    ):
+        bad = dict(good, seq=int(name[-1]), files={**good["files"], **files})
+        bad["checksum"] = manifest_checksum(bad)
+        for fname in good["files"]:
+            fs.copy(f"{root}/ckpt-000001/{fname}", f"{root}/{name}/{fname}")
+        fs.pipe_file(f"{root}/{name}/manifest.json", json.dumps(bad).encode())
+    fs.pipe_file(f"{root}/ckpt-000004/manifest.json", b"[" * (20 << 20))  # 20 MB, deep
+    fs.pipe_file(f"{root}/ckpt-000005/a/b/manifest.json", b"{}")  # a nested name
+    fs.pipe_file(f"{root}/.lease", b"\xff garbage")
+    (tmp_path / "cache").mkdir()
+    outside = sorted(p.name for p in tmp_path.iterdir())
+
+    run = tfckpt.open(bucket)
+    assert [r.name for r in run.checkpoints] == ["ckpt-000001"]
+    results = dict(tfckpt.verify(bucket))
+    assert results["ckpt-000001"] is None
+    assert "outside the checkpoint" in results["ckpt-000002"]
+    assert "ckpt.index" in results["ckpt-000003"]
+    assert "larger than" in results["ckpt-000004"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == outside  # nothing new beside
+    assert not list(tmp_path.rglob("escape"))
+    # A writer takes the bucket (a garbled lease holds nothing) and leaves the
+    # damaged checkpoints alone; its own are numbered past them.
+    manager = tfckpt.CheckpointManager(tmp_path / "fresh", make_model(), mirror=bucket)
+    assert manager.latest.name == "ckpt-000001"
+    manager.save(epoch=9)
+    manager.close()
+    names = [r.name for r in RemoteRun(Bucket(bucket)).checkpoints()]
+    # (ckpt-000005 held no manifest of its own: an unpublished upload, removed;
+    # its number is not used again.)
+    assert names == ["ckpt-000001", "ckpt-000006"]

@@ -311,8 +311,12 @@ class CheckpointManager:
         local directory holds nothing newer (a new machine)."""
         self._mirror = Mirror(self._store, options, monitor=self.monitor, mode=self.mode)
         self._mirror.start(say=_say)
-        if self._mirror.fetch_newest(records, say=_say) is not None:
-            records = self._store.scan()[0]
+        try:
+            if self._mirror.fetch_newest(records, say=_say) is not None:
+                records = self._store.scan()[0]
+        except BaseException:
+            self._mirror.close(None, finished=False)  # the lease back, the thread ended
+            raise
         return records
 
     @property

@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -360,10 +361,14 @@ def mirror_options(
             "`mirror` must be a remote directory URL that fsspec reaches (s3://, gs://, "
             f"az://, ...), or None. Received: mirror={mirror!r}"
         )
-    rules = KeepRules(
-        local.keep_last if keep_last == LOCAL_RULE else keep_last,  # type: ignore[arg-type]
-        local.keep_best if keep_best == LOCAL_RULE else keep_best,  # type: ignore[arg-type]
-    )
+    try:
+        rules = KeepRules(
+            local.keep_last if keep_last == LOCAL_RULE else keep_last,  # type: ignore[arg-type]
+            local.keep_best if keep_best == LOCAL_RULE else keep_best,  # type: ignore[arg-type]
+        )
+    except ValueError as e:  # named as the caller passed them
+        text = re.sub(r"\bkeep_(last|best)\b", r"mirror_keep_\1", str(e))
+        raise ValueError(text + " (or 'local': as locally)") from None
     return MirrorOptions(
         os.fspath(mirror),
         every,  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -547,10 +548,15 @@ def verify(directory: str | os.PathLike) -> list[tuple[str, str | None]]:
         `(name, problem)` for each checkpoint directory, oldest first; `problem`
         is `None` for an intact checkpoint.
     """
-    remote_problems: list[Problem] = []
     if is_remote(directory):
-        synced = sync(os.fspath(directory), quiet=True)
-        directory, remote_problems = synced.directory, synced.problems
+        # Every object read from the store again (a fresh download), not the cache.
+        with tempfile.TemporaryDirectory(prefix="tfckpt-verify-") as scratch:
+            synced = sync(os.fspath(directory), directory=os.path.join(scratch, "run"))
+            return _verify_local(synced.directory, synced.problems)
+    return _verify_local(os.fspath(directory), [])
+
+
+def _verify_local(directory: str, remote_problems: list[Problem]) -> list[tuple[str, str | None]]:
     store = open_run(directory)._store
     records, problems = store.scan()
     problems = problems + remote_problems

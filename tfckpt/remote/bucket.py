@@ -84,6 +84,24 @@ class Bucket:
                 out.append(entry[len(prefix) :])
         return [e for e in out if e and "/" not in e]
 
+    def sizes(self, *names: str) -> dict[str, int]:
+        """Name -> size of the objects directly under `names` (one listing)."""
+        path = self.path(*names)
+        self.fs.invalidate_cache(path)
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return {}
+        prefix = path.rstrip("/") + "/"
+        out = {}
+        for entry in entries:
+            name = str(entry.get("name", "")).rstrip("/")
+            if entry.get("type") == "file" and name.startswith(prefix):
+                rest = name[len(prefix) :]
+                if rest and "/" not in rest:
+                    out[rest] = int(entry.get("size") or 0)
+        return out
+
     def size(self, *names: str) -> int | None:
         """An object's size, or `None` when there is none."""
         path = self.path(*names)
@@ -103,12 +121,8 @@ class Bucket:
 
     def read(self, *names: str, limit: int) -> bytes | None:
         """An object's bytes (`None` when there is none); one larger than
-        `limit` is a ValueError, never read."""
-        size = self.size(*names)
-        if size is None:
-            return None
-        if size > limit:
-            raise ValueError(f"{names[-1]} is larger than {limit} bytes")
+        `limit` is a ValueError. One ranged request, never more than
+        `limit + 1` bytes read."""
         try:
             data = self.fs.cat_file(self.path(*names), start=0, end=limit + 1)
         except FileNotFoundError:

@@ -19,14 +19,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from tfckpt.errors import DirectoryLockedError
+from tfckpt.errors import CheckpointWriteError, DirectoryLockedError
 from tfckpt.remote.bucket import Bucket
 from tfckpt.remote.progress import TransferProgress
 from tfckpt.remote.remote_run import STORE_FIELDS, RemoteRun
 from tfckpt.store import fs
 from tfckpt.store.checkpoint_store import CheckpointStore
 from tfckpt.store.finished import clear_finished, is_finished, mark_finished
-from tfckpt.store.layout import CheckpointRecord, Problem
+from tfckpt.store.layout import MANIFEST, CheckpointRecord, Problem
 from tfckpt.store.lock import DirectoryLock
 
 _LOCK_WAIT = 60.0  # seconds a sync waits for another sync of the same URL
@@ -63,10 +63,12 @@ def sync(
     storage_options: Mapping[str, Any] | None = None,
     *,
     quiet: bool = True,
+    directory: str | None = None,
 ) -> Synced:
-    """Makes the cache of `url` hold exactly its published checkpoints."""
+    """Makes the cache of `url` (or `directory`) hold exactly its published
+    checkpoints."""
     remote = RemoteRun(Bucket(url, storage_options))
-    directory = cache_directory(url)
+    directory = directory or cache_directory(url)
     fs.makedirs(directory, fsync=False)
     lock = _lock(directory)
     store = CheckpointStore(directory, fsync=False, share_files=True)
@@ -88,8 +90,14 @@ def sync(
                 store.delete(there)
             progress = TransferProgress(f"{record.name} <- {url}", record.size, quiet=quiet)
             metadata = {k: v for k, v in record.manifest.items() if k not in STORE_FIELDS}
-            result = remote.fetch(record, store, metadata=metadata, progress=progress)
+            try:
+                result = remote.fetch(record, store, metadata=metadata, progress=progress)
+            except CheckpointWriteError as e:  # e.g. larger than the free space here
+                result = f"not cached: {e}"
             if isinstance(result, str):
+                if remote.bucket.size(record.name, MANIFEST) is None:
+                    progress.done("deleted by the writer meanwhile")
+                    continue  # retention's, not damage
                 progress.done("damaged, not used")
                 problems.append(Problem(record.name, result))
                 continue

@@ -50,7 +50,7 @@ class Lease:
         now = time.time()
         return {
             "owner": self.owner,
-            "host": socket.gethostname(),
+            "host": _machine(),
             "pid": os.getpid(),
             "renewed": now,
             "expires": now + self.ttl,
@@ -74,14 +74,16 @@ class Lease:
     def _free(self, lease: dict[str, Any] | None) -> bool:
         if lease is None or lease["owner"] == self.owner or lease["expires"] < time.time():
             return True
-        if lease.get("host") == socket.gethostname() and isinstance(lease.get("pid"), int):
+        if lease.get("host") == _machine() and isinstance(lease.get("pid"), int):
             return not _alive(lease["pid"])
         return False
 
     def take(self, *, wait: bool = True, say: Callable[[str], None] | None = None) -> None:
         """Takes the lease, or raises `DirectoryLockedError` naming its holder."""
         lease = self.read()
-        if not self._free(lease) and wait:
+        here = lease is not None and lease.get("host") == _machine()
+        # A holder on this host is alive (checked): only another host's is waited out.
+        if not self._free(lease) and wait and not here:
             remaining = min(lease["expires"] - time.time(), self.ttl) + 1.0
             if say is not None:
                 say(
@@ -145,10 +147,26 @@ class Lease:
             pass  # it runs out by itself
 
 
+def _machine() -> str:
+    """This machine and process namespace: the host name, and where Linux
+    says, the boot id and the pid namespace, so that two containers or VMs
+    that share a host name are never taken for one (a pid is only checked
+    on the machine and namespace that wrote it)."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip()[:36])
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        pass
+    return "/".join(parts)
+
+
 def _holder(lease: dict[str, Any] | None) -> str:
     if not lease:
         return "unknown"
-    return f"pid {lease.get('pid')!r} on host {lease.get('host')!r}"
+    host = str(lease.get("host")).split("/")[0]  # the name, without boot and namespace ids
+    return f"pid {lease.get('pid')!r} on host {host!r}"
 
 
 def _alive(pid: int) -> bool:

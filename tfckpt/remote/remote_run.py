@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -50,6 +51,7 @@ from tfckpt.store.layout import (
 )
 
 _CHUNK = 8 << 20
+_CANONICAL = re.compile(r"^ckpt-[0-9]{6,}$", re.ASCII)
 # Manifest fields the local store writes itself when it commits a download.
 STORE_FIELDS = ("format", "seq", "prefix", "files", "checksum")
 
@@ -73,9 +75,12 @@ class RemoteRun:
     """The run directory `bucket`. Reading needs no lease; writing (publish,
     delete, cleanup) is for the holder of `lease`."""
 
-    def __init__(self, bucket: Bucket):
+    def __init__(self, bucket: Bucket, *, writer: bool = False):
         self.bucket = bucket
         self.url = bucket.url
+        # The writer's own published manifests: they never change while it
+        # holds the lease, so its listings read each only once.
+        self._known: dict[str, bytes] | None = {} if writer else None
 
     # ---- reading -------------------------------------------------------
 
@@ -85,8 +90,10 @@ class RemoteRun:
             entries = self.bucket.listdir()
         except (OSError, CheckpointError) as e:
             raise self.bucket.read_error(e) from e
-        names = [e for e in entries if CHECKPOINT_NAME.match(e)]
-        return sorted(names, key=lambda n: int(CHECKPOINT_NAME.match(n).group(1)))
+        # Only the names tfckpt writes (ckpt- and six ASCII digits): `ckpt-7`
+        # beside `ckpt-000007` would be a second checkpoint of the same number.
+        names = [e for e in entries if _CANONICAL.match(e)]
+        return sorted(names, key=lambda n: int(n[5:]))
 
     def scan(self) -> tuple[list[CheckpointRecord], list[Problem], list[str]]:
         """Published checkpoints (oldest first), prefixes whose manifest is
@@ -96,7 +103,8 @@ class RemoteRun:
         for name in self.names():
             seq = int(CHECKPOINT_NAME.match(name).group(1))
             try:
-                data = self.bucket.read(name, MANIFEST, limit=MANIFEST_LIMIT)
+                known = self._known.get(name) if self._known is not None else None
+                data = known or self.bucket.read(name, MANIFEST, limit=MANIFEST_LIMIT)
             except ValueError as e:
                 problems.append(Problem(name, f"unreadable manifest.json ({e})"))
                 continue
@@ -108,13 +116,29 @@ class RemoteRun:
             try:
                 manifest = fs.parse_json(data)
                 check_manifest(name, seq, manifest)
+                if not known:
+                    self._check_sizes(name, manifest["files"])
             except (ValueError, Corrupt) as e:
                 problems.append(Problem(name, str(e)))
                 continue
             records.append(
                 record_from_manifest(name, seq, self.bucket.url_of(name, PREFIX), manifest)
             )
+            if self._known is not None:
+                self._known[name] = data
         return records, problems, unpublished
+
+    def _check_sizes(self, name: str, files: Mapping[str, Any]) -> None:
+        """Raises `Corrupt` unless every object of `files` is there with its size."""
+        try:
+            there = self.bucket.sizes(name)
+        except OSError as e:
+            raise self.bucket.read_error(e, name) from e
+        for fname, entry in files.items():
+            if fname not in there:
+                raise Corrupt(f"missing file {fname}")
+            if there[fname] != int(entry["size"]):
+                raise Corrupt(f"{fname} has {there[fname]} bytes, manifest says {entry['size']}")
 
     def checkpoints(self) -> list[CheckpointRecord]:
         return self.scan()[0]
@@ -130,16 +154,24 @@ class RemoteRun:
         record: CheckpointRecord,
         store: CheckpointStore,
         *,
-        seq: int | None = None,
+        same_name: bool = True,
         metadata: Mapping[str, Any] | None = None,
         progress: Progress | None = None,
     ) -> CheckpointRecord | str:
         """Downloads `record` into the local `store` (the caller holds its
-        lock), verified, and commits it there under `seq` (default: the same
-        number). Returns the local record, or what is wrong with the remote
-        copy (nothing is committed then)."""
+        lock), verified, and commits it there under the same name (or, with
+        `same_name=False`, the store's next free one). Returns the local
+        record, or what is wrong with the remote copy (nothing is committed
+        then). A checkpoint larger than the local disk's free space is a
+        `CheckpointWriteError`."""
         files: Mapping[str, Any] = record.manifest["files"]
-        pending = store.begin(record.size, seq=record.seq if seq is None else seq)
+        # Sizes first, from one listing: nothing is downloaded (nor space
+        # reserved) for a checkpoint whose objects are not what it says.
+        try:
+            self._check_sizes(record.name, files)
+        except Corrupt as e:
+            return f"{record.name} in {self.url}: {e}"
+        pending = store.begin(record.size, seq=record.seq if same_name else None)
         with store.guard(pending):
             for fname, entry in files.items():
                 problem = self._download(record.name, fname, entry, pending.tmp, progress)
@@ -149,7 +181,11 @@ class RemoteRun:
             staged = dataclasses.replace(
                 record, name=os.path.basename(pending.tmp), path=pending.prefix
             )
-        problem = store.check(staged)
+        try:
+            problem = store.check(staged)
+        except BaseException:
+            store.abort(pending)
+            raise
         if problem is not None:
             store.abort(pending)
             return problem
@@ -225,7 +261,6 @@ class RemoteRun:
                 "overwritten. One run per remote directory."
             )
         lease.check()
-        self.bucket.remove(name)  # what an interrupted upload of this name left
         sources = _sources(published or [])
         sent = copied = 0
         for fname, entry in record.manifest["files"].items():
@@ -241,6 +276,8 @@ class RemoteRun:
         self.bucket.write(name, MANIFEST, data=local_manifest)
         if self.bucket.read(name, MANIFEST, limit=MANIFEST_LIMIT) != local_manifest:
             raise CheckpointWriteError(f"The manifest of {name} in {self.url!r} did not read back")
+        if self._known is not None:
+            self._known[name] = local_manifest
         return Sent(sent + len(local_manifest), copied)
 
     def _copy_inside(self, source: str, name: str, fname: str, entry: Mapping[str, Any]) -> bool:
@@ -299,6 +336,8 @@ class RemoteRun:
     def delete(self, record: CheckpointRecord, lease: Lease) -> None:
         """Unpublishes `record` (its manifest first), then removes its objects."""
         lease.check()
+        if self._known is not None:
+            self._known.pop(record.name, None)
         self.bucket.remove(record.name, MANIFEST)
         self.bucket.remove(record.name)
 

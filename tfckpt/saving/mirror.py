@@ -19,16 +19,16 @@ import time
 import warnings
 from collections.abc import Callable
 
-from tfckpt.errors import CheckpointError, CheckpointReadError, DirectoryLockedError
+from tfckpt.errors import CheckpointReadError, DirectoryLockedError
 from tfckpt.options import KeepRules, MirrorOptions
 from tfckpt.remote.bucket import Bucket
 from tfckpt.remote.lease import Lease, LeaseLost
 from tfckpt.remote.progress import TransferProgress
 from tfckpt.remote.remote_run import LocalDamage, RemoteRun
 from tfckpt.retention import RetentionPolicy
-from tfckpt.store.background import lower_priority_of, lower_thread_priority
+from tfckpt.store.background import lower_thread_priority
 from tfckpt.store.checkpoint_store import CheckpointStore
-from tfckpt.store.layout import CHECKPOINT_NAME, CheckpointRecord
+from tfckpt.store.layout import DAMAGED, CheckpointRecord
 
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # seconds between the attempts of one upload
 
@@ -67,7 +67,7 @@ class Mirror:
         self.store = store
         self.options = options
         self.url = options.url
-        self.remote = RemoteRun(Bucket(options.url, options.storage_options))
+        self.remote = RemoteRun(Bucket(options.url, options.storage_options), writer=True)
         self.lease = Lease(self.remote.bucket)
         keep = KeepRules(options.keep_last, options.keep_best if monitor else 0)
         self._policy: RetentionPolicy = keep.policy(monitor, mode)
@@ -95,24 +95,25 @@ class Mirror:
         for delay in (*RETRY_DELAYS, None):
             try:
                 self.lease.take(say=say)
-                self.remote.remove_unpublished(self.lease)
-                self.remote.mark_finished(False)
-                records, _, _ = self.remote.scan()
-                self.published = records
+                # Numbers first, torn uploads' too: none is used again.
                 names = self.remote.names()
                 if names:
-                    self.store.reserve(int(CHECKPOINT_NAME.match(names[-1]).group(1)))
+                    self.store.reserve(int(names[-1][5:]))
+                self.remote.remove_unpublished(self.lease)
+                self.remote.mark_finished(False)
+                self.published = self.remote.checkpoints()
                 self._thread = threading.Thread(
                     target=self._loop, name="tfckpt-mirror", daemon=True
                 )
                 self._thread.start()
-                return records
+                return self.published
             except DirectoryLockedError:
                 raise
-            except (OSError, CheckpointError) as e:
+            except Exception as e:  # the network's and the store's errors, all retried
                 error = e
             if delay is not None:
                 time.sleep(delay)
+        self.lease.release()
         raise CheckpointReadError(
             f"Cannot reach the mirror {self.url!r}: {type(error).__name__}: {error}. Training "
             "did not start (it might start over beside a run it cannot see); the local "
@@ -134,18 +135,17 @@ class Mirror:
         reused locally (damaged there): such a checkpoint is committed under
         the next free number."""
         newest = max((r.seq for r in local), default=0)
-        taken = {r.name for r in local} | set(skip)
+        # Every name the local directory holds, damaged ones and their markers too.
+        taken = {e.removeprefix(DAMAGED) for e in self.store.entries()} | set(skip)
         for record in reversed(self.published):
             if record.seq <= newest and record.name not in skip:
                 break
             progress = TransferProgress(
                 f"{record.name} <- {self.url}", record.size, quiet=say is None
             )
-            seq = None
-            if record.name in taken:
-                seq = max([r.seq for r in local] + [record.seq] + [newest]) + 1
-                self.store.reserve(seq)
-            result = self.remote.fetch(record, self.store, seq=seq, progress=progress)
+            result = self.remote.fetch(
+                record, self.store, same_name=record.name not in taken, progress=progress
+            )
             if isinstance(result, CheckpointRecord):
                 progress.done("downloaded and verified")
                 return result
@@ -174,13 +174,10 @@ class Mirror:
                 self._cond.notify_all()
 
     def _loop(self) -> None:
+        # Reading, hashing and verifying run here, below training. (The
+        # network transfer itself runs in fsspec's I/O thread, which the whole
+        # process shares: its priority is left as it is.)
         lower_thread_priority()
-        try:
-            import fsspec.asyn
-
-            lower_priority_of(fsspec.asyn.iothread[0])
-        except (ImportError, AttributeError, IndexError):
-            pass
         while True:
             with self._cond:
                 while self._due is None and not self._stop:
@@ -192,21 +189,17 @@ class Mirror:
                 self._busy = record is not None
             try:
                 if record is None:
-                    self._renew()
+                    self.lease.renew()
                 else:
                     self._upload(record)
+            except LeaseLost as e:
+                self._fail(str(e))
+            except Exception as e:  # never ends the thread: flush() and close() rely on it
+                self._fail(f"{type(e).__name__}: {e}")
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
-
-    def _renew(self) -> None:
-        try:
-            self.lease.renew()
-        except LeaseLost as e:
-            self._fail(str(e))
-        except (OSError, CheckpointError):
-            pass  # tried again at the next wake
 
     def _upload(self, record: CheckpointRecord) -> None:
         start = time.monotonic()
@@ -214,14 +207,19 @@ class Mirror:
             if record.seq < max((r.seq for r in self.published), default=0):
                 return  # a newer one is published already
             try:
-                sent = self.remote.publish(record, self.lease, published=self.published)
+                sent = self.remote.publish(
+                    record, self.lease, published=self.published, progress=self._renew
+                )
                 break
-            except LeaseLost as e:
-                self._fail(str(e))
-                return
+            except LeaseLost:
+                raise
             except LocalDamage as e:
                 if self.store.vanished(record.name):
-                    return  # deleted by local retention meanwhile: a newer one is due
+                    # Deleted by local retention meanwhile: the newest instead.
+                    newest = self.store.scan()[0][-1:]
+                    if newest and newest[0].seq > record.seq:
+                        self._upload(newest[0])
+                    return
                 self._fail(str(e))
                 return
             except Exception as e:  # the store's and the network's errors, all retried
@@ -247,6 +245,10 @@ class Mirror:
         )
         self._apply_retention()
 
+    def _renew(self, sent: int) -> None:
+        """Called as bytes go up: a long upload keeps the lease."""
+        self.lease.renew()
+
     def _apply_retention(self) -> None:
         """Deletes what the remote tier's rules do not keep, and what failed
         uploads left (this writer holds the lease: nothing else is in flight)."""
@@ -255,11 +257,10 @@ class Mirror:
             for name in unpublished:
                 self.lease.check()
                 self.remote.bucket.remove(name)
-        except LeaseLost as e:
-            self._fail(str(e))
-            return
-        except (OSError, CheckpointError):
-            return
+        except LeaseLost:
+            raise
+        except Exception:
+            return  # the next upload's retention tries again
         if not records:
             return
         reasons = self._policy.keep(records)
@@ -269,10 +270,9 @@ class Mirror:
                 continue
             try:
                 self.remote.delete(record, self.lease)
-            except LeaseLost as e:
-                self._fail(str(e))
-                return
-            except (OSError, CheckpointError):
+            except LeaseLost:
+                raise
+            except Exception:
                 return  # the next upload's retention tries again
         self.published = [r for r, why in zip(records, reasons) if why]
 
@@ -294,8 +294,11 @@ class Mirror:
     def flush(self) -> None:
         """Waits until no upload is due or running."""
         with self._cond:
-            while self._due is not None or self._busy:
-                self._cond.wait()
+            while (self._due is not None or self._busy) and self._alive():
+                self._cond.wait(timeout=1.0)
+
+    def _alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def close(self, newest: CheckpointRecord | None, *, finished: bool) -> None:
         """Uploads `newest` (the run's newest local checkpoint) unless it is
@@ -309,8 +312,9 @@ class Mirror:
             self.flush()
             if finished and self.failure is None:
                 try:
+                    self.lease.check()  # never into another writer's run
                     self.remote.mark_finished(True)
-                except (OSError, CheckpointError):
+                except Exception:
                     pass  # watchers of the bucket follow on; nothing is lost
         finally:
             with self._cond:

@@ -129,12 +129,14 @@ class Watcher:
     def _poll(self) -> None:
         # The marker first: every checkpoint committed before it is then in
         # the listing that follows.
+        # A bucket's client raises errors of its own (botocore's, gcsfs's).
+        passing = (CheckpointReadError, OSError) if self.url is None else (Exception,)
         try:
             if self.url is not None:
                 sync(self.url)
             finished = is_finished(self.directory)
             records = self._store.scan()[0]
-        except (CheckpointReadError, OSError) as e:
+        except passing as e:
             # Shared storage hiccups: not the end of the run; list again later.
             if not self._told:
                 self._told = True

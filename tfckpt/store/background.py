@@ -38,16 +38,3 @@ def lower_thread_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
     except OSError:
         pass
-
-
-def lower_priority_of(thread: threading.Thread | None) -> None:
-    """`lower_thread_priority` for another thread (e.g. fsspec's I/O loop,
-    which does a background upload's network work)."""
-    tid = getattr(thread, "native_id", None)
-    if sys.platform != "linux" or tid is None:
-        return
-    try:
-        if os.getpriority(os.PRIO_PROCESS, tid) < BACKGROUND_NICE:
-            os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
-    except OSError:
-        pass

@@ -194,6 +194,8 @@ class RunDirectory:
             if ".data-" in fname and (not data or "crc32" not in entry):
                 tensors_to_check = tensors_to_check or data
                 continue
+            if "crc32" not in entry:  # tfckpt writes one: someone else's manifest
+                return f"the manifest has no checksum of {fname}"
             crc = self._measure(record, fname, fs.crc32)
             if crc is None:
                 return f"missing file {fname}"
