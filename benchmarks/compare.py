@@ -356,6 +356,90 @@ def median(fn, repeats: int, before=None) -> float:
     return statistics.median(times)
 
 
+HOOKS = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_epoch_end",
+    "on_train_end",
+)
+
+
+def time_hooks(callback: keras.callbacks.Callback) -> dict[int, float]:
+    """Times every Keras hook of `callback` in `fit`: seconds `fit` waits in
+    it, summed per epoch (the end of training counts to the last epoch), so a
+    save's whole cost is seen wherever it falls (the epoch end, the next
+    epoch's begin, batch hooks)."""
+    per_epoch: dict[int, float] = {}
+    epoch = [0]
+
+    def wrap(name):
+        original = getattr(callback, name)
+
+        def timed(*args, **kwargs):
+            if name == "on_epoch_begin":
+                epoch[0] = args[0]
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                per_epoch[epoch[0]] = per_epoch.get(epoch[0], 0.0) + time.perf_counter() - t0
+
+        setattr(callback, name, timed)
+
+    for name in HOOKS:
+        wrap(name)
+    return per_epoch
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def bench_fit_blocked(size_mb: float, epochs: int, steps: int, fresh) -> dict:
+    """Seconds `fit` is blocked per save with the default retention
+    (keep_last=3: a deletion follows most saves), every hook counted, sync and
+    async; beside a raw write+fsync of the same bytes and TF's own save+fsync
+    (max_to_keep=3), each as many times. Median and min-max over the epochs
+    after the first (which traces and fills the directory)."""
+    model = build_model(size_mb)
+    batch = 32
+    x = np.random.rand(batch * steps, model.input_shape[-1]).astype("float32")
+    y = np.random.rand(batch * steps, 1).astype("float32")
+    model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # trace once
+    raw = raw_writer(state_arrays(model), fresh("blocked_raw"))
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    tf_dir = fresh("blocked_tf")
+    tf_manager = tf.train.CheckpointManager(ckpt, tf_dir, max_to_keep=3)
+    out: dict = {"size_mb": sum(a.nbytes for a in state_arrays(model)) / 2**20}
+    reference: dict[str, list[float]] = {"raw write+fsync": [], "tf save + fsync": []}
+    for i in range(epochs):
+        perturb(model)
+        t0 = time.perf_counter()
+        raw(i)
+        reference["raw write+fsync"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        tf_manager.save()
+        fsync_tree(tf_dir)
+        reference["tf save + fsync"].append(time.perf_counter() - t0)
+    for name, values in reference.items():
+        out[name] = spread(values[1:])
+    for label, options in (("tfckpt sync", {}), ("tfckpt async", {"async_save": True})):
+        callback = tfckpt.CheckpointCallback(
+            fresh(f"blocked_{label.split()[-1]}"), monitor=None, verbose=0, **options
+        )
+        per_epoch = time_hooks(callback)
+        model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[callback])
+        out[f"{label}: fit blocked per save"] = spread(list(per_epoch.values())[1:])
+    sync = out["tfckpt sync: fit blocked per save"]["median"]
+    out["ratios"] = {
+        "sync blocked / raw write+fsync": sync / out["raw write+fsync"]["median"],
+        "sync blocked / tf save+fsync": sync / out["tf save + fsync"]["median"],
+    }
+    return out
+
+
 def moto_s3() -> tuple[subprocess.Popen, dict[str, str]]:
     """moto's S3 server on 127.0.0.1 (the test extra installs it), and the
     environment that points s3fs at it."""
@@ -518,6 +602,11 @@ def main() -> None:
     p.add_argument("--plot", default=os.path.join(os.path.dirname(__file__), "scale.png"))
     p.add_argument("--replot", action="store_true", help="only redraw the plot from --json")
     p.add_argument(
+        "--only-blocked",
+        action="store_true",
+        help="measure only the time fit is blocked per save (default retention); put it in --json",
+    )
+    p.add_argument(
         "--only-mirror",
         action="store_true",
         help="measure only the remote tier (moto's S3 server); put it in --json",
@@ -528,6 +617,26 @@ def main() -> None:
         help="measure only the incremental saves; replace them (and their ratios) in --json",
     )
     args = p.parse_args()
+    if args.only_blocked:
+        root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)
+
+        def fresh_blocked(name):
+            os.makedirs(os.path.join(root, name))
+            return os.path.join(root, name)
+
+        blocked = bench_fit_blocked(
+            args.size_mb, args.fit_epochs, args.fit_steps or 8, fresh_blocked
+        )
+        shutil.rmtree(root, ignore_errors=True)
+        report = {}
+        if os.path.exists(args.json):
+            with open(args.json) as f:
+                report = json.load(f)
+        report["fit_blocked"] = blocked
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(json.dumps(blocked, indent=1))
+        return
     if args.only_mirror:
         root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)
 

@@ -6,8 +6,9 @@ preloaded (LD_PRELOAD) into a real training process, where it makes one libc
 call (open, write, fsync, rename, remove, listdir, stat, mkdir, close) on the
 run directory fail with ENOSPC, EIO or EACCES, or SIGKILL the process at that
 call. `tests/scripts/faults.py` drives the operation and checks each outcome
-(see its docstring). CI fails each call once with one errno it can really
-return; `-m soak` fails each with every such errno, and kills at every call.
+(see its docstring). CI fails every second call once with one errno it can really
+return; `-m soak` fails every call, each with every such errno, and kills at
+every call.
 """
 
 import json
@@ -90,6 +91,21 @@ CI_SCENARIOS = ["save", "restore", "prune"]
 SMALL = {"restore": ("--small",), "prune": ("--small",)}
 
 
+# CI fails every second call (1st, 3rd, ...; the errnos still rotate over all
+# three), which keeps the suite within its time; `-m soak` fails every call.
+CI_STRIDE = 2
+
+
+@pytest.mark.parametrize("scenario", CI_SCENARIOS)
+def test_every_second_call_fails_once_in_turn(inject_so, tmp_path, scenario):
+    args = (*SMALL.get(scenario, ()), "--every", str(CI_STRIDE))
+    counts, injections = sweep(inject_so, tmp_path, scenario, *args)
+    # One injection per second call the operation makes on the run directory.
+    assert len(injections) == sum(-(-n // CI_STRIDE) for n in counts.values())
+    assert_kept_the_promise(injections, scenario)
+
+
+@pytest.mark.soak
 @pytest.mark.parametrize("scenario", CI_SCENARIOS)
 def test_every_call_fails_once_in_turn(inject_so, tmp_path, scenario):
     counts, injections = sweep(inject_so, tmp_path, scenario, *SMALL.get(scenario, ()))

@@ -100,11 +100,11 @@ def check_fuzz(tmp_path, kills, seed, extra=()):
 
 
 def test_kill_9_fuzzing(tmp_path):
-    check_fuzz(tmp_path, kills=12, seed=1)
+    check_fuzz(tmp_path, kills=8, seed=1)
 
 
 def test_kill_9_fuzzing_async_saves(tmp_path):
-    check_fuzz(tmp_path, kills=6, seed=3, extra=["--async-save"])
+    check_fuzz(tmp_path, kills=4, seed=3, extra=["--async-save"])
 
 
 @pytest.mark.soak

@@ -169,6 +169,8 @@ def mirrored_run(directory, url, epochs=3, **kwargs):
 def test_every_reading_entry_point_takes_a_bucket_and_cp_goes_local_s3_gcs_local(
     bucket, gcs_bucket, tmp_path, capsys, monkeypatch
 ):
+    from support import make_data
+
     from tfckpt import cli
 
     monkeypatch.setenv("TFCKPT_CACHE", str(tmp_path / "cache"))
@@ -198,6 +200,13 @@ def test_every_reading_entry_point_takes_a_bucket_and_cp_goes_local_s3_gcs_local
     # The run finished: a watcher of the bucket yields every checkpoint, then ends.
     seen = [r.name for r in tfckpt.watch(bucket, timeout=30, poll_interval=0.2)]
     assert seen == [r.name for r in local.checkpoints]
+
+    # The sidecar evaluator follows the bucket too (its log beside it, locally).
+    monkeypatch.chdir(tmp_path)
+    evaluator = tfckpt.SidecarEvaluator(make_model(), make_data(), bucket, timeout=30)
+    rows = evaluator.start()
+    assert [row["name"] for row in rows] == [r.name for r in local.checkpoints]
+    assert evaluator.log_dir == "run-eval" and (tmp_path / "run-eval").is_dir()
 
     # cp: local -> s3 -> gcs -> local, verified at each hop, listings equal.
     hop1, hop2, back = bucket + "-copy", gcs_bucket, tmp_path / "back"
@@ -364,3 +373,51 @@ def test_a_hostile_bucket_is_read_bounded_and_never_outside_the_cache(
     # (ckpt-000005 held no manifest of its own: an unpublished upload, removed;
     # its number is not used again.)
     assert names == ["ckpt-000001", "ckpt-000006"]
+
+
+@pytest.mark.soak
+def test_soak_killed_at_random_moments_then_the_machine_is_gone(bucket, s3, tmp_path):
+    """SIGKILL at random moments (seeded) of a mirrored run, the local
+    directory deleted after each kill: every rerun resumes from the bucket,
+    and the last one ends bitwise equal to an uninterrupted run."""
+    import random
+    import time
+
+    from support import start_script
+
+    env = script_env(**s3[1])
+    run_script(
+        "mirror_train.py",
+        tmp_path / "ref",
+        bucket + "-ref",
+        "--epochs",
+        "8",
+        "--out",
+        tmp_path / "ref.json",
+        env=env,
+        check=True,
+    )
+    rng = random.Random(26)
+    run = tmp_path / "run"
+    for _ in range(10):
+        proc = start_script("mirror_train.py", run, bucket, "--epochs", "8", env=env)
+        time.sleep(rng.uniform(4.0, 12.0))
+        proc.kill()
+        proc.communicate()
+        shutil.rmtree(run, ignore_errors=True)
+        for _, why in tfckpt.verify(bucket):
+            assert why is None  # nothing torn was ever published
+    run_script(
+        "mirror_train.py",
+        run,
+        bucket,
+        "--epochs",
+        "8",
+        "--out",
+        tmp_path / "end.json",
+        env=env,
+        check=True,
+    )
+    end = json.loads((tmp_path / "end.json").read_text())
+    assert end["digest"] == json.loads((tmp_path / "ref.json").read_text())["digest"]
+    assert unpublished(bucket) == []

@@ -218,7 +218,7 @@ def hostile_fuzz(tmp_path, first, cases):
 
 
 def test_hostile_directory_fuzz(tmp_path):
-    results, planted = hostile_fuzz(tmp_path, first=0, cases=30)
+    results, planted = hostile_fuzz(tmp_path, first=0, cases=18)
     assert len(planted) >= 12
     assert all(r["outcomes"].get("ls") == "ok" for r in results)
     assert sum(r["outcomes"].get("resuming fit") == "ok" for r in results) >= 10

@@ -401,7 +401,10 @@ class CheckpointManager:
                 once it is committed, the newest earlier checkpoint at the same
                 step and epoch is deleted, whatever retention says.
         """
-        self.wait()  # at most one save in flight; raises the previous one's error
+        # At most one save in flight; raises the previous one's error. Not
+        # `wait()`: the removal of checkpoints retention deleted goes on beside
+        # this save (`begin` waits for it only when the space is needed).
+        self._writer.wait()
         lost = self._lock.lost if self._lock is not None else None
         if lost:
             raise CheckpointWriteError(

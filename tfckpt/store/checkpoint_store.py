@@ -151,6 +151,11 @@ class CheckpointStore(RunDirectory):
                 raise CheckpointWriteError(f"Could not save a checkpoint: {e}") from e
         name = f"ckpt-{seq:06d}"
         free = fs.free_bytes(self.directory)
+        self._reaping = [f for f in self._reaping if not f.done()]
+        if free is not None and expected_size > free and self._reaping:
+            # Deleted checkpoints' files are still being removed: their space first.
+            self.drain()
+            free = fs.free_bytes(self.directory)
         if free is not None and expected_size > free:
             raise CheckpointWriteError(
                 f"Not enough space to save checkpoint {name} in {self.directory!r}: it "
