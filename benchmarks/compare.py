@@ -617,44 +617,30 @@ def main() -> None:
         help="measure only the incremental saves; replace them (and their ratios) in --json",
     )
     args = p.parse_args()
-    if args.only_blocked:
-        root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)
-
-        def fresh_blocked(name):
-            os.makedirs(os.path.join(root, name))
-            return os.path.join(root, name)
-
-        blocked = bench_fit_blocked(
-            args.size_mb, args.fit_epochs, args.fit_steps or 8, fresh_blocked
-        )
-        shutil.rmtree(root, ignore_errors=True)
-        report = {}
-        if os.path.exists(args.json):
-            with open(args.json) as f:
-                report = json.load(f)
-        report["fit_blocked"] = blocked
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(json.dumps(blocked, indent=1))
-        return
-    if args.only_mirror:
+    if args.only_blocked or args.only_mirror:
         root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)
 
         def fresh_dir(name):
             os.makedirs(os.path.join(root, name))
             return os.path.join(root, name)
 
-        steps = args.fit_steps or 20
-        mirror = bench_mirror(args.size_mb, args.fit_epochs, steps, fresh_dir)
+        if args.only_blocked:
+            key = "fit_blocked"
+            measured = bench_fit_blocked(
+                args.size_mb, args.fit_epochs, args.fit_steps or 8, fresh_dir
+            )
+        else:
+            key = "mirror"
+            measured = bench_mirror(args.size_mb, args.fit_epochs, args.fit_steps or 20, fresh_dir)
         shutil.rmtree(root, ignore_errors=True)
         report = {}
         if os.path.exists(args.json):
             with open(args.json) as f:
                 report = json.load(f)
-        report["mirror"] = mirror
+        report[key] = measured
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
-        print(json.dumps(mirror, indent=1))
+        print(json.dumps(measured, indent=1))
         return
     if args.only_incremental:
         root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)

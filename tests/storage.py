@@ -37,18 +37,24 @@ def _wait_for(port, proc, what, timeout=30.0):
 
 
 @contextlib.contextmanager
+def _serving(what, command):
+    """Runs `command(port)` on a free port until the block ends; yields the port."""
+    port = free_port()
+    proc = subprocess.Popen(command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(port, proc, what)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
 def s3_server():
     """moto's S3 server; yields the environment that points boto at it."""
-    port = free_port()
     exe = shutil.which("moto_server", path=os.path.dirname(sys.executable))
     assert exe, "moto_server missing: the test extra installs moto[server]"
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for(port, proc, "moto_server")
+    with _serving("moto_server", lambda port: [exe, "-H", "127.0.0.1", "-p", str(port)]) as port:
         yield (
             port,
             {
@@ -58,9 +64,6 @@ def s3_server():
                 "AWS_DEFAULT_REGION": "us-east-1",
             },
         )
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _fake_gcs_binary():
@@ -79,26 +82,9 @@ def _fake_gcs_binary():
 def gcs_server():
     """fake-gcs-server (in memory); yields the environment that points gcsfs
     at it (fsspec reads FSSPEC_GCS_* as gcsfs's arguments)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            _fake_gcs_binary(),
-            "-scheme",
-            "http",
-            "-host",
-            "127.0.0.1",
-            "-port",
-            str(port),
-            "-backend",
-            "memory",
-            "-log-level",
-            "error",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for(port, proc, "fake-gcs-server")
+    binary = _fake_gcs_binary()
+    flags = ["-scheme", "http", "-host", "127.0.0.1", "-backend", "memory", "-log-level", "error"]
+    with _serving("fake-gcs-server", lambda port: [binary, *flags, "-port", str(port)]) as port:
         yield (
             port,
             {
@@ -110,9 +96,6 @@ def gcs_server():
                 "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
             },
         )
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 class FaultProxy:

@@ -33,7 +33,7 @@ from tfckpt.run import Run, Which, open_run
 from tfckpt.store import fs
 from tfckpt.store.checkpoint_store import CheckpointStore
 from tfckpt.store.finished import is_finished, mark_finished
-from tfckpt.store.layout import CheckpointRecord, Problem
+from tfckpt.store.layout import CheckpointRecord, Problem, same_checkpoint
 from tfckpt.store.lock import DirectoryLock
 
 # The marker of a damaged checkpoint (docs/on-disk.md): its name is not reused.
@@ -166,7 +166,7 @@ def copy(
                     "overwritten; remove the marker or copy into another directory."
                 )
             there = present_by_name.get(record.name)
-            if there is not None and _same(record, there):
+            if there is not None and same_checkpoint(record, there):
                 # Equal manifests are not equal bytes: the copy there may have
                 # rotted since (or an earlier copy linked a rotten file).
                 rotten = store.check(there)
@@ -178,7 +178,7 @@ def copy(
                     )
             if there is None:
                 todo.append(record)
-            elif _same(record, there):
+            elif same_checkpoint(record, there):
                 skipped.append(there)
                 _say(
                     quiet,
@@ -250,7 +250,7 @@ def _copy_to_remote(
         present = {r.name: r for r in published}
         for record in records:  # conflicts first: nothing is written when any would stop it
             there = present.get(record.name)
-            if there is not None and not _same(record, there):
+            if there is not None and not same_checkpoint(record, there):
                 raise CheckpointError(
                     f"Cannot copy {record.name} into {dst!r}: a checkpoint of that name "
                     f"there has other content (step {there.step}, epoch {there.epoch}; "
@@ -323,25 +323,6 @@ def _refuse_overlap(src: str, dst: str) -> None:
             f"`dst` must not be the source run directory or inside it. Received: "
             f"src={src!r}, dst={dst!r}"
         )
-
-
-def _same(a: CheckpointRecord, b: CheckpointRecord) -> bool:
-    """Whether two checkpoints hold the same bytes: same metadata, same files
-    with the same sizes and checksums (CRC-32 of the index, whose per-tensor
-    CRC32C covers the data shards; xxh3 of shards where both recorded it)."""
-    if (a.step, a.epoch, a.batch, a.time) != (b.step, b.epoch, b.batch, b.time):
-        return False
-    fa, fb = a.manifest["files"], b.manifest["files"]
-    if set(fa) != set(fb):
-        return False
-    for fname, ea in fa.items():
-        eb = fb[fname]
-        if ea["size"] != eb["size"]:
-            return False
-        for key in ("crc32", "xxh3"):
-            if key in ea and key in eb and ea[key] != eb[key]:
-                return False
-    return True
 
 
 def _metadata(record: CheckpointRecord, src: str) -> dict[str, Any]:

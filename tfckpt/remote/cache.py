@@ -26,7 +26,7 @@ from tfckpt.remote.remote_run import STORE_FIELDS, RemoteRun
 from tfckpt.store import fs
 from tfckpt.store.checkpoint_store import CheckpointStore
 from tfckpt.store.finished import clear_finished, is_finished, mark_finished
-from tfckpt.store.layout import MANIFEST, CheckpointRecord, Problem
+from tfckpt.store.layout import MANIFEST, CheckpointRecord, Problem, same_checkpoint
 from tfckpt.store.lock import DirectoryLock
 
 _LOCK_WAIT = 60.0  # seconds a sync waits for another sync of the same URL
@@ -84,7 +84,7 @@ def sync(
         downloaded = []
         for record in records:
             there = cached.get(record.name)
-            if there is not None and _same_files(there, record):
+            if there is not None and same_checkpoint(there, record):
                 continue
             if there is not None:
                 store.delete(there)
@@ -125,17 +125,3 @@ def _lock(directory: str) -> DirectoryLock:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-
-
-def _same_files(a: CheckpointRecord, b: CheckpointRecord) -> bool:
-    fa, fb = a.manifest["files"], b.manifest["files"]
-    if set(fa) != set(fb) or (a.step, a.time) != (b.step, b.time):
-        return False
-    for fname, ea in fa.items():
-        eb = fb[fname]
-        if ea["size"] != eb["size"]:
-            return False
-        for key in ("crc32", "xxh3"):
-            if key in ea and key in eb and ea[key] != eb[key]:
-                return False
-    return True

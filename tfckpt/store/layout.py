@@ -173,6 +173,26 @@ def record_from_manifest(
     )
 
 
+def same_checkpoint(a: CheckpointRecord, b: CheckpointRecord) -> bool:
+    """Whether two checkpoints hold the same bytes: same point and time, same
+    files with the same sizes and checksums (CRC-32 of the index, whose
+    per-tensor CRC32C covers the data shards; xxh3 of shards where both
+    recorded it)."""
+    if (a.step, a.epoch, a.batch, a.time) != (b.step, b.epoch, b.batch, b.time):
+        return False
+    fa, fb = a.manifest["files"], b.manifest["files"]
+    if set(fa) != set(fb):
+        return False
+    for fname, ea in fa.items():
+        eb = fb[fname]
+        if ea["size"] != eb["size"]:
+            return False
+        for key in ("crc32", "xxh3"):
+            if key in ea and key in eb and ea[key] != eb[key]:
+                return False
+    return True
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
