@@ -245,8 +245,8 @@ def _copy_to_remote(
         ) from None
     copied, skipped = [], []
     try:
-        remote.remove_unpublished(lease)
-        published = remote.checkpoints()
+        published, _, unpublished = remote.scan()
+        remote.remove_unpublished(lease, unpublished)
         present = {r.name: r for r in published}
         for record in records:  # conflicts first: nothing is written when any would stop it
             there = present.get(record.name)

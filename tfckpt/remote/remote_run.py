@@ -341,14 +341,13 @@ class RemoteRun:
         self.bucket.remove(record.name, MANIFEST)
         self.bucket.remove(record.name)
 
-    def remove_unpublished(self, lease: Lease) -> list[str]:
-        """Removes prefixes without a manifest (uploads a crash interrupted)."""
-        _, _, unpublished = self.scan()
+    def remove_unpublished(self, lease: Lease, unpublished: list[str]) -> None:
+        """Removes `unpublished`, the prefixes a `scan` found without a
+        manifest (uploads a crash or a failure interrupted)."""
         if unpublished:
             lease.check()
         for name in unpublished:
             self.bucket.remove(name)
-        return unpublished
 
     def mark_finished(self, finished: bool) -> None:
         if finished:

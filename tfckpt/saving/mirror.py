@@ -95,13 +95,15 @@ class Mirror:
         for delay in (*RETRY_DELAYS, None):
             try:
                 self.lease.take(say=say)
-                # Numbers first, torn uploads' too: none is used again.
-                names = self.remote.names()
+                records, problems, unpublished = self.remote.scan()
+                # Every number there, torn uploads' too, before any is removed:
+                # none is used again.
+                names = [r.name for r in records] + [p.name for p in problems] + unpublished
                 if names:
-                    self.store.reserve(int(names[-1][5:]))
-                self.remote.remove_unpublished(self.lease)
+                    self.store.reserve(max(int(name[5:]) for name in names))
+                self.remote.remove_unpublished(self.lease, unpublished)
                 self.remote.mark_finished(False)
-                self.published = self.remote.checkpoints()
+                self.published = records
                 self._thread = threading.Thread(
                     target=self._loop, name="tfckpt-mirror", daemon=True
                 )
@@ -254,9 +256,7 @@ class Mirror:
         uploads left (this writer holds the lease: nothing else is in flight)."""
         try:
             records, _, unpublished = self.remote.scan()
-            for name in unpublished:
-                self.lease.check()
-                self.remote.bucket.remove(name)
+            self.remote.remove_unpublished(self.lease, unpublished)
         except LeaseLost:
             raise
         except Exception:
