@@ -101,8 +101,8 @@ def disk_used(path: str) -> int:
     return total
 
 
-def raw_writer(arrays: list[np.ndarray], directory: str):
-    """Writes the bytes of `arrays` to a new file + fsync, keeping the last 2."""
+def raw_writer(arrays: list[np.ndarray], directory: str, keep: int = 2):
+    """Writes the bytes of `arrays` to a new file + fsync, keeping the last `keep`."""
 
     def write(i):
         path = os.path.join(directory, f"state-{i}.bin")
@@ -112,7 +112,7 @@ def raw_writer(arrays: list[np.ndarray], directory: str):
             f.flush()
             os.fsync(f.fileno())
         fs.fsync_dir(directory)
-        old = os.path.join(directory, f"state-{i - 2}.bin")
+        old = os.path.join(directory, f"state-{i - keep}.bin")
         if os.path.exists(old):
             os.remove(old)
 
@@ -375,86 +375,170 @@ def median(fn, repeats: int, before=None) -> float:
     return statistics.median(times)
 
 
-HOOKS = (
-    "on_train_begin",
-    "on_epoch_begin",
-    "on_train_batch_begin",
-    "on_train_batch_end",
-    "on_epoch_end",
-    "on_train_end",
-)
+class StepTimes(keras.callbacks.Callback):
+    """When each train step starts and ends, seen from outside every other
+    callback: place `StepTimes.around(callbacks)` around them. The gap between
+    an epoch's last step and the next epoch's first is everything `fit` waited
+    for there (every callback's hooks and whatever they wrap, e.g. a save
+    that runs once all callbacks have seen the epoch end)."""
+
+    def __init__(self):
+        super().__init__()
+        self.step_ends: dict[int, float] = {}  # epoch -> end of its last step
+        self.first_begins: dict[int, float] = {}  # epoch -> start of its first step
+        self.epoch = 0
+        self.outer = _StepEnds(self)
+
+    def around(self, callbacks: list) -> list:
+        return [self.outer, *callbacks, self]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.first_begins.setdefault(self.epoch, time.perf_counter())
+
+    def gaps(self, fit_returned: float) -> list[float]:
+        """Seconds between epochs (and from the last step to fit's return)."""
+        epochs = sorted(self.step_ends)
+        out = [self.first_begins[e + 1] - self.step_ends[e] for e in epochs[:-1]]
+        return out + [fit_returned - self.step_ends[epochs[-1]]]
 
 
-def time_hooks(callback: keras.callbacks.Callback) -> dict[int, float]:
-    """Times every Keras hook of `callback` in `fit`: seconds `fit` waits in
-    it, summed per epoch (the end of training counts to the last epoch), so a
-    save's whole cost is seen wherever it falls (the epoch end, the next
-    epoch's begin, batch hooks)."""
-    per_epoch: dict[int, float] = {}
-    epoch = [0]
+class _StepEnds(keras.callbacks.Callback):
+    def __init__(self, times: StepTimes):
+        super().__init__()
+        self.times = times
 
-    def wrap(name):
-        original = getattr(callback, name)
-
-        def timed(*args, **kwargs):
-            if name == "on_epoch_begin":
-                epoch[0] = args[0]
-            t0 = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                per_epoch[epoch[0]] = per_epoch.get(epoch[0], 0.0) + time.perf_counter() - t0
-
-        setattr(callback, name, timed)
-
-    for name in HOOKS:
-        wrap(name)
-    return per_epoch
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.step_ends[self.times.epoch] = time.perf_counter()
 
 
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def bench_fit_blocked(size_mb: float, epochs: int, steps: int, fresh) -> dict:
-    """Seconds `fit` is blocked per save with the default retention
-    (keep_last=3: a deletion follows most saves), every hook counted, sync and
-    async; beside a raw write+fsync of the same bytes and TF's own save+fsync
-    (max_to_keep=3), each as many times. Median and min-max over the epochs
-    after the first (which traces and fills the directory)."""
+class SaveInFit(keras.callbacks.Callback):
+    """A reference save in `on_epoch_end` (`save(epoch)`), for comparing with
+    tfckpt's callback inside the same kind of fit."""
+
+    def __init__(self, save):
+        super().__init__()
+        self.save = save
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save(epoch)
+
+
+def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> dict:
+    """What saving every epoch costs `fit`, with the default retention
+    (keep_last=3: a deletion follows most saves), against the same fit without
+    checkpointing and the same bytes written by a raw write+fsync, TF's own
+    CheckpointManager save + fsync (max_to_keep=3) and Keras' ModelCheckpoint,
+    each saving from `on_epoch_end` of the same kind of fit.
+
+    Each option runs once per round, the order rotated from round to round
+    (the speed of a shared VM and its disk drifts by more than the effects
+    measured), and is compared with the fit without checkpointing of its own
+    round. The data is a repeated tf.data pipeline, so `fit` keeps one
+    iterator (an epoch of NumPy arrays starts a new one, which took up to
+    0.5 s here and would drown the saves). Reported, median and min-max:
+
+    - blocked per save: the time between an epoch's last train step and the
+      next epoch's first, less the same gap without checkpointing
+      (`StepTimes`): every callback hook and whatever a save does around them;
+      the first epoch (tracing) and fit's final save are reported apart;
+    - steps/s and the ratio to no checkpointing: the whole fit, so also the
+      cost inside training steps (an async save's copy-on-write, its
+      background write competing for the cores);
+    - rounds in which async was faster than sync."""
     model = build_model(size_mb)
     batch = 32
     x = np.random.rand(batch * steps, model.input_shape[-1]).astype("float32")
     y = np.random.rand(batch * steps, 1).astype("float32")
-    model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # trace once
-    raw = raw_writer(state_arrays(model), fresh("blocked_raw"))
-    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    tf_dir = fresh("blocked_tf")
-    tf_manager = tf.train.CheckpointManager(ckpt, tf_dir, max_to_keep=3)
-    out: dict = {"size_mb": sum(a.nbytes for a in state_arrays(model)) / 2**20}
-    reference: dict[str, list[float]] = {"raw write+fsync": [], "tf save + fsync": []}
-    for i in range(epochs):
-        perturb(model)
-        t0 = time.perf_counter()
-        raw(i)
-        reference["raw write+fsync"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        tf_manager.save()
-        fsync_tree(tf_dir)
-        reference["tf save + fsync"].append(time.perf_counter() - t0)
-    for name, values in reference.items():
-        out[name] = spread(values[1:])
-    for label, options in (("tfckpt sync", {}), ("tfckpt async", {"async_save": True})):
-        callback = tfckpt.CheckpointCallback(
-            fresh(f"blocked_{label.split()[-1]}"), monitor=None, verbose=0, **options
-        )
-        per_epoch = time_hooks(callback)
-        model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[callback])
-        out[f"{label}: fit blocked per save"] = spread(list(per_epoch.values())[1:])
-    sync = out["tfckpt sync: fit blocked per save"]["median"]
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)  # trace once
+    count = [0]
+
+    def directory(name):
+        count[0] += 1
+        return fresh(f"fit_{name}_{count[0]}")
+
+    def raw():
+        write = raw_writer(state_arrays(model), directory("raw"), keep=3)
+        return [SaveInFit(lambda epoch: write(epoch))]
+
+    def tf_save():
+        d = directory("tf")
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        manager = tf.train.CheckpointManager(checkpoint, d, max_to_keep=3)
+        return [SaveInFit(lambda epoch: (manager.save(), fsync_tree(d)))]
+
+    def tfckpt_callback(**kwargs):
+        return lambda: [
+            tfckpt.CheckpointCallback(directory("tfckpt"), monitor=None, verbose=0, **kwargs)
+        ]
+
+    options = {
+        "no checkpointing": lambda: [],
+        "raw write+fsync": raw,
+        "tf save + fsync": tf_save,
+        "keras ModelCheckpoint (.weights.h5, no fsync)": lambda: [
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(directory("keras"), "w.weights.h5"), save_weights_only=True
+            )
+        ],
+        "tfckpt sync": tfckpt_callback(),
+        "tfckpt async": tfckpt_callback(async_save=True),
+    }
+    names = list(options)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    gaps: dict[str, list[list[float]]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times = StepTimes()
+            callbacks = times.around(options[name]())
+            os.sync()  # no writeback of the previous fit's saves in this one
+            t0 = time.perf_counter()
+            model.fit(
+                data,
+                steps_per_epoch=steps,
+                epochs=epochs,
+                verbose=0,
+                shuffle=False,
+                callbacks=callbacks,
+            )
+            returned = time.perf_counter()
+            seconds[name].append(returned - t0)
+            gaps[name].append(times.gaps(returned))
+    none, none_gaps = seconds["no checkpointing"], gaps["no checkpointing"]
+    blocked, first, last = {}, {}, {}
+    for name in names[1:]:
+        per_round = [[g - n for g, n in zip(gs, ns)] for gs, ns in zip(gaps[name], none_gaps)]
+        # The first epoch's save traces and fills the directory; the last is
+        # fit's final save (on_train_end), which also waits for an async save.
+        blocked[name] = spread([b for bs in per_round for b in bs[1:-1]])
+        first[name] = spread([bs[0] for bs in per_round])
+        last[name] = spread([bs[-1] for bs in per_round])
+    sync, async_ = seconds["tfckpt sync"], seconds["tfckpt async"]
+    out: dict = {
+        "size_mb": sum(a.nbytes for a in state_arrays(model)) / 2**20,
+        "steps per epoch": steps,
+        "epochs": epochs,
+        "rounds": rounds,
+        "blocked per save": blocked,
+        "blocked at the first save": first,
+        "blocked at the end of fit": last,
+        "steps/s": {name: spread([steps * epochs / t for t in ts]) for name, ts in seconds.items()},
+        "ratio to no checkpointing": {
+            name: spread([n / t for n, t in zip(none, ts)]) for name, ts in seconds.items()
+        },
+        "rounds async faster than sync": sum(a < s for a, s in zip(async_, sync)),
+    }
+    median = {name: v["median"] for name, v in blocked.items()}
     out["ratios"] = {
-        "sync blocked / raw write+fsync": sync / out["raw write+fsync"]["median"],
-        "sync blocked / tf save+fsync": sync / out["tf save + fsync"]["median"],
+        "sync blocked / raw write+fsync": median["tfckpt sync"] / median["raw write+fsync"],
+        "sync blocked / tf save+fsync": median["tfckpt sync"] / median["tf save + fsync"],
     }
     return out
 
@@ -611,7 +695,7 @@ def main() -> None:
         help="steps per epoch in the fit runs (default: an epoch ~10x an async save's "
         "background time, as the goal is stated)",
     )
-    p.add_argument("--fit-epochs", type=int, default=3)
+    p.add_argument("--fit-epochs", type=int, default=5)
     p.add_argument("--incremental-saves", type=int, default=20)
     p.add_argument("--scale", action="store_true", help="also measure the scale curve")
     p.add_argument("--scale-sizes", default="8,64,512,2048", help="MB, comma-separated")
@@ -626,10 +710,12 @@ def main() -> None:
     p.add_argument("--plot", default=os.path.join(os.path.dirname(__file__), "scale.png"))
     p.add_argument("--replot", action="store_true", help="only redraw the plot from --json")
     p.add_argument(
-        "--only-blocked",
+        "--only-fit",
         action="store_true",
-        help="measure only the time fit is blocked per save (default retention); put it in --json",
+        help="measure only what saving costs fit (blocked per save, throughput; "
+        "--fit-rounds interleaved rounds); put it in --json",
     )
+    p.add_argument("--fit-rounds", type=int, default=4)
     p.add_argument(
         "--only-mirror",
         action="store_true",
@@ -641,17 +727,22 @@ def main() -> None:
         help="measure only the incremental saves; replace them (and their ratios) in --json",
     )
     args = p.parse_args()
-    if args.only_blocked or args.only_mirror:
+    if args.fit_epochs < 3:
+        p.error(
+            f"--fit-epochs must be 3 or more (a first save, one or more in between and "
+            f"fit's final save are reported apart); got {args.fit_epochs}"
+        )
+    if args.only_fit or args.only_mirror:
         root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)
 
         def fresh_dir(name):
             os.makedirs(os.path.join(root, name))
             return os.path.join(root, name)
 
-        if args.only_blocked:
-            key = "fit_blocked"
-            measured = bench_fit_blocked(
-                args.size_mb, args.fit_epochs, args.fit_steps or 8, fresh_dir
+        if args.only_fit:
+            key = "fit"
+            measured = bench_fit(
+                args.size_mb, args.fit_steps or 40, args.fit_epochs, args.fit_rounds, fresh_dir
             )
         else:
             key = "mirror"
@@ -820,7 +911,7 @@ def main() -> None:
     results["tfckpt async: fit blocked per save"] = blocked
     results["tfckpt async: until committed"] = committed
 
-    # -- throughput of a short fit, saving every epoch --
+    # -- fit, saving every epoch: an epoch ~10x an async save's background time --
     batch = 32
     x = np.random.rand(batch * 8, model.input_shape[-1]).astype("float32")
     y = np.random.rand(batch * 8, 1).astype("float32")
@@ -829,42 +920,12 @@ def main() -> None:
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
     step_time = (time.perf_counter() - t0) / 8
     fit_steps = args.fit_steps or max(4, round(10 * committed / step_time))
-    x = np.random.rand(batch * fit_steps, model.input_shape[-1]).astype("float32")
-    y = np.random.rand(batch * fit_steps, 1).astype("float32")
 
-    def fit_time(callbacks) -> float:
-        t0 = time.perf_counter()
-        model.fit(x, y, batch_size=batch, epochs=args.fit_epochs, verbose=0, callbacks=callbacks)
-        return time.perf_counter() - t0
-
-    steps = fit_steps * args.fit_epochs
-    fits = {
-        "no checkpointing": lambda: [],
-        "keras ModelCheckpoint": lambda: [
-            keras.callbacks.ModelCheckpoint(
-                os.path.join(fresh("fit_mc"), "w.weights.h5"), save_weights_only=True
-            )
-        ],
-        "tfckpt sync": lambda: [
-            tfckpt.CheckpointCallback(fresh("fit_sync"), monitor=None, keep_last=2, verbose=0)
-        ],
-        "tfckpt async": lambda: [
-            tfckpt.CheckpointCallback(
-                fresh("fit_async"), monitor=None, keep_last=2, async_save=True, verbose=0
-            )
-        ],
-    }
-    # Each fit runs twice, in reverse order the second time, and keeps its
-    # faster run: on a shared 2-core VM the order of the runs otherwise shows.
-    times: dict[str, list[float]] = {name: [] for name in fits}
-    for order in (list(fits), list(fits)[::-1]):
-        for name in order:
-            times[name].append(fit_time(fits[name]()))
-    throughput = {name: steps / min(t) for name, t in times.items()}
     arrays = model = ckpt = tf_manager = tf_manager_fsync = bar = tfckpt_manager = None
     keras.backend.clear_session()
     gc.collect()
 
+    fit = bench_fit(args.size_mb, fit_steps, args.fit_epochs, args.fit_rounds, fresh)
     incremental = bench_incremental(args.size_mb, args.incremental_saves, fresh)
     scale = None
     if args.scale:
@@ -888,8 +949,9 @@ def main() -> None:
         / mc_save,
         "tfckpt restore / raw read": results["tfckpt restore (checksums verified)"]
         / results["raw read"],
-        "fit throughput async / none": throughput["tfckpt async"] / throughput["no checkpointing"],
-        "fit throughput sync / none": throughput["tfckpt sync"] / throughput["no checkpointing"],
+        "fit throughput async / none": fit["ratio to no checkpointing"]["tfckpt async"]["median"],
+        "fit throughput sync / none": fit["ratio to no checkpointing"]["tfckpt sync"]["median"],
+        **fit["ratios"],
         **incremental_ratios(incremental),
     }
     machine = (
@@ -902,7 +964,7 @@ def main() -> None:
         "machine": machine,
         "fit_steps_per_epoch": fit_steps,
         "seconds": results,
-        "fit_steps_per_second": throughput,
+        "fit": fit,
         "incremental": incremental,
         "scale": scale,
         "ratios": ratios,

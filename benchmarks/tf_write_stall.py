@@ -11,7 +11,10 @@ thread of the process twice a second and counts the half-seconds in which no
 thread used any CPU while `fit` ran. No tfckpt code is involved.
 
 On this project's VM the stalls come and go between runs (up to ~4 s per fit
-of 6 epochs, most often with the background write); their cause is not known.
+of 6 epochs). Later measurements (2026-12-06) saw pauses of 8.8 to 30.8 s in
+fits without any checkpointing as well, and no thread holding Python's lock
+during background writes: the pauses are the VM's. Run it with the
+"nothing" row in mind.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ def test_compare_benchmark_runs_at_a_tiny_size(tmp_path):
             "--fit-steps",
             "2",
             "--fit-epochs",
+            "3",
+            "--fit-rounds",
             "1",
             "--dir",
             str(tmp_path),
@@ -50,12 +52,16 @@ def test_compare_benchmark_runs_at_a_tiny_size(tmp_path):
         "keras ModelCheckpoint (.weights.h5)",
     ]:
         assert results["seconds"][key] > 0, key
-    assert set(results["fit_steps_per_second"]) == {
+    fit = results["fit"]
+    assert set(fit["steps/s"]) == {
         "no checkpointing",
-        "keras ModelCheckpoint",
+        "raw write+fsync",
+        "tf save + fsync",
+        "keras ModelCheckpoint (.weights.h5, no fsync)",
         "tfckpt sync",
         "tfckpt async",
     }
+    assert set(fit["blocked per save"]) == set(fit["steps/s"]) - {"no checkpointing"}
     assert results["incremental"]["incremental"]["disk used"] > 0
     assert [p["label"] for p in results["scale"]] == ["1 MB", "2 MB", "20 small variables"]
     assert (tmp_path / "scale.png").stat().st_size > 0

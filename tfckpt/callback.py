@@ -99,7 +99,10 @@ class CheckpointCallback(keras.callbacks.Callback):
         async_save: block `fit` only while a consistent copy of the state is
             taken; the write, fsync, commit and retention run in the
             background, one save at a time (the next one waits). A failure is
-            raised at the next save or at the end of `fit`, never lost.
+            raised at the next save or at the end of `fit`, never lost. It
+            holds a host copy of the state, and where training keeps every
+            core busy it costs as much throughput as a sync save (the write
+            is CPU work too); see "Sync or async?" in docs/performance.md.
         fsync: fsync each checkpoint before it counts (default). `False` is
             faster; a killed process still never leaves a torn checkpoint,
             but a power loss may lose the newest ones.

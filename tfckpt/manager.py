@@ -127,6 +127,8 @@ class CheckpointManager:
             taken; writing, fsync, commit and retention run in a background
             thread. At most one save is in flight: the next `save` (and
             `restore`, `wait`, `close`) waits for it and raises its error.
+            It holds a host copy of the state; when to choose it: "Sync or
+            async?" in docs/performance.md.
         fsync: make each checkpoint durable before it counts (fsync of files
             and directories). `False` is faster; a crashed process still
             never leaves a torn checkpoint, but a power loss may lose the

@@ -77,6 +77,7 @@ class TFWriter:
                 # Blocks only while TF copies the variables to host memory.
                 options = shards.ASYNC_OPTIONS if self.incremental else shards.ASYNC_FULL_OPTIONS
                 checkpoint.write(pending.prefix, options=options)
+                async_fix.copy_eagerly(checkpoint)  # no trace at the next write
             elif self.incremental:
                 checkpoint.write(pending.prefix, options=shards.OPTIONS)
             else:
