@@ -96,7 +96,10 @@ class _EagerCopy:
         object_map = self._helper._object_map
         plan: list[Any] = []
         for trackable in self._helper._saveable_trackables:
-            source = getattr(trackable, "value", trackable)  # a Keras variable's tf.Variable
+            if isinstance(trackable, resource_variable_ops.BaseResourceVariable):
+                source = trackable  # (its `value` is a method)
+            else:
+                source = getattr(trackable, "value", None)  # a Keras variable's tf.Variable
             twin = object_map[trackable] if trackable in object_map else None
             if isinstance(source, resource_variable_ops.BaseResourceVariable) and isinstance(
                 twin, resource_variable_ops.BaseResourceVariable
