@@ -40,7 +40,7 @@ _enabled = False
 
 def _copy_trackable_to_cpu(self, object_map):
     if self in object_map:
-        object_map[self].assign(self.value)
+        _assign(object_map[self], self.value)
         return
     # One host twin per Keras variable. The saver writes a Keras variable
     # through its twin; the tf.Variable it wraps is not a node of the object
@@ -138,7 +138,8 @@ def copy_eagerly(checkpoint: tf.train.Checkpoint) -> None:
         return
     if isinstance(vars(helper).get("_copy_to_cpu"), _EagerCopy):
         return
-    if not all(hasattr(helper, a) for a in ("_object_map", "_saveable_trackables")):
+    needed = ("_object_map", "_saveable_trackables", "_tpu_embedding_objects")
+    if not all(hasattr(helper, a) for a in needed):
         return  # not the helper this was written for: leave TF's copy
     helper._copy_to_cpu = _EagerCopy(helper)
 
