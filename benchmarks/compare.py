@@ -6,8 +6,9 @@
 Everything runs in one process, on the same model and the same disk, each
 measurement repeated and its median reported. Prints Markdown tables, writes
 the figures to JSON (`--json`, default benchmarks/results.json), and with
-`--scale` the scale curve (8 MB to 2 GB, and 2,000 small variables) with its
-plot (benchmarks/scale.png). `python benchmarks/report.py` turns results.json
+`--scale` the scale curve (8 MB to 2 GB, and 2,000 and 6,000 small variables)
+with its plot (benchmarks/scale.png); `--only-scale` measures only that curve
+and replaces it in the JSON. `python benchmarks/report.py` turns results.json
 into README's tables.
 
 Each checkpointer writes in its own directory and keeps the last 2 checkpoints,
@@ -717,6 +718,12 @@ def main() -> None:
     )
     p.add_argument("--fit-rounds", type=int, default=4)
     p.add_argument(
+        "--only-scale",
+        action="store_true",
+        help="measure only the scale curve (--scale-sizes, --many-variables); put it in "
+        "--json and redraw --plot",
+    )
+    p.add_argument(
         "--only-mirror",
         action="store_true",
         help="measure only the remote tier (moto's S3 server); put it in --json",
@@ -732,18 +739,26 @@ def main() -> None:
             f"--fit-epochs must be 3 or more (a first save, one or more in between and "
             f"fit's final save are reported apart); got {args.fit_epochs}"
         )
-    if args.only_fit or args.only_mirror:
+    if args.only_fit or args.only_mirror or args.only_scale:
         root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)
 
         def fresh_dir(name):
-            os.makedirs(os.path.join(root, name))
-            return os.path.join(root, name)
+            d = os.path.join(root, name)
+            shutil.rmtree(d, ignore_errors=True)  # each scale point starts empty
+            os.makedirs(d)
+            return d
 
         if args.only_fit:
             key = "fit"
             measured = bench_fit(
                 args.size_mb, args.fit_steps or 40, args.fit_epochs, args.fit_rounds, fresh_dir
             )
+        elif args.only_scale:
+            key = "scale"
+            sizes = [float(v) for v in args.scale_sizes.split(",")]
+            many = tuple(int(n) for n in args.many_variables.split(","))
+            measured = bench_scale(sizes, max(2, min(args.repeats, 3)), fresh_dir, many)
+            plot_scale(measured, args.plot)
         else:
             key = "mirror"
             measured = bench_mirror(args.size_mb, args.fit_epochs, args.fit_steps or 20, fresh_dir)

@@ -2,6 +2,7 @@
 
     python benchmarks/many_variables_fit.py                 # ~5 minutes
     python benchmarks/many_variables_fit.py --variables 6000 --epochs 5
+    python benchmarks/many_variables_fit.py --collector-on   # ~10 minutes
 
 Trains `compare.many_variables_model` (small weights and their two Adam
 slots: `--variables` in all) for `--epochs` epochs of 2 steps, saving every
@@ -12,6 +13,11 @@ background write can end before the next save (a real epoch is longer than
 2 steps); the pause is subtracted. The first async save makes TF's host
 copy of every variable; TF's own async helper would also trace its copy
 function at the second save (14.4 s at 6,002 variables).
+
+A save holds off Python's cyclic garbage collector while TF makes its
+per-variable objects (`tfckpt.store.gc_pause`). `--collector-on` also runs
+both modes with the collector left on, as before that change: with about a
+million live objects, every other save then starts a full collection.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ import tensorflow as tf
 from compare import StepTimes, many_variables_model
 
 import tfckpt
+from tfckpt.store import gc_pause
+
+hold = gc_pause.hold
 
 
 class Pause(keras.callbacks.Callback):
@@ -45,6 +54,11 @@ def main() -> None:
     p.add_argument("--variables", type=int, default=6000)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--pause", type=float, default=4.0)
+    p.add_argument(
+        "--collector-on",
+        action="store_true",
+        help="also run each mode with Python's collector left on during saves",
+    )
     args = p.parse_args()
     model = many_variables_model(args.variables // 3)
     x = np.random.rand(64, 1).astype("float32")
@@ -52,11 +66,21 @@ def main() -> None:
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).repeat()
     model.fit(data, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # traces the train step
     count = len(model.weights) + len(model.optimizer.variables)
-    print(f"{count:,} variables; seconds fit waited at each epoch boundary, then at its end")
+    print(
+        f"{count:,} variables; seconds fit waited at each epoch boundary, then at its end",
+        flush=True,
+    )
+    modes = ["sync", "async"]
+    if args.collector_on:
+        modes += ["sync, collector on", "async, collector on"]
     with tempfile.TemporaryDirectory() as root:
-        for mode in ("sync", "async"):
+        for i, mode in enumerate(modes):
+            gc_pause.hold = (lambda: None) if "collector on" in mode else hold
             callback = tfckpt.CheckpointCallback(
-                os.path.join(root, mode), monitor=None, verbose=0, async_save=mode == "async"
+                os.path.join(root, str(i)),
+                monitor=None,
+                verbose=0,
+                async_save=mode.startswith("async"),
             )
             times = StepTimes()
             callbacks = times.around([Pause(args.pause), callback])
@@ -70,7 +94,8 @@ def main() -> None:
             )
             gaps = times.gaps(time.perf_counter())
             waited = [g - args.pause for g in gaps[:-1]] + gaps[-1:]
-            print(f"{mode}: " + " ".join(f"{w:.2f}" for w in waited))
+            print(f"{mode}: " + " ".join(f"{w:.2f}" for w in waited), flush=True)
+    gc_pause.hold = hold
 
 
 if __name__ == "__main__":

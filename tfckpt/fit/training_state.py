@@ -114,10 +114,12 @@ def same_state(a: Any, b: Any) -> bool:
 
 
 def optimizer_scalars(optimizer: Any) -> list[Any]:
-    """The optimizer's one-element variables (learning rate, iterations): what
-    a callback such as ReduceLROnPlateau changes at an epoch end."""
+    """The optimizer's scalar variables (learning rate, iterations, a loss
+    scale): what a callback such as ReduceLROnPlateau changes at an epoch end.
+    Rank 0 only: the slots of one-element weights (a bias of shape (1,)) are
+    not scalars, and reading thousands of them would slow every save."""
     return [
         np.asarray(v.numpy())
         for v in (getattr(optimizer, "variables", None) or [])
-        if int(np.prod(v.shape)) == 1
+        if len(v.shape) == 0
     ]

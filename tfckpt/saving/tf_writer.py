@@ -11,7 +11,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfckpt.saving import async_fix
-from tfckpt.store import shards, tf_checkpoint
+from tfckpt.store import gc_pause, shards, tf_checkpoint
 from tfckpt.store.background import in_foreground, lower_thread_priority
 from tfckpt.store.checkpoint_store import CheckpointStore
 from tfckpt.store.layout import PendingCheckpoint
@@ -51,6 +51,9 @@ class TFWriter:
         self._copied: list[Any] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._inflight: concurrent.futures.Future | None = None
+        # Whether an async write in flight holds off Python's collector
+        # (`gc_pause`): from its copy until TF's background write ends.
+        self._gc_held = False
         if async_save:
             async_fix.enable()
 
@@ -76,23 +79,43 @@ class TFWriter:
             if self.async_save:
                 # Blocks only while TF copies the variables to host memory.
                 options = shards.ASYNC_OPTIONS if self.incremental else shards.ASYNC_FULL_OPTIONS
-                checkpoint.write(pending.prefix, options=options)
+                self._hold_gc()  # until `written`: TF's thread makes the objects
+                try:
+                    checkpoint.write(pending.prefix, options=options)
+                except BaseException:
+                    self._release_gc()
+                    raise
                 async_fix.copy_eagerly(checkpoint)  # no trace at the next write
-            elif self.incremental:
-                checkpoint.write(pending.prefix, options=shards.OPTIONS)
             else:
-                checkpoint.write(pending.prefix)
+                with gc_pause.paused():
+                    if self.incremental:
+                        checkpoint.write(pending.prefix, options=shards.OPTIONS)
+                    else:
+                        checkpoint.write(pending.prefix)
 
     def written(self, pending: PendingCheckpoint) -> None:
         """Waits for TF's background write into `pending`; raises its error."""
-        with self._store.guard(pending):
-            self._checkpoint.sync()
-            # TF keeps a failed write's error for the next write(): take it
-            # now, for this checkpoint, and never reuse that helper.
-            error = async_fix.take_write_error(self._checkpoint)
-            if error is not None:
-                self._copied = None
-                raise error
+        try:
+            with self._store.guard(pending):
+                self._checkpoint.sync()
+                # TF keeps a failed write's error for the next write(): take
+                # it now, for this checkpoint, and never reuse that helper.
+                error = async_fix.take_write_error(self._checkpoint)
+                if error is not None:
+                    self._copied = None
+                    raise error
+        finally:
+            self._release_gc()
+
+    def _hold_gc(self) -> None:
+        if not self._gc_held:
+            self._gc_held = True
+            gc_pause.hold()
+
+    def _release_gc(self) -> None:
+        if self._gc_held:
+            self._gc_held = False
+            gc_pause.release()
 
     def submit(self, finish: Callable[..., Any], *args: Any) -> None:
         """Runs `finish(*args)` in the background save thread."""
@@ -117,6 +140,7 @@ class TFWriter:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self._release_gc()  # a write whose `written` never ran
         if self._checkpoint is not None:
             # TF keeps an async helper (thread, host copies) until exit.
             async_fix.retire(self._checkpoint)

@@ -1,0 +1,96 @@
+"""Python's cyclic collector stays out of a save (a full collection of a big
+heap costs ~1 s, GIL held) and is left as the program had it."""
+
+import gc
+import os
+import sys
+import threading
+
+import pytest
+from support import small_model
+
+import tfckpt
+from tfckpt.store import gc_pause
+
+# Where TF's save does its per-variable work (a tf.train.Checkpoint's write).
+TF_SAVE_CODE = tuple(
+    os.path.join("tensorflow", "python", "checkpoint", name)
+    for name in ("save_util.py", "functional_saver.py")
+)
+
+
+def collections_inside_tf_save(run):
+    """Runs `run()` with a collection due at nearly every allocation and
+    returns the automatic collections (thread, function) that started inside
+    TF's save, where a save makes its many short-lived objects."""
+    inside = []
+
+    def watch(phase, info):
+        if phase != "start":
+            return
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_filename.endswith(TF_SAVE_CODE):
+                inside.append((threading.current_thread().name, frame.f_code.co_name))
+                return
+            frame = frame.f_back
+
+    threshold = gc.get_threshold()
+    gc.set_threshold(1, 1000, 1000)
+    gc.callbacks.append(watch)
+    try:
+        run()
+    finally:
+        gc.callbacks.remove(watch)
+        gc.set_threshold(*threshold)
+    return inside
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_no_collection_runs_inside_a_save_and_the_collector_is_left_on(tmp_path, async_save):
+    model = small_model()
+    with tfckpt.CheckpointManager(tmp_path, model, keep_last=2, async_save=async_save) as manager:
+
+        def saves():
+            for step in (1, 2, 3):
+                manager.save(step)
+            manager.wait()
+
+        assert collections_inside_tf_save(saves) == []
+        assert gc.isenabled()
+        # The same saves with the collector left on do collect inside TF's
+        # save: the check above can see one.
+        gc_pause.hold, held = (lambda: None), gc_pause.hold
+        try:
+            assert collections_inside_tf_save(lambda: (manager.save(4), manager.wait()))
+        finally:
+            gc_pause.hold = held
+    assert [r.step for r in tfckpt.open(str(tmp_path)).checkpoints] == [3, 4]
+
+
+def test_a_collector_the_program_turned_off_stays_off(tmp_path):
+    model = small_model()
+    gc.disable()
+    try:
+        with tfckpt.CheckpointManager(tmp_path, model, async_save=True) as manager:
+            manager.save(1)
+            manager.wait()
+        with tfckpt.CheckpointManager(tmp_path, model) as manager:
+            manager.save(2)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_holds_nest_across_threads():
+    gc_pause.hold()
+    gc_pause.hold()
+    assert not gc.isenabled()
+    done = threading.Thread(target=gc_pause.release)
+    done.start()
+    done.join()
+    assert not gc.isenabled()  # one hold left
+    gc_pause.release()
+    assert gc.isenabled()
+    gc_pause.release()  # one too many: nothing
+    assert gc.isenabled()
