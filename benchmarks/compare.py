@@ -755,8 +755,8 @@ def main() -> None:
             )
         elif args.only_scale:
             key = "scale"
-            sizes = [float(v) for v in args.scale_sizes.split(",")]
-            many = tuple(int(n) for n in args.many_variables.split(","))
+            sizes = [float(v) for v in args.scale_sizes.split(",") if v]
+            many = tuple(int(n) for n in args.many_variables.split(",") if n)
             measured = bench_scale(sizes, max(2, min(args.repeats, 3)), fresh_dir, many)
             plot_scale(measured, args.plot)
         else:
@@ -944,8 +944,8 @@ def main() -> None:
     incremental = bench_incremental(args.size_mb, args.incremental_saves, fresh)
     scale = None
     if args.scale:
-        sizes = [float(v) for v in args.scale_sizes.split(",")]
-        many = tuple(int(n) for n in args.many_variables.split(","))
+        sizes = [float(v) for v in args.scale_sizes.split(",") if v]
+        many = tuple(int(n) for n in args.many_variables.split(",") if n)
         scale = bench_scale(sizes, max(2, min(r, 3)), fresh, many)
         plot_scale(scale, args.plot)
     shutil.rmtree(root, ignore_errors=True)

@@ -17,14 +17,18 @@ function at the second save (14.4 s at 6,002 variables).
 A save holds off Python's cyclic garbage collector while TF makes its
 per-variable objects (`tfckpt.store.gc_pause`). `--collector-on` also runs
 both modes with the collector left on, as before that change: with about a
-million live objects, every other save then starts a full collection.
+million live objects, every other save then starts a full collection. Each
+mode's line is followed by the full collections that ran during its fit
+(seconds, and the thread that ran each).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -49,6 +53,27 @@ class Pause(keras.callbacks.Callback):
         time.sleep(self.seconds)
 
 
+class FullCollections:
+    """Times Python's full (generation 2) collections and names their thread."""
+
+    def __init__(self):
+        self.seen: list[tuple[float, str]] = []
+        self._start = 0.0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase, info):
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seen.append((time.perf_counter() - self._start, threading.current_thread().name))
+
+    def take(self) -> str:
+        seen, self.seen = self.seen, []
+        return ", ".join(f"{s:.2f} s ({name})" for s, name in seen) or "none"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variables", type=int, default=6000)
@@ -70,6 +95,7 @@ def main() -> None:
         f"{count:,} variables; seconds fit waited at each epoch boundary, then at its end",
         flush=True,
     )
+    collections = FullCollections()
     modes = ["sync", "async"]
     if args.collector_on:
         modes += ["sync, collector on", "async, collector on"]
@@ -82,6 +108,7 @@ def main() -> None:
                 verbose=0,
                 async_save=mode.startswith("async"),
             )
+            collections.take()
             times = StepTimes()
             callbacks = times.around([Pause(args.pause), callback])
             model.fit(
@@ -95,6 +122,7 @@ def main() -> None:
             gaps = times.gaps(time.perf_counter())
             waited = [g - args.pause for g in gaps[:-1]] + gaps[-1:]
             print(f"{mode}: " + " ".join(f"{w:.2f}" for w in waited), flush=True)
+            print(f"  full collections: {collections.take()}", flush=True)
     gc_pause.hold = hold
 
 

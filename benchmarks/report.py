@@ -142,6 +142,23 @@ def goals(report: dict) -> list[tuple[str, str, bool]]:
                 max(ratios) / min(ratios) <= 1.5,
             )
         )
+        restore_to_tf = [p["ratios"]["restore / tf restore"] for p in scale]
+        worst = max(
+            scale,
+            key=lambda p: max(
+                p["ratios"]["save / tf save+fsync"], p["ratios"]["restore / tf restore"]
+            ),
+        )
+        out.append(
+            (
+                "scale: tfckpt's save and restore within 1.1x of TF's own at every point "
+                "(many-variable points included)",
+                f"save {min(to_tf):.2f}x to {max(to_tf):.2f}x, restore "
+                f"{min(restore_to_tf):.2f}x to {max(restore_to_tf):.2f}x of TF's; "
+                f"worst at {worst['label']}",
+                max(to_tf) <= 1.1 and max(restore_to_tf) <= 1.1,
+            )
+        )
     return out
 
 

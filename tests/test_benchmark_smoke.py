@@ -81,3 +81,60 @@ def test_serving_export_benchmark_runs_at_a_tiny_size():
     summary = json.loads(proc.stdout[: proc.stdout.rindex("}") + 1])
     assert summary["async + ServingExport"]["export_per_save_s"] > 0
     assert summary["async"]["export_per_save_s"] == 0
+
+
+def test_scale_curve_alone_replaces_its_part_of_the_results(tmp_path):
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps({"fit": {"kept": True}}))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "compare.py"),
+            "--only-scale",
+            "--scale-sizes",
+            "1",
+            "--many-variables",
+            "20",
+            "--repeats",
+            "1",
+            "--dir",
+            str(tmp_path),
+            "--json",
+            str(out),
+            "--plot",
+            str(tmp_path / "scale.png"),
+        ],
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["fit"] == {"kept": True}
+    assert [p["label"] for p in results["scale"]] == ["1 MB", "20 small variables"]
+    assert (tmp_path / "scale.png").stat().st_size > 0
+
+
+def test_many_variables_fit_benchmark_runs_at_a_tiny_size():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "many_variables_fit.py"),
+            "--variables",
+            "30",
+            "--epochs",
+            "3",
+            "--pause",
+            "0",
+            "--collector-on",
+        ],
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modes = [line.split(":")[0] for line in proc.stdout.splitlines() if line[:1].isalpha()]
+    assert modes == ["sync", "async", "sync, collector on", "async, collector on"]
+    assert proc.stdout.count("full collections:") == 4

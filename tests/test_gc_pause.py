@@ -12,17 +12,17 @@ from support import small_model
 import tfckpt
 from tfckpt.store import gc_pause
 
-# Where TF's save does its per-variable work (a tf.train.Checkpoint's write).
+# Where TF's save and restore do their per-variable work.
 TF_SAVE_CODE = tuple(
     os.path.join("tensorflow", "python", "checkpoint", name)
-    for name in ("save_util.py", "functional_saver.py")
+    for name in ("save_util.py", "functional_saver.py", "restore.py")
 )
 
 
 def collections_inside_tf_save(run):
     """Runs `run()` with a collection due at nearly every allocation and
     returns the automatic collections (thread, function) that started inside
-    TF's save, where a save makes its many short-lived objects."""
+    TF's save or restore, where they make their many short-lived objects."""
     inside = []
 
     def watch(phase, info):
@@ -47,16 +47,19 @@ def collections_inside_tf_save(run):
 
 
 @pytest.mark.parametrize("async_save", [False, True])
-def test_no_collection_runs_inside_a_save_and_the_collector_is_left_on(tmp_path, async_save):
+def test_no_collection_runs_inside_a_save_or_restore_and_the_collector_is_left_on(
+    tmp_path, async_save
+):
     model = small_model()
     with tfckpt.CheckpointManager(tmp_path, model, keep_last=2, async_save=async_save) as manager:
 
-        def saves():
+        def saves_and_a_restore():
             for step in (1, 2, 3):
                 manager.save(step)
             manager.wait()
+            assert manager.restore().step == 3
 
-        assert collections_inside_tf_save(saves) == []
+        assert collections_inside_tf_save(saves_and_a_restore) == []
         assert gc.isenabled()
         # The same saves with the collector left on do collect inside TF's
         # save: the check above can see one.

@@ -305,6 +305,9 @@ class CheckpointManager:
         if records:  # a resumed fork keeps recording its parent
             self.parent = records[-1].manifest.get("parent")
         self._signals.install()
+        if self.async_save and self._root is None:
+            # The first save's host copies, made while training starts.
+            self._writer.prepare(self._variables())
 
     def _start_mirror(
         self, options: Any, records: list[CheckpointRecord]
@@ -342,6 +345,12 @@ class CheckpointManager:
             self._root.save_counter  # noqa: B018 - saved with it; the property creates it
             return dict(tf.train.TrackableView(self._root).children(self._root))
         return {k: v for k, v in self._objects().items() if v is not None}
+
+    def _variables(self, saved: dict[str, Any] | None = None) -> list[Any]:
+        """The variables a save writes now (`saved`: `_saved_objects()`,
+        needed with the caller's own tf.train.Checkpoint)."""
+        extra = saved if self._root is not None else self.objects
+        return tf_checkpoint.variables(self.model, self.optimizer, extra)
 
     def _best_from(self, record: CheckpointRecord | None) -> dict | None:
         if record is None or self.monitor is None:
@@ -424,8 +433,7 @@ class CheckpointManager:
             ):
                 best = {"value": value, "step": int(step), "epoch": int(epoch)}
         saved = self._saved_objects()
-        extra = saved if self._root is not None else self.objects
-        variables = tf_checkpoint.variables(self.model, self.optimizer, extra)
+        variables = self._variables(saved)
         metadata = {
             "step": int(step),
             "epoch": int(epoch),

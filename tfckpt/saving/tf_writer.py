@@ -21,6 +21,13 @@ def _same_objects(a: Sequence[Any], b: Sequence[Any] | None) -> bool:
     return b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
+def _make_twins(variables: list[Any]) -> None:
+    try:
+        async_fix.prepare_twins(variables)
+    finally:
+        gc_pause.release()  # held by `TFWriter.prepare`
+
+
 class TFWriter:
     """Writes the TF files of checkpoints of `objects()`.
 
@@ -51,6 +58,10 @@ class TFWriter:
         self._copied: list[Any] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._inflight: concurrent.futures.Future | None = None
+        # Host twins made in the background before the first async write
+        # (`prepare`), and the variables they were made for.
+        self._preparing: concurrent.futures.Future | None = None
+        self._prepared_for: list[Any] = []
         # Whether an async write in flight holds off Python's collector
         # (`gc_pause`): from its copy until TF's background write ends.
         self._gc_held = False
@@ -72,8 +83,35 @@ class TFWriter:
             self._copied = variables
         return self._checkpoint
 
+    def prepare(self, variables: list[Any]) -> None:
+        """Async: starts making the host copies of `variables` in the
+        background save thread, so that the first write only fills them."""
+        if not self.async_save or self._preparing is not None or not variables:
+            return
+        self._prepared_for = list(variables)
+        # Thousands of new objects: no collection may start in that thread
+        # (one there took 8 s at 6,002 variables). Released once they exist.
+        gc_pause.hold()
+        try:
+            self._preparing = self._background().submit(_make_twins, self._prepared_for)
+        except BaseException:
+            gc_pause.release()
+            raise
+
+    def _prepared(self) -> None:
+        """Waits for `prepare`'s twins (a failure to make them only means the
+        write makes them itself)."""
+        if self._preparing is None:
+            return
+        preparing, self._preparing = self._preparing, None
+        try:
+            preparing.result()
+        except Exception:
+            pass
+
     def write(self, pending: PendingCheckpoint, variables: list[Any]) -> None:
         """Writes the TF files into `pending` (async: starts writing them)."""
+        self._prepared()
         checkpoint = self.checkpoint(variables)
         with self._store.guard(pending), in_foreground():
             if self.async_save:
@@ -86,6 +124,9 @@ class TFWriter:
                     self._release_gc()
                     raise
                 async_fix.copy_eagerly(checkpoint)  # no trace at the next write
+                if self._prepared_for:  # the twins no write took (variables since dropped)
+                    async_fix.drop_prepared(self._prepared_for)
+                    self._prepared_for = []
             else:
                 with gc_pause.paused():
                     if self.incremental:
@@ -119,13 +160,16 @@ class TFWriter:
 
     def submit(self, finish: Callable[..., Any], *args: Any) -> None:
         """Runs `finish(*args)` in the background save thread."""
+        self._inflight = self._background().submit(finish, *args)
+
+    def _background(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1,
                 thread_name_prefix="tfckpt-save",
                 initializer=lower_thread_priority,  # yields to training
             )
-        self._inflight = self._executor.submit(finish, *args)
+        return self._executor
 
     def wait(self) -> Any:
         """The result of the save in flight (`None` when there is none);
@@ -140,6 +184,10 @@ class TFWriter:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self._preparing = None
+        if self._prepared_for:
+            async_fix.drop_prepared(self._prepared_for)
+            self._prepared_for = []
         self._release_gc()  # a write whose `written` never ran
         if self._checkpoint is not None:
             # TF keeps an async helper (thread, host copies) until exit.

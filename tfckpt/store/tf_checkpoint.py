@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfckpt.errors import IncompatibleCheckpointError
+from tfckpt.store import gc_pause
 
 # How TF says that a checkpoint's bytes are not the ones written: a tensor's
 # CRC32C ("Checksum does not match"), the CRC of a record's length ("The length
@@ -269,7 +270,8 @@ def read(
         if saved is not None and SAVE_COUNTER in saved and not own:
             matched[SAVE_COUNTER] = checkpoint.save_counter  # created, to be matched too
         try:
-            status = checkpoint.read(prefix)
+            with gc_pause.paused():  # TF's per-variable objects, as in a save
+                status = checkpoint.read(prefix)
         except (ValueError, tf.errors.InvalidArgumentError) as e:
             raise IncompatibleCheckpointError(
                 f"Checkpoint {prefix!r} does not match the model: {without_values(str(e))}"
