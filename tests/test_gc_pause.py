@@ -5,6 +5,8 @@ import gc
 import os
 import sys
 import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 from support import small_model
@@ -63,11 +65,12 @@ def test_no_collection_runs_inside_a_save_or_restore_and_the_collector_is_left_o
         assert gc.isenabled()
         # The same saves with the collector left on do collect inside TF's
         # save: the check above can see one.
-        gc_pause.hold, held = (lambda: None), gc_pause.hold
+        hold = gc_pause.hold
+        gc_pause.hold = lambda timeout=None: SimpleNamespace(release=lambda: None)
         try:
             assert collections_inside_tf_save(lambda: (manager.save(4), manager.wait()))
         finally:
-            gc_pause.hold = held
+            gc_pause.hold = hold
     assert [r.step for r in tfckpt.open(str(tmp_path)).checkpoints] == [3, 4]
 
 
@@ -85,15 +88,44 @@ def test_a_collector_the_program_turned_off_stays_off(tmp_path):
         gc.enable()
 
 
-def test_holds_nest_across_threads():
-    gc_pause.hold()
-    gc_pause.hold()
+def test_holds_nest_across_threads_and_end_once():
+    first, second = gc_pause.hold(), gc_pause.hold()
     assert not gc.isenabled()
-    done = threading.Thread(target=gc_pause.release)
+    done = threading.Thread(target=first.release)
     done.start()
     done.join()
     assert not gc.isenabled()  # one hold left
-    gc_pause.release()
+    first.release()  # again: nothing
+    assert not gc.isenabled()
+    second.release()
     assert gc.isenabled()
-    gc_pause.release()  # one too many: nothing
+
+
+def test_a_hold_with_a_timeout_ends_by_itself():
+    held = gc_pause.hold(timeout=0.2)
+    assert not gc.isenabled()
+    deadline = time.monotonic() + 30
+    while not gc.isenabled() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gc.isenabled()
+    held.release()  # after the timeout: nothing
+    assert gc.isenabled()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_during_a_hold_has_its_collector_on():
+    held = gc_pause.hold()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave at once
+        os.write(write, b"1" if gc.isenabled() else b"0")
+        os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"1"
+        assert not gc.isenabled()  # the parent's hold is still on
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+        held.release()
     assert gc.isenabled()

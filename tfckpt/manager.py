@@ -306,8 +306,12 @@ class CheckpointManager:
             self.parent = records[-1].manifest.get("parent")
         self._signals.install()
         if self.async_save and self._root is None:
-            # The first save's host copies, made while training starts.
-            self._writer.prepare(self._variables())
+            # The first save's host copies, made while training starts. Only
+            # a head start: if it fails, the first save makes them.
+            try:
+                self._writer.prepare(self._variables())
+            except Exception:
+                pass
 
     def _start_mirror(
         self, options: Any, records: list[CheckpointRecord]

@@ -82,9 +82,11 @@ def prepare_twins(variables: list[Any]) -> None:
     the first save's time). Runs in a background thread; the twins hold no
     memory until that write fills them."""
     for variable in variables:
-        value = getattr(variable, "value", None)
+        # Its `_value`, not `value`: reading `value` of a variable whose
+        # initialization is deferred would run its initializer here.
+        value = getattr(variable, "_value", None)
         if not isinstance(value, resource_variable_ops.BaseResourceVariable):
-            continue  # a tf.Variable (`value` a method), a distributed one: made at the write
+            continue  # a tf.Variable, a distributed one, one not made yet: made at the write
         with _lock:
             entry = _prepared.get(id(variable))
             if entry is not None and entry[0]() is variable:

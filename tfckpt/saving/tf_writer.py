@@ -21,11 +21,17 @@ def _same_objects(a: Sequence[Any], b: Sequence[Any] | None) -> bool:
     return b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
-def _make_twins(variables: list[Any]) -> None:
+# The longest a background step (an async write, making the host twins)
+# holds off Python's collector: past this, slow storage, not TF's objects, is
+# what it waits for.
+BACKGROUND_HOLD_SECONDS = 30.0
+
+
+def _make_twins(variables: list[Any], held: gc_pause.Hold) -> None:
     try:
         async_fix.prepare_twins(variables)
     finally:
-        gc_pause.release()  # held by `TFWriter.prepare`
+        held.release()  # taken by `TFWriter.prepare`
 
 
 class TFWriter:
@@ -59,12 +65,14 @@ class TFWriter:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._inflight: concurrent.futures.Future | None = None
         # Host twins made in the background before the first async write
-        # (`prepare`), and the variables they were made for.
+        # (`prepare`), the variables they were made for, and its hold on
+        # Python's collector (`gc_pause`).
         self._preparing: concurrent.futures.Future | None = None
         self._prepared_for: list[Any] = []
-        # Whether an async write in flight holds off Python's collector
-        # (`gc_pause`): from its copy until TF's background write ends.
-        self._gc_held = False
+        self._prepare_hold: gc_pause.Hold | None = None
+        # Holds of async writes in flight, by id of their PendingCheckpoint:
+        # from the copy until TF's background write ends (`written`).
+        self._write_holds: dict[int, gc_pause.Hold] = {}
         if async_save:
             async_fix.enable()
 
@@ -91,11 +99,11 @@ class TFWriter:
         self._prepared_for = list(variables)
         # Thousands of new objects: no collection may start in that thread
         # (one there took 8 s at 6,002 variables). Released once they exist.
-        gc_pause.hold()
+        held = self._prepare_hold = gc_pause.hold(timeout=BACKGROUND_HOLD_SECONDS)
         try:
-            self._preparing = self._background().submit(_make_twins, self._prepared_for)
+            self._preparing = self._background().submit(_make_twins, self._prepared_for, held)
         except BaseException:
-            gc_pause.release()
+            held.release()
             raise
 
     def _prepared(self) -> None:
@@ -117,11 +125,14 @@ class TFWriter:
             if self.async_save:
                 # Blocks only while TF copies the variables to host memory.
                 options = shards.ASYNC_OPTIONS if self.incremental else shards.ASYNC_FULL_OPTIONS
-                self._hold_gc()  # until `written`: TF's thread makes the objects
+                # Until `written`: TF's thread makes the objects.
+                held = gc_pause.hold(timeout=BACKGROUND_HOLD_SECONDS)
+                self._write_holds[id(pending)] = held
                 try:
                     checkpoint.write(pending.prefix, options=options)
                 except BaseException:
-                    self._release_gc()
+                    self._write_holds.pop(id(pending), None)
+                    held.release()
                     raise
                 async_fix.copy_eagerly(checkpoint)  # no trace at the next write
                 if self._prepared_for:  # the twins no write took (variables since dropped)
@@ -146,17 +157,9 @@ class TFWriter:
                     self._copied = None
                     raise error
         finally:
-            self._release_gc()
-
-    def _hold_gc(self) -> None:
-        if not self._gc_held:
-            self._gc_held = True
-            gc_pause.hold()
-
-    def _release_gc(self) -> None:
-        if self._gc_held:
-            self._gc_held = False
-            gc_pause.release()
+            held = self._write_holds.pop(id(pending), None)
+            if held is not None:
+                held.release()
 
     def submit(self, finish: Callable[..., Any], *args: Any) -> None:
         """Runs `finish(*args)` in the background save thread."""
@@ -181,14 +184,22 @@ class TFWriter:
 
     def close(self) -> None:
         """Stops the background thread and frees TF's async helper."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        self._preparing = None
-        if self._prepared_for:
-            async_fix.drop_prepared(self._prepared_for)
-            self._prepared_for = []
-        self._release_gc()  # a write whose `written` never ran
+        try:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+        finally:
+            # Whatever stopped the shutdown (a second Ctrl-C), the collector
+            # is not left off: holds of a write whose `written` never ran, or
+            # of twins never made.
+            for held in [*self._write_holds.values(), self._prepare_hold]:
+                if held is not None:
+                    held.release()
+            self._write_holds.clear()
+            self._preparing = None
+            if self._prepared_for:
+                async_fix.drop_prepared(self._prepared_for)
+                self._prepared_for = []
         if self._checkpoint is not None:
             # TF keeps an async helper (thread, host copies) until exit.
             async_fix.retire(self._checkpoint)
