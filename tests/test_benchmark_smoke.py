@@ -7,42 +7,47 @@ import sys
 from support import ROOT, script_env
 
 
-def test_compare_benchmark_runs_at_a_tiny_size(tmp_path):
-    out = tmp_path / "results.json"
+def run_benchmark(script, *args):
+    """Runs benchmarks/`script` with `args`; fails with its stderr's end."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "compare.py"),
-            "--size-mb",
-            "2",
-            "--repeats",
-            "1",
-            "--fit-steps",
-            "2",
-            "--fit-epochs",
-            "3",
-            "--fit-rounds",
-            "1",
-            "--dir",
-            str(tmp_path),
-            "--json",
-            str(out),
-            "--incremental-saves",
-            "3",
-            "--scale",
-            "--scale-sizes",
-            "1,2",
-            "--many-variables",
-            "20",
-            "--plot",
-            str(tmp_path / "scale.png"),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)],
         capture_output=True,
         text=True,
         env=script_env(),
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_compare_benchmark_runs_at_a_tiny_size(tmp_path):
+    out = tmp_path / "results.json"
+    proc = run_benchmark(
+        "compare.py",
+        "--size-mb",
+        "2",
+        "--repeats",
+        "1",
+        "--fit-steps",
+        "2",
+        "--fit-epochs",
+        "3",
+        "--fit-rounds",
+        "1",
+        "--dir",
+        str(tmp_path),
+        "--json",
+        str(out),
+        "--incremental-saves",
+        "3",
+        "--scale",
+        "--scale-sizes",
+        "1,2",
+        "--many-variables",
+        "20",
+        "--plot",
+        str(tmp_path / "scale.png"),
+    )
     results = json.loads(out.read_text())
     assert results["bytes"] > 0
     for key in [
@@ -70,14 +75,7 @@ def test_compare_benchmark_runs_at_a_tiny_size(tmp_path):
 
 
 def test_serving_export_benchmark_runs_at_a_tiny_size():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "serving_export.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        env=script_env(),
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_benchmark("serving_export.py", "--quick")
     summary = json.loads(proc.stdout[: proc.stdout.rindex("}") + 1])
     assert summary["async + ServingExport"]["export_per_save_s"] > 0
     assert summary["async"]["export_per_save_s"] == 0
@@ -86,30 +84,22 @@ def test_serving_export_benchmark_runs_at_a_tiny_size():
 def test_scale_curve_alone_replaces_its_part_of_the_results(tmp_path):
     out = tmp_path / "results.json"
     out.write_text(json.dumps({"fit": {"kept": True}}))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "compare.py"),
-            "--only-scale",
-            "--scale-sizes",
-            "1",
-            "--many-variables",
-            "20",
-            "--repeats",
-            "1",
-            "--dir",
-            str(tmp_path),
-            "--json",
-            str(out),
-            "--plot",
-            str(tmp_path / "scale.png"),
-        ],
-        capture_output=True,
-        text=True,
-        env=script_env(),
-        timeout=600,
+    run_benchmark(
+        "compare.py",
+        "--only-scale",
+        "--scale-sizes",
+        "1",
+        "--many-variables",
+        "20",
+        "--repeats",
+        "1",
+        "--dir",
+        str(tmp_path),
+        "--json",
+        str(out),
+        "--plot",
+        str(tmp_path / "scale.png"),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert results["fit"] == {"kept": True}
     assert [p["label"] for p in results["scale"]] == ["1 MB", "20 small variables"]
@@ -117,24 +107,16 @@ def test_scale_curve_alone_replaces_its_part_of_the_results(tmp_path):
 
 
 def test_many_variables_fit_benchmark_runs_at_a_tiny_size():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "many_variables_fit.py"),
-            "--variables",
-            "30",
-            "--epochs",
-            "3",
-            "--pause",
-            "0",
-            "--collector-on",
-        ],
-        capture_output=True,
-        text=True,
-        env=script_env(),
-        timeout=600,
+    proc = run_benchmark(
+        "many_variables_fit.py",
+        "--variables",
+        "30",
+        "--epochs",
+        "3",
+        "--pause",
+        "0",
+        "--collector-on",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     modes = [line.split(":")[0] for line in proc.stdout.splitlines() if line[:1].isalpha()]
     assert modes == ["sync", "async", "sync, collector on", "async, collector on"]
     assert proc.stdout.count("full collections:") == 4
