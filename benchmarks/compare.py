@@ -294,6 +294,26 @@ def bench_scale(
     return points
 
 
+def scale_points(args: argparse.Namespace) -> tuple[list[float], tuple[int, ...]]:
+    """The scale curve's sizes (MB) and many-variable counts from the CLI."""
+    sizes = [float(v) for v in args.scale_sizes.split(",") if v]
+    many = tuple(int(n) for n in args.many_variables.split(",") if n)
+    return sizes, many
+
+
+def fresh_dirs(root: str):
+    """`fresh(name)`: an empty directory `root/name` (emptied if it exists:
+    each scale point reuses its names)."""
+
+    def fresh(name: str) -> str:
+        d = os.path.join(root, name)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        return d
+
+    return fresh
+
+
 def plot_scale(points: list[dict], path: str) -> None:
     import matplotlib
 
@@ -742,12 +762,7 @@ def main() -> None:
     if args.only_fit or args.only_mirror or args.only_scale:
         root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)
 
-        def fresh_dir(name):
-            d = os.path.join(root, name)
-            shutil.rmtree(d, ignore_errors=True)  # each scale point starts empty
-            os.makedirs(d)
-            return d
-
+        fresh_dir = fresh_dirs(root)
         if args.only_fit:
             key = "fit"
             measured = bench_fit(
@@ -755,8 +770,7 @@ def main() -> None:
             )
         elif args.only_scale:
             key = "scale"
-            sizes = [float(v) for v in args.scale_sizes.split(",") if v]
-            many = tuple(int(n) for n in args.many_variables.split(",") if n)
+            sizes, many = scale_points(args)
             measured = bench_scale(sizes, max(2, min(args.repeats, 3)), fresh_dir, many)
             plot_scale(measured, args.plot)
         else:
@@ -775,11 +789,7 @@ def main() -> None:
     if args.only_incremental:
         root = tempfile.mkdtemp(prefix="tfckpt-bench-", dir=args.dir)
 
-        def fresh_dir(name):
-            os.makedirs(os.path.join(root, name))
-            return os.path.join(root, name)
-
-        incremental = bench_incremental(args.size_mb, args.incremental_saves, fresh_dir)
+        incremental = bench_incremental(args.size_mb, args.incremental_saves, fresh_dirs(root))
         shutil.rmtree(root, ignore_errors=True)
         with open(args.json) as f:
             report = json.load(f)
@@ -805,11 +815,7 @@ def main() -> None:
     results: dict[str, float | None] = {}
     notes: list[str] = []
 
-    def fresh(name):
-        d = os.path.join(root, name)
-        shutil.rmtree(d, ignore_errors=True)
-        os.makedirs(d)
-        return d
+    fresh = fresh_dirs(root)
 
     # Saves of every option, interleaved round by round (this VM's disk
     # drifts between fast and slow phases; one option after another would
@@ -944,8 +950,7 @@ def main() -> None:
     incremental = bench_incremental(args.size_mb, args.incremental_saves, fresh)
     scale = None
     if args.scale:
-        sizes = [float(v) for v in args.scale_sizes.split(",") if v]
-        many = tuple(int(n) for n in args.many_variables.split(",") if n)
+        sizes, many = scale_points(args)
         scale = bench_scale(sizes, max(2, min(r, 3)), fresh, many)
         plot_scale(scale, args.plot)
     shutil.rmtree(root, ignore_errors=True)
