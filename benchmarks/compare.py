@@ -222,18 +222,39 @@ def incremental_ratios(incremental: dict) -> dict[str, float]:
 
 def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
     """One point of the scale curve: save, async-blocked and restore times
-    against raw write+fsync and raw read of the same bytes."""
+    against raw write+fsync and raw read of the same bytes, and against TF's
+    own save and restore. The saves (and then the restores) are interleaved
+    one by one in a rotating order, so that the drift of a shared VM's disk
+    falls on all of them alike."""
+    raw = fresh("scale_raw")
+    tf_dir = fresh("scale_tf")
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    tf_manager = tf.train.CheckpointManager(ckpt, tf_dir, max_to_keep=2)
+    managers = {
+        "tfckpt sync save": tfckpt.CheckpointManager(fresh("scale_sync"), model, keep_last=2),
+        # What the default's file split costs: incremental saves pack small
+        # tensors into files of about 4 MB (one per large tensor); TF writes two.
+        "tfckpt sync save, incremental=False": tfckpt.CheckpointManager(
+            fresh("scale_full"), model, keep_last=2, incremental=False
+        ),
+    }
+
+    def tfckpt_save(manager):
+        return lambda i: manager.save(i + 1, epoch=i + 1)
+
     arrays = state_arrays(model)
     nbytes = sum(a.nbytes for a in arrays)
-    raw = fresh("scale_raw")
-    seconds = {"raw write+fsync": median(raw_writer(arrays, raw), repeats)}
-    last = os.path.join(raw, f"state-{repeats + WARMUP - 1}.bin")
-    seconds["raw read"] = median(lambda i: open(last, "rb").read(), repeats)
+    seconds = interleaved(
+        {
+            "raw write+fsync": raw_writer(arrays, raw),
+            "tf save + fsync": lambda i: (tf_manager.save(), fsync_tree(tf_dir)),
+            **{name: tfckpt_save(manager) for name, manager in managers.items()},
+        },
+        repeats,
+        lambda: perturb(model),
+    )
     del arrays
-    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    d = fresh("scale_tf")
-    tf_manager = tf.train.CheckpointManager(ckpt, d, max_to_keep=2)
-    seconds["tf save + fsync"] = median(lambda i: (tf_manager.save(), fsync_tree(d)), repeats)
+    last = os.path.join(raw, f"state-{repeats + WARMUP - 1}.bin")
 
     # A resume restores once, into objects with no restore of their own yet:
     # TF's side of the comparison reads through a new tf.train.Checkpoint each
@@ -244,20 +265,17 @@ def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
         fresh_ckpt.save_counter  # noqa: B018 - created, as the saved one was, to be consumed
         fresh_ckpt.read(tf_manager.latest_checkpoint).assert_consumed()
 
-    seconds["tf restore"] = median(tf_restore_cold, repeats)
-    seconds["tf restore, same object again"] = median(
-        lambda i: ckpt.read(tf_manager.latest_checkpoint), repeats
+    seconds |= interleaved(
+        {
+            "raw read": lambda i: open(last, "rb").read(),
+            "tf restore": tf_restore_cold,
+            "tf restore, same object again": lambda i: ckpt.read(tf_manager.latest_checkpoint),
+            "tfckpt restore": lambda i: managers["tfckpt sync save"].restore(),
+        },
+        repeats,
     )
-    manager = tfckpt.CheckpointManager(fresh("scale_sync"), model, keep_last=2)
-    step = [0]
-
-    def save(i):
-        step[0] += 1
-        manager.save(step[0], epoch=step[0])
-
-    seconds["tfckpt sync save"] = median(save, repeats, lambda: perturb(model))
-    seconds["tfckpt restore"] = median(lambda i: manager.restore(), repeats)
-    manager.close()
+    for manager in managers.values():
+        manager.close()
     manager = tfckpt.CheckpointManager(fresh("scale_async"), model, keep_last=2, async_save=True)
     seconds["tfckpt async blocked"], _ = async_times(manager, repeats, lambda: perturb(model))
     manager.close()
@@ -269,6 +287,9 @@ def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
         "ratios": {
             "save / raw write+fsync": seconds["tfckpt sync save"] / seconds["raw write+fsync"],
             "save / tf save+fsync": seconds["tfckpt sync save"] / seconds["tf save + fsync"],
+            "save, incremental=False / tf save+fsync": (
+                seconds["tfckpt sync save, incremental=False"] / seconds["tf save + fsync"]
+            ),
             "restore / raw read": seconds["tfckpt restore"] / seconds["raw read"],
             "restore / tf restore": seconds["tfckpt restore"] / seconds["tf restore"],
         },
@@ -381,19 +402,24 @@ def perturb(model) -> None:
 WARMUP = 2
 
 
-def median(fn, repeats: int, before=None) -> float:
-    times = []
+def interleaved(fns: dict, repeats: int, before=None) -> dict[str, float]:
+    """Median seconds of each of `fns` (name -> fn(i)), run one after the
+    other `repeats` times (after `WARMUP` untimed rounds), the order rotated
+    from round to round; `before()` runs untimed before each call."""
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for i in range(repeats + WARMUP):
-        if before is not None:
-            before()  # not timed
-        # Dirty pages of the previous measurement (a save without fsync) would
-        # otherwise be written back during this one.
-        os.sync()
-        t0 = time.perf_counter()
-        fn(i)
-        if i >= WARMUP:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            if before is not None:
+                before()
+            # Dirty pages of the previous measurement (a save without fsync)
+            # would otherwise be written back during this one.
+            os.sync()
+            t0 = time.perf_counter()
+            fns[name](i)
+            if i >= WARMUP:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 class StepTimes(keras.callbacks.Callback):
@@ -401,7 +427,12 @@ class StepTimes(keras.callbacks.Callback):
     callback: place `StepTimes.around(callbacks)` around them. The gap between
     an epoch's last step and the next epoch's first is everything `fit` waited
     for there (every callback's hooks and whatever they wrap, e.g. a save
-    that runs once all callbacks have seen the epoch end)."""
+    that runs once all callbacks have seen the epoch end).
+
+    A fit ends at the last callback's `on_train_end` (`train_ended`), not when
+    `fit` returns: returning frees fit's tf.data iterator, and TF's destructor
+    waits for the pipeline's autotuning thread to wake from its sleep (up to
+    about 20 s measured here, at random, with or without checkpointing)."""
 
     def __init__(self):
         super().__init__()
@@ -419,11 +450,14 @@ class StepTimes(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         self.first_begins.setdefault(self.epoch, time.perf_counter())
 
-    def gaps(self, fit_returned: float) -> list[float]:
-        """Seconds between epochs (and from the last step to fit's return)."""
+    def on_train_end(self, logs=None):
+        self.train_ended = time.perf_counter()
+
+    def gaps(self) -> list[float]:
+        """Seconds between epochs (and from the last step to the end of fit)."""
         epochs = sorted(self.step_ends)
         out = [self.first_begins[e + 1] - self.step_ends[e] for e in epochs[:-1]]
-        return out + [fit_returned - self.step_ends[epochs[-1]]]
+        return out + [self.train_ended - self.step_ends[epochs[-1]]]
 
 
 class _StepEnds(keras.callbacks.Callback):
@@ -529,9 +563,8 @@ def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> di
                 shuffle=False,
                 callbacks=callbacks,
             )
-            returned = time.perf_counter()
-            seconds[name].append(returned - t0)
-            gaps[name].append(times.gaps(returned))
+            seconds[name].append(times.train_ended - t0)
+            gaps[name].append(times.gaps())
     none, none_gaps = seconds["no checkpointing"], gaps["no checkpointing"]
     blocked, first, last = {}, {}, {}
     for name in names[1:]:

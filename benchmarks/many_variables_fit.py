@@ -125,7 +125,7 @@ def main() -> None:
                 shuffle=False,
                 callbacks=callbacks,
             )
-            gaps = times.gaps(time.perf_counter())
+            gaps = times.gaps()
             waited = [g - args.pause for g in gaps[:-1]] + gaps[-1:]
             print(f"{mode}: " + " ".join(f"{w:.2f}" for w in waited), flush=True)
             print(f"  full collections: {collections.take()}", flush=True)

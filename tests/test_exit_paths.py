@@ -7,6 +7,7 @@ the user, and the next `fit` resumes the interrupted run: Keras's own
 with `tfckpt.CheckpointCallback` in its place.
 """
 
+import gc
 import json
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import threading
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from support import make_model, run_script, script_env
 
 import tfckpt
@@ -404,3 +406,39 @@ def test_an_interrupted_fit_with_no_checkpoint_says_it_trains_on(tmp_path, data)
     with pytest.warns(UserWarning, match="committed no checkpoint"):
         history = model.fit(*data, epochs=2, verbose=0, callbacks=[cb])
     assert history.epoch == [0, 1]
+
+
+def fit_iterators():
+    """The Keras epoch iterators alive now (fit's data: the tf.data iterator,
+    its buffers and threads hang off them)."""
+    from keras.src.trainers.epoch_iterator import EpochIterator
+
+    return [o for o in gc.get_objects() if isinstance(o, EpochIterator)]
+
+
+@pytest.mark.parametrize("way_out", ["returned", "raised"])
+def test_fit_data_is_freed_when_fit_ends_not_at_a_later_collection(tmp_path, way_out):
+    # The callback and its session form a reference cycle. Were fit's data
+    # held there, the tf.data iterator would be freed by some later garbage
+    # collection, in whatever thread runs it, and its destructor waits for the
+    # pipeline's autotuning thread to wake (tens of seconds measured).
+    dataset = tf.data.Dataset.from_tensor_slices((X, Y)).batch(4).prefetch(tf.data.AUTOTUNE)
+    model = canary_model()
+    gc.collect()
+    before = len(fit_iterators())
+    cb = tfckpt.CheckpointCallback(str(tmp_path), monitor=None, verbose=0)
+    callbacks = [cb] + ([Interrupt(at_epoch=2)] if way_out == "raised" else [])
+    gc.disable()  # only reference counting frees anything below
+    try:
+        try:
+            model.fit(dataset, epochs=3, verbose=0, shuffle=False, callbacks=callbacks)
+        except RuntimeError:
+            assert way_out == "raised"
+        left = len(fit_iterators())
+    finally:
+        gc.enable()
+    assert left == before, f"{left - before} epoch iterator(s) of the fit still alive"
+    assert cb is not None  # the callback itself is still referenced
+    assert [r.epoch for r in tfckpt.open(tmp_path).checkpoints][-1] == (
+        3 if way_out == "returned" else 2
+    )

@@ -238,6 +238,7 @@ class FitSession:
             # Only now: a second Ctrl-C inside close() leaves the manager for
             # the next fit's on_train_begin to close.
             self.manager = None
+            self._let_go_of_fit()
 
     def begin(self) -> None:
         model = self.model
@@ -475,6 +476,18 @@ class FitSession:
                 self._save_failed(e)
             finally:
                 manager.close(finished=finished)
+                self._let_go_of_fit()
+
+    def _let_go_of_fit(self) -> None:
+        """Drops what this fit lent the session: its data (the epoch iterator
+        and, through it, the tf.data iterator, its buffers and threads) and
+        its other callbacks. The callback and its session form a cycle, so
+        whatever they hold is otherwise freed by a later garbage collection,
+        at a random point in whatever thread runs it; freeing a tf.data
+        iterator there blocks that thread until the pipeline's autotuning
+        thread wakes (tens of seconds measured)."""
+        self.data = None
+        self.others = []
 
 
 def _mirror_arguments(options: Any) -> dict[str, Any]:
