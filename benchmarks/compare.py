@@ -232,8 +232,8 @@ def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
     tf_manager = tf.train.CheckpointManager(ckpt, tf_dir, max_to_keep=2)
     managers = {
         "tfckpt sync save": tfckpt.CheckpointManager(fresh("scale_sync"), model, keep_last=2),
-        # What the default's file split costs: incremental saves pack small
-        # tensors into files of about 4 MB (one per large tensor); TF writes two.
+        # What the default's file split costs (incremental saves write more
+        # data files than TF's one: tfckpt/store/shards.py).
         "tfckpt sync save, incremental=False": tfckpt.CheckpointManager(
             fresh("scale_full"), model, keep_last=2, incremental=False
         ),

@@ -116,6 +116,36 @@ def test_unchanged_tensors_are_linked_and_each_checkpoint_is_plain_tf(tmp_path):
     assert run.shared_bytes(records[0]) == run.shared_bytes(records[-1]) == 2 * 4 * 2**20
 
 
+def test_what_changes_at_every_step_is_written_into_one_data_file(tmp_path):
+    # Full training: every weight and its Adam slots change at every step, so
+    # no file could be shared; one file per 4 MiB tensor would only cost time.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((1024,))]
+        + [keras.layers.Dense(1024) for _ in range(3)]
+        + [keras.layers.Dense(1)]
+    )
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    x, y = data()
+    cb = tfckpt.CheckpointCallback(tmp_path, keep_last=None, monitor=None, verbose=0)
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[cb])
+    records = tfckpt.open(tmp_path).checkpoints
+    for record in records:
+        data_files = sorted(f for f in record.manifest["files"] if ".data-" in f)
+        # Only the object graph is not optimizer state: one file, as TF's.
+        assert data_files == ["ckpt.data-00000-of-00001"], data_files
+        reader = tf.train.load_checkpoint(record.path)
+        assert sorted(reader.get_variable_to_shape_map()) == sorted(
+            tf.train.load_checkpoint(records[0].path).get_variable_to_shape_map()
+        )
+    restored = keras.models.clone_model(model)
+    restored.compile(keras.optimizers.Adam(1e-3), "mse")
+    with tfckpt.CheckpointManager(str(tmp_path), restored) as manager:
+        assert manager.restore().name == records[-1].name
+    for a, b in zip(weights_of(restored), weights_of(model)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_deleting_any_checkpoint_never_breaks_another(tmp_path):
     model = finetune_model()
     x, y = data()
