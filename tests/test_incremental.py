@@ -116,7 +116,8 @@ def test_unchanged_tensors_are_linked_and_each_checkpoint_is_plain_tf(tmp_path):
     assert run.shared_bytes(records[0]) == run.shared_bytes(records[-1]) == 2 * 4 * 2**20
 
 
-def test_what_changes_at_every_step_is_written_into_one_data_file(tmp_path):
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_what_changes_at_every_step_is_written_into_one_data_file(tmp_path, async_save):
     # Full training: every weight and its Adam slots change at every step, so
     # no file could be shared; one file per 4 MiB tensor would only cost time.
     keras.utils.set_random_seed(0)
@@ -127,9 +128,12 @@ def test_what_changes_at_every_step_is_written_into_one_data_file(tmp_path):
     )
     model.compile(keras.optimizers.Adam(1e-3), "mse")
     x, y = data()
-    cb = tfckpt.CheckpointCallback(tmp_path, keep_last=None, monitor=None, verbose=0)
+    cb = tfckpt.CheckpointCallback(
+        tmp_path, keep_last=None, monitor=None, verbose=0, async_save=async_save
+    )
     model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[cb])
     records = tfckpt.open(tmp_path).checkpoints
+    assert [r.epoch for r in records] == [1, 2, 3]
     for record in records:
         data_files = sorted(f for f in record.manifest["files"] if ".data-" in f)
         # Only the object graph is not optimizer state: one file, as TF's.

@@ -228,6 +228,7 @@ class FitSession:
         self.model._initial_epoch = None
         while self.undo:
             self.undo.pop()()
+        self._let_go_of_fit()  # no save reads them any more
         manager = self.manager
         try:
             manager.wait()  # an async save in flight is committed (or its error said)
@@ -238,7 +239,6 @@ class FitSession:
             # Only now: a second Ctrl-C inside close() leaves the manager for
             # the next fit's on_train_begin to close.
             self.manager = None
-            self._let_go_of_fit()
 
     def begin(self) -> None:
         model = self.model
@@ -463,6 +463,7 @@ class FitSession:
                 self._save(logs, batch=self.progress.batch_in_epoch)
             finished = not self.preempted
         finally:
+            self._let_go_of_fit()  # first: close() below may raise (a late signal)
             self.model._initial_epoch = None
             if self.preempted:  # a preemption that returned from fit: resumed next time
                 resume.mark_interrupted(self.manager.directory_key, self.model)
@@ -476,7 +477,6 @@ class FitSession:
                 self._save_failed(e)
             finally:
                 manager.close(finished=finished)
-                self._let_go_of_fit()
 
     def _let_go_of_fit(self) -> None:
         """Drops what this fit lent the session: its data (the epoch iterator

@@ -5,7 +5,7 @@ runs/exp1/
   checkpoint                 TF's state file: `tf.train.latest_checkpoint` reads it
   ckpt-000007/
     ckpt.index               written by tf.train.Checkpoint.write
-    ckpt.data-0000i-of-0000N one per large tensor (see `shards`); a file equal
+    ckpt.data-0000i-of-0000N the tensors, split by `shards`; a file equal
                              to the newest checkpoint's is a hard link to it
     manifest.json            metadata + size and checksum of every file above
   ckpt-000008/ ...
