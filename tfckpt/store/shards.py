@@ -13,10 +13,9 @@ Only the split uses what is known to change at every step: what the
 checkpoint lists under the compiled optimizer (its slots and step, and the
 weights it trains where TF's object graph reaches them through it first, as
 for Sequential and functional models) and the save counter go into one file,
-as TF's own save would write them. Split into
-one file per tensor they could never be shared, and each file costs the
-write time (a full-training save of 512 MB in 34 files took 2.4x the time
-of one with `incremental=False`).
+as TF's own save would write them. Split into one file per tensor they could
+never be shared, and each file costs write time (a full-training save of
+512 MB in 34 files took 2.4x the time of one with `incremental=False`).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ PACK_BYTES = 4 * 2**20
 
 # Checkpoint keys of what changes at every train step: the compiled
 # optimizer (saved as "optimizer" by tfckpt, and by most tf.train.Checkpoint
-# users) with the variables it trains, and the checkpoint's save counter.
+# users) with the weights listed under it, and the checkpoint's save counter.
 CHANGING_EVERY_STEP = ("optimizer/", "save_counter/")
 
 
