@@ -3,8 +3,9 @@
     python benchmarks/compare.py --size-mb 227 --scale   # what README reports
     python benchmarks/compare.py --size-mb 8 --repeats 2 --fit-steps 4   # smoke size
 
-Everything runs in one process, on the same model and the same disk, each
-measurement repeated and its median reported. Prints Markdown tables, writes
+Everything runs in one process (but the writer process of one async floor,
+`async_floor.py`), on the same model and the same disk, each measurement
+repeated and its median reported. Prints Markdown tables, writes
 the figures to JSON (`--json`, default benchmarks/results.json), and with
 `--scale` the scale curve (8 MB to 2 GB, and 2,000 and 6,000 small variables)
 with its plot (benchmarks/scale.png); `--only-scale` measures only that curve
@@ -35,6 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import tensorflow as tf
+from async_floor import ProcessWriter, ThreadWriter
+from raw_write import write_file
 
 import tfckpt
 from tfckpt.store import fs, sharing
@@ -104,20 +107,8 @@ def disk_used(path: str) -> int:
 
 def raw_writer(arrays: list[np.ndarray], directory: str, keep: int = 2):
     """Writes the bytes of `arrays` to a new file + fsync, keeping the last `keep`."""
-
-    def write(i):
-        path = os.path.join(directory, f"state-{i}.bin")
-        with open(path, "wb") as f:
-            for a in arrays:
-                f.write(memoryview(np.ascontiguousarray(a)).cast("B"))
-            f.flush()
-            os.fsync(f.fileno())
-        fs.fsync_dir(directory)
-        old = os.path.join(directory, f"state-{i - keep}.bin")
-        if os.path.exists(old):
-            os.remove(old)
-
-    return write
+    parts = [memoryview(np.ascontiguousarray(a)).cast("B") for a in arrays]
+    return lambda i: write_file(parts, directory, i, keep)
 
 
 def async_times(manager, repeats: int, before=None) -> tuple[float, float]:
@@ -244,7 +235,7 @@ def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
 
     arrays = state_arrays(model)
     nbytes = sum(a.nbytes for a in arrays)
-    seconds = interleaved(
+    samples = interleaved(
         {
             "raw write+fsync": raw_writer(arrays, raw),
             "tf save + fsync": lambda i: (tf_manager.save(), fsync_tree(tf_dir)),
@@ -265,7 +256,7 @@ def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
         fresh_ckpt.save_counter  # noqa: B018 - created, as the saved one was, to be consumed
         fresh_ckpt.read(tf_manager.latest_checkpoint).assert_consumed()
 
-    seconds |= interleaved(
+    samples |= interleaved(
         {
             "raw read": lambda i: open(last, "rb").read(),
             "tf restore": tf_restore_cold,
@@ -276,6 +267,7 @@ def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
     )
     for manager in managers.values():
         manager.close()
+    seconds = {name: statistics.median(ts) for name, ts in samples.items()}
     manager = tfckpt.CheckpointManager(fresh("scale_async"), model, keep_last=2, async_save=True)
     seconds["tfckpt async blocked"], _ = async_times(manager, repeats, lambda: perturb(model))
     manager.close()
@@ -284,6 +276,9 @@ def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
         "bytes": nbytes,
         "variables": len(model.weights + model.optimizer.variables),
         "seconds": seconds,
+        # Every timed save and restore, in the order run: the medians hide
+        # this disk's fast and slow phases.
+        "samples": samples,
         "ratios": {
             "save / raw write+fsync": seconds["tfckpt sync save"] / seconds["raw write+fsync"],
             "save / tf save+fsync": seconds["tfckpt sync save"] / seconds["tf save + fsync"],
@@ -402,10 +397,10 @@ def perturb(model) -> None:
 WARMUP = 2
 
 
-def interleaved(fns: dict, repeats: int, before=None) -> dict[str, float]:
-    """Median seconds of each of `fns` (name -> fn(i)), run one after the
-    other `repeats` times (after `WARMUP` untimed rounds), the order rotated
-    from round to round; `before()` runs untimed before each call."""
+def interleaved(fns: dict, repeats: int, before=None) -> dict[str, list[float]]:
+    """Seconds of each of `fns` (name -> fn(i)), run one after the other
+    `repeats` times (after `WARMUP` untimed rounds), the order rotated from
+    round to round; `before()` runs untimed before each call."""
     names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in names}
     for i in range(repeats + WARMUP):
@@ -419,7 +414,7 @@ def interleaved(fns: dict, repeats: int, before=None) -> dict[str, float]:
             fns[name](i)
             if i >= WARMUP:
                 times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
 class StepTimes(keras.callbacks.Callback):
@@ -545,7 +540,14 @@ def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> di
         ],
         "tfckpt sync": tfckpt_callback(),
         "tfckpt async": tfckpt_callback(async_save=True),
+        # The floor of any async save here: the copy, then only the bytes'
+        # write+fsync, in a thread or in a writer process (async_floor.py).
+        "raw write+fsync in a thread": lambda: [ThreadWriter(directory("thread"))],
+        "raw write+fsync in a writer process": lambda: [
+            ProcessWriter(directory("process"), nbytes)
+        ],
     }
+    nbytes = sum(a.nbytes for a in state_arrays(model))
     names = list(options)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     gaps: dict[str, list[list[float]]] = {name: [] for name in names}
@@ -747,12 +749,20 @@ def main() -> None:
         type=int,
         default=None,
         help="steps per epoch in the fit runs (default: an epoch ~10x an async save's "
-        "background time, as the goal is stated)",
+        "background time, as the goal is stated; 40 with --only-fit)",
     )
     p.add_argument("--fit-epochs", type=int, default=5)
     p.add_argument("--incremental-saves", type=int, default=20)
     p.add_argument("--scale", action="store_true", help="also measure the scale curve")
     p.add_argument("--scale-sizes", default="8,64,512,2048", help="MB, comma-separated")
+    p.add_argument(
+        "--scale-repeats",
+        type=int,
+        default=9,
+        help="timed saves and restores of each variant at each point of the scale curve "
+        "(this VM's disk alternates between fast and slow phases: a median of 3 picked "
+        "one phase or the other)",
+    )
     p.add_argument(
         "--many-variables",
         default="2000,6000",
@@ -804,7 +814,7 @@ def main() -> None:
         elif args.only_scale:
             key = "scale"
             sizes, many = scale_points(args)
-            measured = bench_scale(sizes, max(2, min(args.repeats, 3)), fresh_dir, many)
+            measured = bench_scale(sizes, args.scale_repeats, fresh_dir, many)
             plot_scale(measured, args.plot)
         else:
             key = "mirror"
@@ -984,7 +994,7 @@ def main() -> None:
     scale = None
     if args.scale:
         sizes, many = scale_points(args)
-        scale = bench_scale(sizes, max(2, min(r, 3)), fresh, many)
+        scale = bench_scale(sizes, args.scale_repeats, fresh, many)
         plot_scale(scale, args.plot)
     shutil.rmtree(root, ignore_errors=True)
 

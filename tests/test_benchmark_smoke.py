@@ -43,6 +43,8 @@ def test_compare_benchmark_runs_at_a_tiny_size(tmp_path):
         "--scale",
         "--scale-sizes",
         "1,2",
+        "--scale-repeats",
+        "2",
         "--many-variables",
         "20",
         "--plot",
@@ -65,10 +67,13 @@ def test_compare_benchmark_runs_at_a_tiny_size(tmp_path):
         "keras ModelCheckpoint (.weights.h5, no fsync)",
         "tfckpt sync",
         "tfckpt async",
+        "raw write+fsync in a thread",
+        "raw write+fsync in a writer process",
     }
     assert set(fit["blocked per save"]) == set(fit["steps/s"]) - {"no checkpointing"}
     assert results["incremental"]["incremental"]["disk used"] > 0
     assert [p["label"] for p in results["scale"]] == ["1 MB", "2 MB", "20 small variables"]
+    assert all(len(p["samples"]["tfckpt sync save"]) == 2 for p in results["scale"])
     assert (tmp_path / "scale.png").stat().st_size > 0
     # The tables docs/performance.md shows, generated from the same figures.
     assert "| durable sync save within 1.1x of raw write+fsync" in proc.stdout
@@ -89,6 +94,8 @@ def test_scale_curve_alone_replaces_its_part_of_the_results(tmp_path):
         "--only-scale",
         "--scale-sizes",
         "1",
+        "--scale-repeats",
+        "2",
         "--many-variables",
         "20",
         "--repeats",
