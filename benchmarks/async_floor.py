@@ -73,14 +73,14 @@ class ThreadWriter(keras.callbacks.Callback):
 # The writer process: no TensorFlow, only the shared buffer and `write_file`.
 _WRITER = """
 import mmap, os, sys
-shared, directory, nice, here = sys.argv[1:5]
+shared, directory, nice, here, keep = sys.argv[1:6]
 sys.path.insert(0, here)
 from raw_write import write_file
 os.setpriority(os.PRIO_PROCESS, 0, int(nice))
 with open(shared, "rb") as f:
     buffer = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
 for line in sys.stdin:
-    write_file([buffer], directory, int(line), int(sys.argv[5]))
+    write_file([buffer], directory, int(line), int(keep))
     print(line.strip(), flush=True)
 """
 
