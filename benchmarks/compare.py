@@ -529,6 +529,7 @@ def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> di
             tfckpt.CheckpointCallback(directory("tfckpt"), monitor=None, verbose=0, **kwargs)
         ]
 
+    nbytes = sum(a.nbytes for a in state_arrays(model))  # the writer's buffer, the report
     options = {
         "no checkpointing": lambda: [],
         "raw write+fsync": raw,
@@ -547,7 +548,6 @@ def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> di
             ProcessWriter(directory("process"), nbytes)
         ],
     }
-    nbytes = sum(a.nbytes for a in state_arrays(model))
     names = list(options)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     gaps: dict[str, list[list[float]]] = {name: [] for name in names}
@@ -578,7 +578,7 @@ def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> di
         last[name] = spread([bs[-1] for bs in per_round])
     sync, async_ = seconds["tfckpt sync"], seconds["tfckpt async"]
     out: dict = {
-        "size_mb": sum(a.nbytes for a in state_arrays(model)) / 2**20,
+        "size_mb": nbytes / 2**20,
         "steps per epoch": steps,
         "epochs": epochs,
         "rounds": rounds,
