@@ -12,9 +12,12 @@ with its plot (benchmarks/scale.png); `--only-scale` measures only that curve
 and replaces it in the JSON. `python benchmarks/report.py` turns results.json
 into README's tables.
 
-Each checkpointer writes in its own directory and keeps the last 2 checkpoints,
-and so does the raw reference, because this disk is much faster at rewriting
-just-freed blocks than at fresh ones: only the same pattern compares fairly.
+Each checkpointer writes in its own directory and keeps the last 3
+checkpoints (`KEEP`, tfckpt's default retention), and so does the raw
+reference: on this VM a write is much faster into memory just freed (a
+deleted file's page cache) than into memory freed seconds before, which the
+host has taken back, so only the same pattern of deletions compares fairly
+(docs/performance.md, "Page cache on VMs").
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ from async_floor import ProcessWriter, ThreadWriter
 from raw_write import write_file
 
 import tfckpt
-from tfckpt.store import fs, sharing
+from tfckpt.store import checkpoint_store, fs, sharing
+
+# Checkpoints each option keeps: tfckpt's default retention (keep_last=3).
+KEEP = 3
 
 
 def build_model(size_mb: float) -> keras.Model:
@@ -105,7 +111,7 @@ def disk_used(path: str) -> int:
     return total
 
 
-def raw_writer(arrays: list[np.ndarray], directory: str, keep: int = 2):
+def raw_writer(arrays: list[np.ndarray], directory: str, keep: int = KEEP):
     """Writes the bytes of `arrays` to a new file + fsync, keeping the last `keep`."""
     parts = [memoryview(np.ascontiguousarray(a)).cast("B") for a in arrays]
     return lambda i: write_file(parts, directory, i, keep)
@@ -220,13 +226,13 @@ def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
     raw = fresh("scale_raw")
     tf_dir = fresh("scale_tf")
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    tf_manager = tf.train.CheckpointManager(ckpt, tf_dir, max_to_keep=2)
+    tf_manager = tf.train.CheckpointManager(ckpt, tf_dir, max_to_keep=KEEP)
     managers = {
-        "tfckpt sync save": tfckpt.CheckpointManager(fresh("scale_sync"), model, keep_last=2),
+        "tfckpt sync save": tfckpt.CheckpointManager(fresh("scale_sync"), model, keep_last=KEEP),
         # What the default's file split costs (incremental saves write more
         # data files than TF's one: tfckpt/store/shards.py).
         "tfckpt sync save, incremental=False": tfckpt.CheckpointManager(
-            fresh("scale_full"), model, keep_last=2, incremental=False
+            fresh("scale_full"), model, keep_last=KEEP, incremental=False
         ),
     }
 
@@ -268,7 +274,7 @@ def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
     for manager in managers.values():
         manager.close()
     seconds = {name: statistics.median(ts) for name, ts in samples.items()}
-    manager = tfckpt.CheckpointManager(fresh("scale_async"), model, keep_last=2, async_save=True)
+    manager = tfckpt.CheckpointManager(fresh("scale_async"), model, keep_last=KEEP, async_save=True)
     seconds["tfckpt async blocked"], _ = async_times(manager, repeats, lambda: perturb(model))
     manager.close()
     return {
@@ -277,7 +283,8 @@ def measure_point(label: str, model: keras.Model, repeats: int, fresh) -> dict:
         "variables": len(model.weights + model.optimizer.variables),
         "seconds": seconds,
         # Every timed save and restore, in the order run: the medians hide
-        # this disk's fast and slow phases.
+        # the slow saves, whose pages came from memory the host had taken
+        # back (docs/performance.md, "Page cache on VMs").
         "samples": samples,
         "ratios": {
             "save / raw write+fsync": seconds["tfckpt sync save"] / seconds["raw write+fsync"],
@@ -392,9 +399,9 @@ def perturb(model) -> None:
             v.assign(v * 0.999 + 1e-6)
 
 
-# Saves not timed first: a directory reaches its steady state (the last 2
-# kept, the oldest deleted at each save) at the third save.
-WARMUP = 2
+# Saves not timed first: a directory reaches its steady state (the last
+# `KEEP` kept, the oldest deleted at each save) at save `KEEP + 1`.
+WARMUP = KEEP
 
 
 def interleaved(fns: dict, repeats: int, before=None) -> dict[str, list[float]]:
@@ -415,6 +422,23 @@ def interleaved(fns: dict, repeats: int, before=None) -> dict[str, list[float]]:
             if i >= WARMUP:
                 times[name].append(time.perf_counter() - t0)
     return times
+
+
+# The index of the first save of a fit after which the option deletes one
+# (it keeps KEEP): from there on, a long training's steady state.
+STEADY_FROM = KEEP
+
+
+class CacheNotRecycled(keras.callbacks.Callback):
+    """For one fit, tfckpt's saves keep the cache of older checkpoints
+    (`checkpoint_store.RECYCLE_CACHE`): place it after tfckpt's callback, so
+    that it is off from before the first save to after fit's final one."""
+
+    def on_train_begin(self, logs=None):
+        checkpoint_store.RECYCLE_CACHE = False
+
+    def on_train_end(self, logs=None):
+        checkpoint_store.RECYCLE_CACHE = True
 
 
 class StepTimes(keras.callbacks.Callback):
@@ -480,7 +504,9 @@ class SaveInFit(keras.callbacks.Callback):
         self.save(epoch)
 
 
-def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> dict:
+def bench_fit(
+    size_mb: float, steps: int, epochs: int, rounds: int, fresh, only: list[str] | None = None
+) -> dict:
     """What saving every epoch costs `fit`, with the default retention
     (keep_last=3: a deletion follows most saves), against the same fit without
     checkpointing and the same bytes written by a raw write+fsync, TF's own
@@ -497,11 +523,15 @@ def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> di
     - blocked per save: the time between an epoch's last train step and the
       next epoch's first, less the same gap without checkpointing
       (`StepTimes`): every callback hook and whatever a save does around them;
-      the first epoch (tracing) and fit's final save are reported apart;
+      over the saves from save KEEP + 1 on (the steady state, where a
+      deletion follows each save; Keras's ModelCheckpoint overwrites one
+      file), fit's final save and the first save (tracing) reported apart;
     - steps/s and the ratio to no checkpointing: the whole fit, so also the
       cost inside training steps (an async save's copy-on-write, its
       background write competing for the cores);
-    - rounds in which async was faster than sync."""
+    - rounds in which async was faster than sync.
+
+    `only`: the options to run (no checkpointing always runs)."""
     model = build_model(size_mb)
     batch = 32
     x = np.random.rand(batch * steps, model.input_shape[-1]).astype("float32")
@@ -515,13 +545,13 @@ def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> di
         return fresh(f"fit_{name}_{count[0]}")
 
     def raw():
-        write = raw_writer(state_arrays(model), directory("raw"), keep=3)
+        write = raw_writer(state_arrays(model), directory("raw"), keep=KEEP)
         return [SaveInFit(lambda epoch: write(epoch))]
 
     def tf_save():
         d = directory("tf")
         checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-        manager = tf.train.CheckpointManager(checkpoint, d, max_to_keep=3)
+        manager = tf.train.CheckpointManager(checkpoint, d, max_to_keep=KEEP)
         return [SaveInFit(lambda epoch: (manager.save(), fsync_tree(d)))]
 
     def tfckpt_callback(**kwargs):
@@ -541,6 +571,13 @@ def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> di
         ],
         "tfckpt sync": tfckpt_callback(),
         "tfckpt async": tfckpt_callback(async_save=True),
+        # What dropping the third-newest checkpoint's cache before each
+        # save's write saves (checkpoint_store.RECYCLE_CACHE).
+        "tfckpt sync, cache not recycled": lambda: [*tfckpt_callback()(), CacheNotRecycled()],
+        "tfckpt async, cache not recycled": lambda: [
+            *tfckpt_callback(async_save=True)(),
+            CacheNotRecycled(),
+        ],
         # The floor of any async save here: the copy, then only the bytes'
         # write+fsync, in a thread or in a writer process (async_floor.py).
         "raw write+fsync in a thread": lambda: [ThreadWriter(directory("thread"))],
@@ -548,6 +585,11 @@ def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> di
             ProcessWriter(directory("process"), nbytes)
         ],
     }
+    if only:
+        unknown = set(only) - set(options)
+        if unknown:
+            raise SystemExit(f"--fit-option: unknown {sorted(unknown)}; known: {list(options)}")
+        options = {k: v for k, v in options.items() if k == "no checkpointing" or k in only}
     names = list(options)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     gaps: dict[str, list[list[float]]] = {name: [] for name in names}
@@ -557,31 +599,39 @@ def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> di
             callbacks = times.around(options[name]())
             os.sync()  # no writeback of the previous fit's saves in this one
             t0 = time.perf_counter()
-            model.fit(
-                data,
-                steps_per_epoch=steps,
-                epochs=epochs,
-                verbose=0,
-                shuffle=False,
-                callbacks=callbacks,
-            )
+            try:
+                model.fit(
+                    data,
+                    steps_per_epoch=steps,
+                    epochs=epochs,
+                    verbose=0,
+                    shuffle=False,
+                    callbacks=callbacks,
+                )
+            finally:
+                checkpoint_store.RECYCLE_CACHE = True  # whatever CacheNotRecycled left
             seconds[name].append(times.train_ended - t0)
             gaps[name].append(times.gaps())
     none, none_gaps = seconds["no checkpointing"], gaps["no checkpointing"]
+    steady = min(STEADY_FROM, epochs - 2)
     blocked, first, last = {}, {}, {}
     for name in names[1:]:
         per_round = [[g - n for g, n in zip(gs, ns)] for gs, ns in zip(gaps[name], none_gaps)]
-        # The first epoch's save traces and fills the directory; the last is
-        # fit's final save (on_train_end), which also waits for an async save.
-        blocked[name] = spread([b for bs in per_round for b in bs[1:-1]])
+        # The first epoch's save traces; the last is fit's final save
+        # (on_train_end), which also waits for an async save. In between,
+        # from save KEEP + 1 on, a deletion follows each save: the steady
+        # state of a long training (with too few epochs, the saves after the
+        # first: `steady from save`).
+        blocked[name] = spread([b for bs in per_round for b in bs[steady:-1]])
         first[name] = spread([bs[0] for bs in per_round])
         last[name] = spread([bs[-1] for bs in per_round])
-    sync, async_ = seconds["tfckpt sync"], seconds["tfckpt async"]
+    sync, async_ = seconds.get("tfckpt sync", []), seconds.get("tfckpt async", [])
     out: dict = {
         "size_mb": nbytes / 2**20,
         "steps per epoch": steps,
         "epochs": epochs,
         "rounds": rounds,
+        "steady from save": steady + 1,
         "blocked per save": blocked,
         "blocked at the first save": first,
         "blocked at the end of fit": last,
@@ -593,8 +643,12 @@ def bench_fit(size_mb: float, steps: int, epochs: int, rounds: int, fresh) -> di
     }
     median = {name: v["median"] for name, v in blocked.items()}
     out["ratios"] = {
-        "sync blocked / raw write+fsync": median["tfckpt sync"] / median["raw write+fsync"],
-        "sync blocked / tf save+fsync": median["tfckpt sync"] / median["tf save + fsync"],
+        ratio: median["tfckpt sync"] / median[other]
+        for ratio, other in (
+            ("sync blocked / raw write+fsync", "raw write+fsync"),
+            ("sync blocked / tf save+fsync", "tf save + fsync"),
+        )
+        if "tfckpt sync" in median and other in median
     }
     return out
 
@@ -751,7 +805,7 @@ def main() -> None:
         help="steps per epoch in the fit runs (default: an epoch ~10x an async save's "
         "background time, as the goal is stated; 40 with --only-fit)",
     )
-    p.add_argument("--fit-epochs", type=int, default=5)
+    p.add_argument("--fit-epochs", type=int, default=8)
     p.add_argument("--incremental-saves", type=int, default=20)
     p.add_argument("--scale", action="store_true", help="also measure the scale curve")
     p.add_argument("--scale-sizes", default="8,64,512,2048", help="MB, comma-separated")
@@ -760,8 +814,8 @@ def main() -> None:
         type=int,
         default=9,
         help="timed saves and restores of each variant at each point of the scale curve "
-        "(this VM's disk alternates between fast and slow phases: a median of 3 picked "
-        "one phase or the other)",
+        "(a save here is fast when its pages reuse memory just freed and slow when the "
+        "host had taken that memory back: a median of 3 picked one or the other)",
     )
     p.add_argument(
         "--many-variables",
@@ -780,6 +834,13 @@ def main() -> None:
         "--fit-rounds interleaved rounds); put it in --json",
     )
     p.add_argument("--fit-rounds", type=int, default=4)
+    p.add_argument(
+        "--fit-option",
+        action="append",
+        default=[],
+        help="with --only-fit: run this fit option (repeatable; default: all; "
+        "no checkpointing always runs)",
+    )
     p.add_argument(
         "--only-scale",
         action="store_true",
@@ -809,7 +870,12 @@ def main() -> None:
         if args.only_fit:
             key = "fit"
             measured = bench_fit(
-                args.size_mb, args.fit_steps or 40, args.fit_epochs, args.fit_rounds, fresh_dir
+                args.size_mb,
+                args.fit_steps or 40,
+                args.fit_epochs,
+                args.fit_rounds,
+                fresh_dir,
+                args.fit_option,
             )
         elif args.only_scale:
             key = "scale"
@@ -860,16 +926,17 @@ def main() -> None:
 
     fresh = fresh_dirs(root)
 
-    # Saves of every option, interleaved round by round (this VM's disk
-    # drifts between fast and slow phases; one option after another would
-    # compare phases, not options). The state changes before each round, as
-    # in training, so incremental saves share nothing here (they are
-    # measured on their own below). Each option keeps its last 2.
+    # Saves of every option, interleaved round by round (this VM's write
+    # speed drifts, and depends on how long ago the memory a write fills was
+    # freed; one option after another would compare moments, not options).
+    # The state changes before each round, as in training, so incremental
+    # saves share nothing here (they are measured on their own below). Each
+    # option keeps its last KEEP.
     raw = fresh("raw")
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    tf_manager = tf.train.CheckpointManager(ckpt, fresh("tf"), max_to_keep=2)
+    tf_manager = tf.train.CheckpointManager(ckpt, fresh("tf"), max_to_keep=KEEP)
     tf_fsync_dir = fresh("tf_fsync")
-    tf_manager_fsync = tf.train.CheckpointManager(ckpt, tf_fsync_dir, max_to_keep=2)
+    tf_manager_fsync = tf.train.CheckpointManager(ckpt, tf_fsync_dir, max_to_keep=KEEP)
 
     def keras_callback(name, pattern, **kwargs):
         d = fresh(name)
@@ -878,7 +945,7 @@ def main() -> None:
 
         def save(i):
             callback.on_epoch_end(i, {"loss": 1.0})
-            old = os.path.join(d, pattern.format(epoch=i - 1))  # keep the last 2
+            old = os.path.join(d, pattern.format(epoch=i + 1 - KEEP))  # keep the last KEEP
             if os.path.exists(old):
                 os.remove(old)
 
@@ -894,7 +961,7 @@ def main() -> None:
         "tfckpt sync save, fsync=False": {"fsync": False},
     }
     managers = {
-        name: tfckpt.CheckpointManager(fresh(f"tfckpt{i}"), model, keep_last=2, **kwargs)
+        name: tfckpt.CheckpointManager(fresh(f"tfckpt{i}"), model, keep_last=KEEP, **kwargs)
         for i, (name, kwargs) in enumerate(managers.items())
     }
     options = {
@@ -944,7 +1011,7 @@ def main() -> None:
             orbax = keras.callbacks.OrbaxCheckpoint(
                 fresh(f"orbax_{background}"),
                 save_freq="epoch",
-                max_to_keep=2,
+                max_to_keep=KEEP,
                 save_on_background=background,
             )
             orbax.set_model(model)
@@ -969,7 +1036,9 @@ def main() -> None:
     except ImportError as e:
         notes.append(f"Keras OrbaxCheckpoint skipped: {e} (pip install -e '.[bench]')")
 
-    manager = tfckpt.CheckpointManager(fresh("tfckpt_async"), model, keep_last=2, async_save=True)
+    manager = tfckpt.CheckpointManager(
+        fresh("tfckpt_async"), model, keep_last=KEEP, async_save=True
+    )
     blocked, committed = async_times(manager, r, lambda: perturb(model))
     manager.close()
     results["tfckpt async: fit blocked per save"] = blocked

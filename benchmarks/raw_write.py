@@ -10,10 +10,23 @@ import os
 from collections.abc import Iterable
 
 
-def write_file(parts: Iterable, directory: str, i: int, keep: int) -> None:
+def write_file(
+    parts: Iterable, directory: str, i: int, keep: int, *, recycle_cache: bool = True
+) -> None:
     """Writes `parts` (buffers) to `directory`/state-<i>.bin, fsyncs the file
     and the directory, and removes the file of save `i - keep`, as a
-    checkpointer keeping the last `keep` does."""
+    checkpointer keeping the last `keep` does.
+
+    `recycle_cache`: first drops the page cache of that file, as tfckpt does
+    with the checkpoint it will delete (docs/performance.md, "Page cache on
+    VMs"), so that the reference writes into memory just freed too."""
+    old = os.path.join(directory, f"state-{i - keep}.bin")
+    if recycle_cache and os.path.exists(old):
+        fd = os.open(old, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
     path = os.path.join(directory, f"state-{i}.bin")
     with open(path, "wb") as f:
         for part in parts:
@@ -25,6 +38,5 @@ def write_file(parts: Iterable, directory: str, i: int, keep: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    old = os.path.join(directory, f"state-{i - keep}.bin")
     if os.path.exists(old):
         os.remove(old)

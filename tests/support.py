@@ -196,3 +196,43 @@ def rot(path, offset):
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0x01]))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def cached_bytes(path):
+    """How many of a file's bytes are in the page cache (util-linux `fincore`)."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip())
+
+
+def cache(path):
+    """Reads a file whole, so that its pages are in the page cache."""
+    with open(path, "rb") as f:
+        while f.read(1 << 20):
+            pass
+    return cached_bytes(path)
+
+
+def page_cache_droppable(directory):
+    """Whether a file's cached pages in `directory` can be dropped and seen
+    gone: not on tmpfs (its pages are the file), nor without `fincore`."""
+    probe = Path(directory) / "page-cache-probe"
+    probe.write_bytes(os.urandom(1 << 20))
+    try:
+        if cache(probe) == 0:
+            return False
+        fd = os.open(probe, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return cached_bytes(probe) == 0
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    finally:
+        probe.unlink()

@@ -1,6 +1,7 @@
 """The benchmark keeps working (at a tiny size; nothing about speed is asserted)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -67,6 +68,8 @@ def test_compare_benchmark_runs_at_a_tiny_size(tmp_path):
         "keras ModelCheckpoint (.weights.h5, no fsync)",
         "tfckpt sync",
         "tfckpt async",
+        "tfckpt sync, cache not recycled",
+        "tfckpt async, cache not recycled",
         "raw write+fsync in a thread",
         "raw write+fsync in a writer process",
     }
@@ -127,3 +130,13 @@ def test_many_variables_fit_benchmark_runs_at_a_tiny_size():
     modes = [line.split(":")[0] for line in proc.stdout.splitlines() if line[:1].isalpha()]
     assert modes == ["sync", "async", "sync, collector on", "async, collector on"]
     assert proc.stdout.count("full collections:") == 4
+
+
+def test_page_cache_reuse_benchmark_runs_at_a_tiny_size(tmp_path):
+    proc = run_benchmark(
+        "page_cache_reuse.py", "--mb", "4", "--gap", "0", "--rounds", "2", "--dir", str(tmp_path)
+    )
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("free page reporting: ")
+    assert sum("median" in line for line in lines) == 4
+    assert os.listdir(tmp_path) == []  # its files are removed

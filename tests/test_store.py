@@ -1,11 +1,20 @@
 """The commit protocol under real crashes, and the store on TF's ram:// filesystem."""
 
+import os
 import signal
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from support import make_model, small_model, start_script
+from support import (
+    cache,
+    cached_bytes,
+    make_model,
+    page_cache_droppable,
+    small_model,
+    start_script,
+)
 
 import tfckpt
 from tfckpt.store.checkpoint_store import CheckpointStore
@@ -151,3 +160,64 @@ def test_custom_retention_policy_is_applied_and_listed(tmp_path):
         ]
     listed = tfckpt.open(str(tmp_path)).checkpoints
     assert [r.step for r in listed] == [2, 4, 5] and all(r.kept for r in listed)
+
+
+def data_files(directory, record):
+    return sorted(p for p in (directory / record.name).iterdir() if ".data-" in p.name)
+
+
+def test_a_save_drops_the_cache_of_the_third_newest_checkpoint_only(tmp_path):
+    """Before a save writes, the third-newest checkpoint's data files leave the
+    page cache (their memory is what the save's own pages reuse); the newest
+    (what a restore reads) and the one before it (what sharing reads back)
+    stay cached, and nothing on disk changes."""
+    if not page_cache_droppable(tmp_path):
+        pytest.skip("this filesystem keeps its pages cached (tmpfs) or fincore is missing")
+    model = make_model(units=512)
+    rng = np.random.default_rng(0)
+
+    def save(manager, epoch):  # as after an epoch of training: no file shared
+        for v in model.weights:
+            v.assign(rng.standard_normal(v.shape).astype("float32"))
+        return manager.save(epoch=epoch)
+
+    with tfckpt.CheckpointManager(str(tmp_path), model, keep_last=None) as manager:
+        records = [save(manager, e) for e in (1, 2, 3)]
+        before = {r.name: [(p, p.read_bytes()) for p in data_files(tmp_path, r)] for r in records}
+        for record in records:
+            assert all(cache(p) > 0 for p in data_files(tmp_path, record))
+        save(manager, 4)
+    assert all(cached_bytes(p) == 0 for p in data_files(tmp_path, records[0]))
+    assert all(cached_bytes(p) > 0 for r in records[1:] for p in data_files(tmp_path, r))
+    for name, files in before.items():
+        assert all(p.read_bytes() == data for p, data in files), name
+    assert [r.name for r in tfckpt.open(tmp_path).checkpoints][:3] == [r.name for r in records]
+
+
+def test_a_file_the_newest_checkpoint_shares_stays_cached(tmp_path):
+    """Incremental saves alternate two copies of an unchanged file, so the
+    third-newest checkpoint shares one with the newest: that file keeps its
+    pages (a restore reads it), the files only the third-newest has do not."""
+    if not page_cache_droppable(tmp_path):
+        pytest.skip("this filesystem keeps its pages cached (tmpfs) or fincore is missing")
+    frozen = keras.layers.Dense(1024, trainable=False)  # a 4 MiB kernel: a file of its own
+    model = keras.Sequential([keras.Input((1024,)), frozen, keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(), "mse")
+    model.optimizer.build(model.trainable_variables)
+    rng = np.random.default_rng(0)
+    with tfckpt.CheckpointManager(str(tmp_path), model, keep_last=None) as manager:
+        records = []
+        for epoch in (1, 2, 3):
+            for v in model.trainable_variables:
+                v.assign(rng.standard_normal(v.shape).astype("float32"))
+            records.append(manager.save(epoch=epoch))
+        third, newest = (data_files(tmp_path, r) for r in (records[0], records[2]))
+        shared = [p for p in newest if p.stat().st_nlink > 1]
+        own = [p for p in third if p.stat().st_nlink == 1]
+        assert shared and own
+        assert all(os.path.samefile(p, tmp_path / records[0].name / p.name) for p in shared)
+        for p in third + newest:
+            cache(p)
+        manager.save(epoch=4)
+    assert all(cached_bytes(p) > 0 for p in shared)
+    assert all(cached_bytes(p) == 0 for p in own)

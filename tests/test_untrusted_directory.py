@@ -15,7 +15,15 @@ import zlib
 
 import numpy as np
 import pytest
-from support import run_script, script_env, small_model
+from support import (
+    cache,
+    cached_bytes,
+    fill,
+    page_cache_droppable,
+    run_script,
+    script_env,
+    small_model,
+)
 
 import tfckpt
 from tfckpt.errors import CheckpointWriteError, DamagedCheckpointError, NoIntactCheckpointError
@@ -162,6 +170,55 @@ def test_a_fifo_in_place_of_a_manifest_hangs_nothing(tmp_path):
     assert checked.returncode == 1 and "1 intact, 1 damaged" in checked.stdout
     watched = run_bounded(sys.executable, "-c", WATCH, run)
     assert watched.returncode == 0 and watched.stdout.strip() == repr([first.name])
+
+
+def test_dropping_an_old_checkpoint_s_cache_never_goes_through_a_link_or_a_fifo(tmp_path, canary):
+    """A save drops the page cache of the third-newest checkpoint's data files;
+    a link there (the checkpoint itself, or a data file) reaches nothing
+    outside, and a FIFO named as a data file does not hang the save."""
+    if not page_cache_droppable(tmp_path):
+        pytest.skip("this filesystem keeps its pages cached (tmpfs) or fincore is missing")
+    outside = canary / "sub" / "data.bin"
+    model = small_model()
+
+    def save(manager, epoch):  # other weights at each save: no file shared
+        fill(model, float(epoch))
+        return manager.save(epoch=epoch)
+
+    run = tmp_path / "run"
+    with tfckpt.CheckpointManager(str(run), model, keep_last=None) as manager:
+        first = [save(manager, e) for e in (1, 2, 3)][0]
+    shard = next(p for p in (run / first.name).iterdir() if ".data-" in p.name)
+    link = run / first.name / "ckpt.data-00001-of-00003"
+    link.symlink_to(outside)
+    os.mkfifo(run / first.name / "ckpt.data-00002-of-00003")
+    digest = tree_digest(canary)
+    assert cache(outside) > 0 and cache(shard) > 0
+    saved = run_bounded(
+        sys.executable,
+        "-c",
+        "import sys, support, tfckpt\n"
+        "m = tfckpt.CheckpointManager(sys.argv[1], support.small_model(), keep_last=None)\n"
+        "m.save(epoch=4); m.close()",
+        run,
+    )
+    assert saved.returncode == 0, saved.stderr
+    assert cached_bytes(shard) == 0  # the checkpoint's own file: dropped
+    assert cached_bytes(outside) > 0 and tree_digest(canary) == digest
+    assert link.is_symlink()
+
+    # The third-newest checkpoint itself a link to a directory outside.
+    linked = tmp_path / "linked"
+    with tfckpt.CheckpointManager(str(linked), model, keep_last=None) as manager:
+        first = [save(manager, e) for e in (1, 2, 3)][0]
+    other = canary / "ckpt"
+    (linked / first.name).rename(other)
+    (linked / first.name).symlink_to(other, target_is_directory=True)
+    theirs = [p for p in other.iterdir() if ".data-" in p.name]
+    assert all(cache(p) > 0 for p in theirs)
+    with tfckpt.CheckpointManager(str(linked), model, keep_last=None) as manager:
+        save(manager, 4)
+    assert all(cached_bytes(p) > 0 for p in theirs)
 
 
 def test_a_deeply_nested_manifest_is_damage_and_the_rest_stays_reachable(tmp_path):

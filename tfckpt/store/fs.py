@@ -13,8 +13,10 @@ follow a link (`remove_quietly`). Object stores have no links or special files.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
+import re
 import shutil
 import stat
 import zlib
@@ -266,6 +268,67 @@ def read_bytes(path: str, limit: int | None = None) -> bytes:
             os.close(fd)
         except OSError:
             pass  # what was read is whole; Linux frees the descriptor even then
+
+
+def drop_cached_files(directory: str, names: re.Pattern[str], limit: int = 4096) -> int:
+    """Asks the kernel to drop the cached pages of the files in the local
+    directory `directory` whose names match `names` and that have no other
+    name (a hard link shares its pages with another checkpoint's file); looks
+    at `limit` entries at most, and returns the bytes those files hold.
+
+    The pages go back to the kernel's free lists at once, where the next
+    allocation finds them: on a VM whose free memory is returned to the host
+    after a few seconds (virtio-balloon free page reporting), memory freed
+    long ago costs a host fault per page when it is used again. Only cache is
+    dropped, nothing is read or written, and it never fails: a link, special
+    file or error is left alone."""
+    if not is_local(directory) or not hasattr(os, "posix_fadvise"):
+        return 0
+    try:
+        # Opened once, never through a link: the entries are then those of
+        # this directory, even if its name is swapped meanwhile.
+        dfd = os.open(local_path(directory), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return 0
+    dropped = 0
+    try:
+        with os.scandir(dfd) as entries:
+            found = [
+                e.name
+                for e in itertools.islice(entries, limit)
+                if names.match(e.name) and e.is_file(follow_symlinks=False)
+            ]
+        for name in found:
+            dropped += _drop_cached_file(name, dfd)
+    except OSError:
+        pass
+    finally:
+        _close_quietly(dfd)
+    return dropped
+
+
+def _drop_cached_file(name: str, dfd: int) -> int:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        return 0
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return 0
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return st.st_size
+    except OSError:
+        return 0
+    finally:
+        _close_quietly(fd)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # Linux frees the descriptor even then
 
 
 def remove_quietly(path: str) -> None:
