@@ -539,10 +539,12 @@ def bench_fit(
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()
     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)  # trace once
     count = [0]
+    made: list[str] = []  # this fit's directories, removed after it
 
     def directory(name):
         count[0] += 1
-        return fresh(f"fit_{name}_{count[0]}")
+        made.append(fresh(f"fit_{name}_{count[0]}"))
+        return made[-1]
 
     def raw():
         write = raw_writer(state_arrays(model), directory("raw"), keep=KEEP)
@@ -612,6 +614,10 @@ def bench_fit(
                 checkpoint_store.RECYCLE_CACHE = True  # whatever CacheNotRecycled left
             seconds[name].append(times.train_ended - t0)
             gaps[name].append(times.gaps())
+            del callbacks  # a writer process exits, a manager closes, before its files go
+            gc.collect()
+            while made:
+                shutil.rmtree(made.pop(), ignore_errors=True)
     none, none_gaps = seconds["no checkpointing"], gaps["no checkpointing"]
     steady = min(STEADY_FROM, epochs - 2)
     blocked, first, last = {}, {}, {}
