@@ -23,11 +23,9 @@ import tempfile
 import keras
 import numpy as np
 import tensorflow as tf
-from raw_write import write_file
+from raw_write import KEEP, write_file
 
 from tfckpt.store.background import BACKGROUND_NICE, lower_thread_priority
-
-KEEP = 3
 
 
 def _variables(model: keras.Model) -> list:

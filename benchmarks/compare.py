@@ -40,13 +40,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 from async_floor import ProcessWriter, ThreadWriter
-from raw_write import write_file
+from raw_write import KEEP, write_file
 
 import tfckpt
 from tfckpt.store import checkpoint_store, fs, sharing
-
-# Checkpoints each option keeps: tfckpt's default retention (keep_last=3).
-KEEP = 3
 
 
 def build_model(size_mb: float) -> keras.Model:

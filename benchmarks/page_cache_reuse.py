@@ -30,7 +30,7 @@ import tempfile
 import time
 
 import numpy as np
-from raw_write import write_file
+from raw_write import KEEP, write_file
 
 
 def balloon_reports_free_pages() -> bool | None:
@@ -81,12 +81,12 @@ def main() -> None:
     data = memoryview(np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8))
     writes: dict[str, list[float]] = {"plain": [], "oldest file's cache dropped first": []}
     try:
-        for i in range(2 * args.rounds + 3):  # the first 3 fill the directory
+        for i in range(2 * args.rounds + KEEP):  # the first KEEP fill the directory
             name = list(writes)[i % 2]
             time.sleep(args.gap)
             t0 = time.perf_counter()
-            write_file([data], directory, i, keep=3, recycle_cache=name != "plain")
-            if i >= 3:
+            write_file([data], directory, i, KEEP, recycle_cache=name != "plain")
+            if i >= KEEP:
                 writes[name].append(time.perf_counter() - t0)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+# Checkpoints each benchmark option keeps: tfckpt's default retention
+# (keep_last=3), so that a deletion follows each save, as in training.
+KEEP = 3
+
 
 def write_file(
     parts: Iterable, directory: str, i: int, keep: int, *, recycle_cache: bool = True

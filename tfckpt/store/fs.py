@@ -264,10 +264,7 @@ def read_bytes(path: str, limit: int | None = None) -> bytes:
     except OSError as e:
         raise _op_error(e, path) from e
     finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass  # what was read is whole; Linux frees the descriptor even then
+        _close_quietly(fd)  # what was read is whole
 
 
 def drop_cached_files(directory: str, names: re.Pattern[str], limit: int = 4096) -> int:
